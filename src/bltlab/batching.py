@@ -1,0 +1,87 @@
+"""Turning encoded rows into padded tensors, in batches of similar length."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Sampler
+
+from bltlab.vocab import BOS, EOS, PAD
+
+
+def pad(seqs: Sequence[Sequence[int]], value: int = PAD) -> tuple[Tensor, Tensor]:
+    """Right-pad id lists into a (B, T) tensor; also return the (B,) lengths."""
+    lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    out = torch.full((len(seqs), int(lens.max())), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out, lens
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Encoded (source, target) id lists."""
+
+    def __init__(self, src: list[list[int]], tgt: list[list[int]]):
+        self.src, self.tgt = src, tgt
+
+    @classmethod
+    def encode(cls, vocab, pairs) -> PairDataset:
+        """Encode the inputs and targets of `Pairs` with `vocab`."""
+        return cls([vocab.encode(t) for t in pairs.inputs],
+                   [vocab.encode(t) for t in pairs.targets])
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+        return self.src[i], self.tgt[i]
+
+
+def collate(rows: list[tuple[list[int], list[int]]]) -> dict[str, Tensor]:
+    """Teacher forcing: decoder input is BOS + target, decoder output is target + EOS."""
+    src, src_lens = pad([r[0] for r in rows])
+    tgt_in, _ = pad([[BOS, *r[1]] for r in rows])
+    tgt_out, _ = pad([[*r[1], EOS] for r in rows])
+    return {"src": src, "src_lens": src_lens, "tgt_in": tgt_in, "tgt_out": tgt_out}
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batches of rows with similar lengths, in random order, reproducible per epoch.
+
+    Shuffle all rows, cut them into pools of `pool_batches` batches, sort each pool by
+    length, cut it into batches, shuffle the batches. Padding stays small while every
+    epoch still sees a fresh mix.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0,
+                 pool_batches: int = 50, drop_last: bool = False):
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size, self.seed, self.pool = batch_size, seed, pool_batches * batch_size
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g)
+        batches = []
+        for start in range(0, len(order), self.pool):
+            pool = order[start: start + self.pool]
+            pool = pool[torch.argsort(self.lengths[pool], stable=True)]
+            for b in range(0, len(pool), self.batch_size):
+                batch = pool[b: b + self.batch_size].tolist()
+                if len(batch) == self.batch_size or not self.drop_last:
+                    batches.append(batch)
+        perm = torch.randperm(len(batches), generator=g).tolist()
+        return [batches[i] for i in perm]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full if self.drop_last else full + bool(rest)

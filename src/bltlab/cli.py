@@ -1,0 +1,191 @@
+"""The `bltlab` command line: data, train, eval, run. The seed's scripts call into it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+import torch
+
+from bltlab.errors import BltlabError
+from bltlab.layers import POS_ENCODINGS
+from bltlab.models import ModelConfig
+from bltlab.training import TrainConfig, default_threads
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    d = ModelConfig()
+    g = p.add_argument_group("model")
+    g.add_argument("--d_model", type=int, default=d.d_model, help="width (default %(default)s)")
+    g.add_argument("--nhead", type=int, default=d.nhead)
+    g.add_argument("--num_encoder_layers", type=int, default=d.num_encoder_layers)
+    g.add_argument("--num_decoder_layers", type=int, default=d.num_decoder_layers)
+    g.add_argument("--dim_feedforward", type=int, default=d.dim_feedforward)
+    g.add_argument("--dropout", type=float, default=d.dropout)
+    g.add_argument("--max_len", type=int, default=d.max_len,
+                   help="longest sequence in tokens, EOS included (default %(default)s)")
+    g.add_argument("--pos_encoding", choices=POS_ENCODINGS, default=d.pos_encoding)
+    g.add_argument("--from_end", type=_bool, default=d.from_end,
+                   help="add a distance-to-end position signal to the encoder (true/false)")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    g = p.add_argument_group("training")
+    g.add_argument("--train_csv", default=d.train_csv)
+    g.add_argument("--save_dir", default=d.save_dir)
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch_size", type=int, default=d.batch_size)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--weight_decay", type=float, default=d.weight_decay)
+    g.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default=d.optimizer)
+    g.add_argument("--lr_scheduler", choices=("cosine", "step", "constant"),
+                   default=d.lr_scheduler)
+    g.add_argument("--warmup_steps", type=int, default=d.warmup_steps)
+    g.add_argument("--grad_clip", type=float, default=d.grad_clip)
+    g.add_argument("--val_fraction", type=float, default=d.val_fraction)
+    g.add_argument("--early_stopping_patience", type=int, default=d.early_stopping_patience,
+                   help="stop after N epochs without a better validation exact match (0: off)")
+    g.add_argument("--use_amp", action="store_true", help="bf16 autocast")
+    g.add_argument("--num_workers", type=int, default=d.num_workers)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--resume", nargs="?", const="latest", default="",
+                   help="continue from the save dir's latest checkpoint (or from PATH)")
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all available)")
+    p.add_argument("--skip_bad_rows", action="store_true",
+                   help="skip and count bad CSV rows instead of stopping at the first")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+
+
+def pick(cls, args: argparse.Namespace, **override):
+    """Build a dataclass config from the parsed arguments that match its fields."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **override})
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from bltlab import data
+
+    if args.data_cmd == "generate":
+        train, test = data.generate(args.out, args.seed, args.train, args.test)
+        print(f"wrote {train} ({args.train} rows) and {test} ({args.test} rows), seed {args.seed}")
+    else:
+        s = data.stats(data.load_pairs(args.file, skip_bad_rows=args.skip_bad_rows))
+        print(json.dumps(s, indent=2, ensure_ascii=False) if args.json else data.format_stats(s))
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    from bltlab.training import train
+
+    cfg = pick(TrainConfig, args, progress=not args.no_progress)
+    return train(args.mode, pick(ModelConfig, args), cfg)
+
+
+def cmd_eval(args: argparse.Namespace) -> dict:
+    from bltlab.evaluation import default_output_csv, evaluate, format_metrics, metrics_path
+    from bltlab.training import load_model, pick_device
+
+    device = pick_device(args.device)
+    model, vocab, _ = load_model(args.checkpoint, args.mode, device)
+    out = args.output_csv or default_output_csv(args.mode)
+    metrics = evaluate(model, vocab, args.test_csv, out, args.batch_size, device,
+                       args.skip_bad_rows, extra={"mode": args.mode,
+                                                  "checkpoint": str(args.checkpoint)})
+    print(format_metrics(metrics))
+    print(f"wrote {out} and {metrics_path(out)}")
+    return metrics
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from bltlab.pipeline import run
+
+    run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bltlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="generate or describe reversal data")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    g = dsub.add_parser("generate", help="write train.csv and test.csv")
+    g.add_argument("--out", default="data")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--train", type=int, default=10000)
+    g.add_argument("--test", type=int, default=2000)
+    s = dsub.add_parser("stats", help="describe a CSV")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--skip_bad_rows", action="store_true")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a model")
+    p.add_argument("--mode", choices=("char",), default="char")
+    add_model_args(p)
+    add_train_args(p)
+    add_common_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a CSV")
+    p.add_argument("--mode", choices=("char",), default="char")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--test_csv", default="data/test.csv")
+    p.add_argument("--output_csv", default=None,
+                   help="default predictions/predictions_baseline.csv (char)")
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    add_common_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("run", help="the experiment: data if missing, train, evaluate")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="short training (the default)")
+    mode.add_argument("--full", action="store_true", help="training at full length")
+    p.add_argument("--data_dir", default="data")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--batch_size", type=int, default=None)
+    p.add_argument("--skip_train", action="store_true", help="evaluate existing checkpoints")
+    p.add_argument("--save_dir", default="checkpoints")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    add_common_args(p)
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads or default_threads() if hasattr(args, "threads")
+                          else default_threads())
+    try:
+        args.func(args)
+    except BltlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def script(command: str) -> None:
+    """Entry point of the seed-compatible scripts: `python src/train.py ...` and friends."""
+    sys.exit(main([command, *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

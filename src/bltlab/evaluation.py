@@ -1,0 +1,124 @@
+"""Metrics for string prediction and the evaluation run that writes predictions and metrics.
+
+Definitions (per row, then averaged over rows):
+- exact match: prediction == target.
+- character accuracy: positions i where prediction[i] == target[i], divided by the
+  longer of the two lengths (a missing or extra character counts as wrong).
+- CER: Levenshtein distance / target length; `one_minus_cer` is 1 - the corpus CER
+  (total edits / total target characters).
+- edit distance: Levenshtein distance (rapidfuzz); length difference: |len(pred) - len(target)|.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import torch
+from rapidfuzz.distance import Levenshtein
+
+from bltlab.data import load_pairs
+from bltlab.decoding import predict
+from bltlab.fileio import write_atomic, write_json
+
+LENGTH_BUCKETS = ((0, 20), (20, 50), (50, 100), (100, 200))
+
+
+def char_accuracy(pred: str, target: str) -> float:
+    longest = max(len(pred), len(target))
+    if longest == 0:
+        return 1.0
+    return sum(a == b for a, b in zip(pred, target)) / longest
+
+
+def bucket_name(length: int) -> str:
+    for lo, hi in LENGTH_BUCKETS:
+        if lo <= length < hi:
+            return f"{lo}-{hi}"
+    return f"{LENGTH_BUCKETS[-1][1]}+"
+
+
+def compute_metrics(inputs: list[str], targets: list[str], preds: list[str]) -> dict:
+    """All row-level metrics of a prediction run, as fractions in [0, 1]."""
+    n = len(targets)
+    correct = [p == t for p, t in zip(preds, targets)]
+    edits = [Levenshtein.distance(p, t) for p, t in zip(preds, targets)]
+    by_len: dict[str, list[bool]] = {}
+    for x, ok in zip(inputs, correct):
+        by_len.setdefault(bucket_name(len(x)), []).append(ok)
+    order = [f"{lo}-{hi}" for lo, hi in LENGTH_BUCKETS] + [f"{LENGTH_BUCKETS[-1][1]}+"]
+    non_ascii = [ok for x, ok in zip(inputs, correct) if not x.isascii()]
+    return {
+        "exact_match_accuracy": sum(correct) / n,
+        "character_accuracy": sum(char_accuracy(p, t) for p, t in zip(preds, targets)) / n,
+        "one_minus_cer": 1 - sum(edits) / max(1, sum(len(t) for t in targets)),
+        "total_samples": n,
+        "total_correct": sum(correct),
+        "total_incorrect": n - sum(correct),
+        "avg_edit_distance": sum(edits) / n,
+        "max_edit_distance": max(edits),
+        "avg_length_diff": sum(abs(len(p) - len(t)) for p, t in zip(preds, targets)) / n,
+        "accuracy_by_length": {k: {"accuracy": sum(by_len[k]) / len(by_len[k]),
+                                   "count": len(by_len[k])} for k in order if k in by_len},
+        "non_ascii": {"accuracy": sum(non_ascii) / len(non_ascii) if non_ascii else None,
+                      "count": len(non_ascii)},
+    }
+
+
+def write_predictions(path: str | Path, inputs: list[str], targets: list[str],
+                      preds: list[str]) -> None:
+    def write(f):
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["input", "target", "prediction", "correct"])
+        w.writerows((x, t, p, p == t) for x, t, p in zip(inputs, targets, preds))
+
+    write_atomic(path, write)
+
+
+def metrics_path(output_csv: str | Path) -> Path:
+    """predictions/x.csv -> predictions/x_metrics.json (the seed's naming)."""
+    p = Path(output_csv)
+    return p.with_name(f"{p.stem}_metrics.json")
+
+
+def default_output_csv(mode: str) -> str:
+    return f"predictions/predictions_{'baseline' if mode == 'char' else mode}.csv"
+
+
+def evaluate(model: torch.nn.Module, vocab, test_csv: str | Path, output_csv: str | Path,
+             batch_size: int = 256, device: str | torch.device = "cpu",
+             skip_bad_rows: bool = False, extra: dict | None = None) -> dict:
+    """Decode every row of `test_csv`, write the predictions CSV and its metrics JSON."""
+    unit = "bytes" if getattr(vocab, "kind", "") == "byte" else "chars"
+    pairs = load_pairs(test_csv, max_len=model.cfg.max_len - 1, unit=unit,
+                       skip_bad_rows=skip_bad_rows)
+    t0 = time.perf_counter()
+    preds = predict(model, vocab, pairs.inputs, batch_size=batch_size, device=device)
+    seconds = time.perf_counter() - t0
+    metrics = compute_metrics(pairs.inputs, pairs.targets, preds)
+    metrics.update({"decode_rows_per_s": round(len(pairs) / seconds, 1),
+                    "decode_seconds": round(seconds, 2), "test_csv": str(test_csv),
+                    "skipped_rows": pairs.skipped, **(extra or {})})
+    write_predictions(output_csv, pairs.inputs, pairs.targets, preds)
+    write_json(metrics_path(output_csv), metrics)
+    return metrics
+
+
+def format_metrics(m: dict) -> str:
+    lines = [
+        f"exact match         {100 * m['exact_match_accuracy']:.2f}%  "
+        f"({m['total_correct']}/{m['total_samples']})",
+        f"character accuracy  {100 * m['character_accuracy']:.2f}%",
+        f"1 - CER             {100 * m['one_minus_cer']:.2f}%",
+        f"avg edit distance   {m['avg_edit_distance']:.4f}  (max {m['max_edit_distance']})",
+        f"avg length diff     {m['avg_length_diff']:.4f}",
+    ]
+    for k, v in m["accuracy_by_length"].items():
+        lines.append(f"  length {k:<8}    {100 * v['accuracy']:.2f}%  ({v['count']} rows)")
+    if m["non_ascii"]["count"]:
+        lines.append(f"  non-ASCII rows      {100 * m['non_ascii']['accuracy']:.2f}%  "
+                     f"({m['non_ascii']['count']} rows)")
+    if "decode_rows_per_s" in m:
+        lines.append(f"decode              {m['decode_rows_per_s']:.0f} rows/s")
+    return "\n".join(lines)

@@ -1,0 +1,159 @@
+"""Building blocks shared by both models: position signals, attention, pre-norm blocks.
+
+Attention always goes through `F.scaled_dot_product_attention`; masks are boolean
+(True = may attend) and broadcast as (B, 1, Tq, Tk).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+Rotary = tuple[Tensor, Tensor]
+
+
+def sinusoid(pos: Tensor, dim: int) -> Tensor:
+    """Fixed sine/cosine features of integer positions: (...,) -> (..., dim)."""
+    freqs = torch.exp(torch.arange(0, dim, 2, device=pos.device) * (-math.log(10000.0) / dim))
+    angles = pos.float().unsqueeze(-1) * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def rotary(pos: Tensor, head_dim: int, base: float = 10000.0) -> Rotary:
+    """cos/sin tables for RoPE at positions `pos` (T,) or (B, T), shaped to broadcast over heads."""
+    inv = 1.0 / base ** (torch.arange(0, head_dim, 2, device=pos.device).float() / head_dim)
+    angles = pos.float().unsqueeze(-1) * inv
+    if angles.dim() == 3:  # (B, T, hd/2) -> (B, 1, T, hd/2)
+        angles = angles.unsqueeze(1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, rot: Rotary) -> Tensor:
+    """Rotate pairs of channels of x (B, H, T, hd) by the angles in `rot`."""
+    cos, sin = rot
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class PositionSignal(nn.Module):
+    """One position signal: added to the embeddings (learned, sinusoidal) or rotary (rope).
+
+    `embed(pos)` gives the additive signal (None for rope); `rotary(pos)` the RoPE tables
+    (None otherwise). A learned map follows the sinusoid when `project` is set, so that
+    two sinusoidal signals (position and distance to the end) stay distinguishable.
+    """
+
+    def __init__(self, kind: str, d_model: int, head_dim: int, max_len: int,
+                 project: bool = False):
+        super().__init__()
+        if kind not in POS_ENCODINGS:
+            raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, got {kind!r}")
+        self.kind, self.d_model, self.head_dim = kind, d_model, head_dim
+        self.table = nn.Embedding(max_len, d_model) if kind == "learned" else None
+        self.proj = nn.Linear(d_model, d_model, bias=False) if project else None
+
+    def embed(self, pos: Tensor) -> Tensor | None:
+        if self.kind == "learned":
+            return self.table(pos)
+        if self.kind == "sinusoidal":
+            s = sinusoid(pos, self.d_model)
+            return self.proj(s) if self.proj is not None else s
+        return None
+
+    def rotary(self, pos: Tensor) -> Rotary | None:
+        return rotary(pos, self.head_dim) if self.kind == "rope" else None
+
+
+class Attention(nn.Module):
+    """Multi-head self- or cross-attention with optional RoPE on queries and keys."""
+
+    def __init__(self, d_model: int, nhead: int, dropout: float, cross: bool = False):
+        super().__init__()
+        if d_model % nhead:
+            raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
+        self.nhead, self.dropout, self.cross = nhead, dropout, cross
+        if cross:
+            self.q = nn.Linear(d_model, d_model)
+            self.kv = nn.Linear(d_model, 2 * d_model)
+        else:
+            self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def _heads(self, t: Tensor) -> Tensor:
+        b, n, c = t.shape
+        return t.view(b, n, self.nhead, c // self.nhead).transpose(1, 2)
+
+    def forward(self, x: Tensor, memory: Tensor | None = None, mask: Tensor | None = None,
+                is_causal: bool = False, rot_q: Rotary | None = None,
+                rot_k: Rotary | None = None, cache: dict | None = None) -> Tensor:
+        """With `cache` (incremental decoding), cross-attention computes the memory's keys
+        and values once, and self-attention appends this call's keys and values."""
+        b, n, c = x.shape
+        if self.cross:
+            q = self._heads(self.q(x))
+            if cache is not None and "k" in cache:
+                k, v = cache["k"], cache["v"]
+            else:
+                k, v = (self._heads(t) for t in self.kv(memory).split(c, dim=-1))
+                k = apply_rotary(k, rot_k) if rot_k is not None else k
+        else:
+            q, k, v = (self._heads(t) for t in self.qkv(x).split(c, dim=-1))
+            k = apply_rotary(k, rot_k) if rot_k is not None else k
+            if cache is not None and "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+        if cache is not None:
+            cache["k"], cache["v"] = k, v
+        q = apply_rotary(q, rot_q) if rot_q is not None else q
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(b, n, c))
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.fc = nn.Linear(d_model, dim_feedforward)
+        self.proj = nn.Linear(dim_feedforward, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: self-attention, optional cross-attention, MLP."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float,
+                 cross: bool = False):
+        super().__init__()
+        self.ln_self = nn.LayerNorm(d_model)
+        self.self_attn = Attention(d_model, nhead, dropout)
+        self.ln_cross = nn.LayerNorm(d_model) if cross else None
+        self.cross_attn = Attention(d_model, nhead, dropout, cross=True) if cross else None
+        self.ln_mlp = nn.LayerNorm(d_model)
+        self.mlp = MLP(d_model, dim_feedforward, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False,
+                rot: Rotary | None = None, memory: Tensor | None = None,
+                memory_mask: Tensor | None = None, rot_mem: Rotary | None = None,
+                cache: dict | None = None) -> Tensor:
+        """`cache`, for incremental decoding, holds this block's self and cross key/values."""
+        self_cache = cache.setdefault("self", {}) if cache is not None else None
+        x = x + self.drop(self.self_attn(self.ln_self(x), mask=mask, is_causal=is_causal,
+                                         rot_q=rot, rot_k=rot, cache=self_cache))
+        if self.cross_attn is not None:
+            cross_cache = cache.setdefault("cross", {}) if cache is not None else None
+            x = x + self.drop(self.cross_attn(self.ln_cross(x), memory, mask=memory_mask,
+                                              rot_q=rot, rot_k=rot_mem, cache=cross_cache))
+        return x + self.mlp(self.ln_mlp(x))
+
+
+def key_padding_mask(lengths: Tensor, size: int) -> Tensor:
+    """(B,) lengths -> (B, 1, 1, size) boolean mask, True on real positions."""
+    return (torch.arange(size, device=lengths.device) < lengths[:, None])[:, None, None, :]

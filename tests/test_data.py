@@ -1,0 +1,103 @@
+import csv
+import hashlib
+
+import pytest
+
+from bltlab import data
+from bltlab.cli import main
+from bltlab.errors import BltlabError
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_generate_is_deterministic(tmp_path):
+    a = data.generate(tmp_path / "a", seed=7, n_train=300, n_test=50)
+    b = data.generate(tmp_path / "b", seed=7, n_train=300, n_test=50)
+    c = data.generate(tmp_path / "c", seed=8, n_train=300, n_test=50)
+    assert [sha(p) for p in a] == [sha(p) for p in b]
+    assert sha(a[0]) != sha(c[0])
+    assert sha(a[0]) != sha(a[1])
+
+
+def test_generated_distribution(tmp_path):
+    train, _ = data.generate(tmp_path, seed=1, n_train=4000, n_test=10)
+    pairs = data.load_pairs(train)
+    s = data.stats(pairs)
+    assert s["rows"] == 4000 and s["all_targets_reversed"]
+    assert s["words_per_row"]["min"] >= 3 and s["words_per_row"]["max"] <= 16
+    assert 8.8 < s["words_per_row"]["mean"] < 9.9  # seed: 9.35
+    assert 64 < s["length_chars"]["mean"] < 78  # seed: 70.9
+    assert 0.003 < s["non_ascii_share"] < 0.03  # seed: 1.2%
+    symbols = set(data.SYMBOLS)
+    with_symbol = sum(any(t in symbols for t in x.split(" ")) for x in pairs.inputs) / 4000
+    assert 0.26 < with_symbol < 0.34  # seed: 30%
+    assert all(ord(c) < 0x10000 for x in pairs.inputs for c in x)
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "empty"),
+    ("a,b\nx,y\n", "missing column(s) input, target"),
+    ("input,target\nabc,cba\n,x\n", "row 2 (line 3): empty 'input' field"),
+    ("input,target\nabc,\n", "row 1 (line 2): empty 'target' field"),
+    ("input,target\nabc\n", "row 1 (line 2): empty 'target' field"),
+    ("input,target\n" + "a" * 30 + ",b\n", "row 1 (line 2): 'input' is 30 chars long"),
+])
+def test_loader_errors_name_file_and_row(tmp_path, content, message):
+    path = write(tmp_path / "bad.csv", content)
+    with pytest.raises(BltlabError) as e:
+        data.load_pairs(path, max_len=20)
+    assert str(path) in str(e.value) and message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_loader_missing_file(tmp_path):
+    with pytest.raises(BltlabError, match="nope.csv: no such file"):
+        data.load_pairs(tmp_path / "nope.csv")
+
+
+def test_loader_rejects_bytes_that_are_not_utf8(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"input,target\nabc,cba\ncaf\xe9,\xe9fac\n")
+    with pytest.raises(BltlabError, match=r"row 2 \(line 3\): 'input' holds bytes that are not"):
+        data.load_pairs(path)
+
+
+def test_skip_bad_rows_counts(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(b"input,target\nabc,cba\n,x\ncaf\xe9,x\n" + b"z" * 50 + b",z\nok,ko\n")
+    pairs = data.load_pairs(path, max_len=20, skip_bad_rows=True)
+    assert pairs.inputs == ["abc", "ok"]
+    assert pairs.skipped == {"empty field": 1, "not UTF-8": 1, "too long": 1}
+
+
+def test_quoted_fields_with_commas_quotes_newlines(tmp_path):
+    rows = [("a, b", "b ,a"), ('say "hi"', '"ih" yas'), ("two\nlines", "senil\nowt")]
+    path = tmp_path / "quoted.csv"
+    data.write_pairs(path, [r[0] for r in rows], [r[1] for r in rows])
+    pairs = data.load_pairs(path)
+    assert list(zip(pairs.inputs, pairs.targets)) == rows
+    assert data.stats(pairs)["all_targets_reversed"]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    path = write(tmp_path / "bad.csv", "input,target\n,x\n")
+    assert main(["data", "stats", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_cli_generate_and_stats_json(tmp_path, capsys):
+    assert main(["data", "generate", "--out", str(tmp_path), "--train", "40", "--test", "9"]) == 0
+    with open(tmp_path / "test.csv", newline="", encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == 9
+    capsys.readouterr()
+    assert main(["data", "stats", str(tmp_path / "train.csv"), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"rows": 40' in out and '"all_targets_reversed": true' in out

@@ -1,0 +1,120 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from bltlab.batching import pad
+from bltlab.checkpoint import load_checkpoint, save_checkpoint
+from bltlab.decoding import greedy_decode
+from bltlab.errors import BltlabError
+from bltlab.layers import POS_ENCODINGS
+from bltlab.models import CharTransformer, ModelConfig
+from bltlab.training import load_model
+from bltlab.vocab import CharVocab
+
+
+def tiny(pos="rope", from_end=True, vocab_size=20):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=vocab_size, d_model=32, nhead=4, num_encoder_layers=1,
+                      num_decoder_layers=1, dim_feedforward=64, max_len=64,
+                      pos_encoding=pos, from_end=from_end)
+    return CharTransformer(cfg).eval()
+
+
+@pytest.mark.parametrize("pos", POS_ENCODINGS)
+@pytest.mark.parametrize("from_end", [True, False])
+def test_shapes(pos, from_end):
+    model = tiny(pos, from_end)
+    src, lens = pad([[5, 6, 7], [8, 9]])
+    logits = model(src, lens, torch.tensor([[1, 5], [1, 6]]))
+    assert logits.shape == (2, 2, 20)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("pos", POS_ENCODINGS)
+def test_batch_equals_rows_one_by_one(pos):
+    model = tiny(pos)
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
+    tgt = [[1, 7, 6], [1, 12, 11], [1, 16, 15]]
+    src, lens = pad(rows)
+    batched = model(src, lens, torch.tensor(tgt))
+    for i, row in enumerate(rows):
+        alone = model(torch.tensor([row]), torch.tensor([len(row)]), torch.tensor([tgt[i]]))
+        torch.testing.assert_close(batched[i], alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_from_end_signal_changes_encoding():
+    model = tiny("learned", True)
+    src = torch.tensor([[5, 6, 7, 8]])
+    a = model.encode(src, torch.tensor([4])).states[0, :2]
+    b = model.encode(src[:, :2], torch.tensor([2])).states[0, :2]
+    assert not torch.allclose(a, b)  # same prefix, different distance to the end
+
+
+def test_greedy_decode_is_batch_invariant():
+    model = tiny("rope")
+    rows = [[5, 6, 7, 8, 9], [10, 11]]
+    src, lens = pad(rows)
+    batched = greedy_decode(model, src, lens)
+    for row, out in zip(rows, batched):
+        assert greedy_decode(model, torch.tensor([row]), torch.tensor([len(row)]))[0] == out
+        assert len(out) <= len(row) + len(row) // 4 + 8
+
+
+def test_checkpoint_round_trip(tmp_path):
+    vocab = CharVocab.build(["abcdefghijklmnop"])
+    model = tiny("sinusoidal", vocab_size=len(vocab))
+    path = tmp_path / "best_char_model.pt"
+    save_checkpoint(path, {"mode": "char", "model_config": model.cfg.to_dict(),
+                           "vocab": vocab.to_state(), "model": model.state_dict()})
+    loaded, loaded_vocab, _ = load_model(path, "char")
+    assert loaded_vocab.chars == vocab.chars and loaded.cfg == model.cfg
+    src, lens = pad([[5, 6, 7]])
+    tgt = torch.tensor([[1, 7]])
+    torch.testing.assert_close(loaded(src, lens, tgt), model(src, lens, tgt))
+    assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written left behind
+    with pytest.raises(BltlabError, match="is a 'char' checkpoint, not 'blt'"):
+        load_checkpoint(path, "blt")
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = ""
+
+
+def test_pickled_object_is_refused_without_running(tmp_path):
+    global MARKER
+    MARKER = str(tmp_path / "pwned")
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"format": "bltlab-checkpoint-v1", "model": Payload()}, f)
+    with pytest.raises(BltlabError, match="refused: not a weights-only checkpoint"):
+        load_checkpoint(path)
+    assert not os.path.exists(MARKER)
+
+
+def test_corrupt_and_missing_checkpoints(tmp_path):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"\x00garbage")
+    with pytest.raises(BltlabError, match="bad.pt"):
+        load_checkpoint(path)
+    with pytest.raises(BltlabError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("pos", POS_ENCODINGS)
+def test_cached_decoder_matches_full_prefix(pos):
+    model = tiny(pos)
+    src, lens = pad([[5, 6, 7, 8, 9], [10, 11, 12]])
+    memory = model.encode(src, lens)
+    tokens = torch.tensor([[1, 9, 8, 7, 6, 5], [1, 12, 11, 10, 2, 0]])
+    full = model.decoder(tokens, memory)
+    cache = model.decoder.new_cache()
+    steps = [model.decoder(tokens[:, t:t + 1], memory, cache=cache, start=t)
+             for t in range(tokens.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+    assert greedy_decode(model, src, lens) == greedy_decode(model, src, lens, use_cache=False)
