@@ -110,6 +110,70 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     return metrics
 
 
+def add_patcher_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
+    from bltlab.patching import PATCHERS, PatcherConfig
+
+    d = PatcherConfig()
+    g = p.add_argument_group("patching")
+    if multiple:
+        g.add_argument("--patcher", choices=PATCHERS, nargs="+", default=[d.patcher])
+    else:
+        g.add_argument("--patcher", choices=PATCHERS, default=d.patcher)
+    g.add_argument("--W", dest="window", type=int, default=d.window,
+                   help="window-entropy: window size in bytes")
+    g.add_argument("--entropy_threshold", dest="threshold", type=float, default=d.threshold,
+                   help="entropy patchers: threshold θ in bits")
+    g.add_argument("--max_patch_len", type=int, default=d.max_patch_len,
+                   help="cut patches longer than this (0: no limit)")
+    g.add_argument("--entropy_mode", dest="mode", choices=("global", "monotonic"),
+                   default=d.mode, help="entropy-model: H_t > θ or H_t - H_t-1 > θ")
+    g.add_argument("--context", type=int, default=d.context,
+                   help="entropy-model: bytes of context of the byte language model")
+    g.add_argument("--static_size", type=int, default=d.static_size)
+    g.add_argument("--target_bpp", type=float, default=None,
+                   help="calibrate θ to this mean bytes/patch on the training inputs")
+
+
+def cmd_patch(args: argparse.Namespace) -> None:
+    from bltlab import patchview
+    from bltlab.data import load_pairs
+    from bltlab.fileio import write_atomic
+    from bltlab.patching import PatcherConfig, build_patcher
+
+    if (args.text is None) == (args.file is None):
+        raise BltlabError("give either a TEXT to patch or --file CSV")
+    texts = [args.text] if args.text is not None else load_pairs(
+        args.file, skip_bad_rows=args.skip_bad_rows).inputs
+    needs_train = args.target_bpp is not None or "entropy-model" in args.patcher
+    train = load_pairs(args.train_csv).inputs if needs_train else None
+    results, sections = {}, []
+    for name in args.patcher:
+        cfg = PatcherConfig.from_dict({**vars(args), "patcher": name})
+        patcher = build_patcher(cfg, train, args.target_bpp if name in (
+            "window-entropy", "entropy-model") else None)
+        seg = patcher.segment(texts)
+        label = patcher.cfg.describe()
+        results[label] = {**patchview.stats(seg), "config": patcher.cfg.to_dict()}
+        if not args.json:
+            if args.text is not None:
+                print(f"{label}\n  {patchview.bracketed(seg, 0)}  "
+                      f"({len(seg.row_patches(0))} patches, {seg.bytes_per_patch():.2f} B/patch)")
+            else:
+                print(patchview.format_stats(label, results[label]))
+        if args.html:
+            entropy = patcher.entropy(seg.batch)
+            shown = range(min(len(texts), args.html_rows))
+            sections.append((label, "".join(patchview.row_html(
+                seg, r, entropy, patcher.cfg.threshold if entropy is not None else None)
+                for r in shown)))
+    if args.json:
+        only = next(iter(results.values())) if len(results) == 1 else results
+        print(json.dumps(only, indent=2, ensure_ascii=False))
+    if args.html:
+        write_atomic(args.html, lambda f: f.write(patchview.page("bltlab patches", sections)))
+        print(f"wrote {args.html}", file=sys.stderr if args.json else sys.stdout)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from bltlab.pipeline import run
 
@@ -132,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--skip_bad_rows", action="store_true")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("patch", help="show how a patcher cuts text into patches")
+    p.add_argument("text", nargs="?", help="a string to patch")
+    p.add_argument("--file", help="a CSV whose inputs to patch")
+    p.add_argument("--train_csv", default="data/train.csv",
+                   help="inputs to fit the entropy model and calibrate θ on")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    p.add_argument("--html", help="write a coloured view with the entropy curve here")
+    p.add_argument("--html_rows", type=int, default=20, help="rows in the HTML view")
+    p.add_argument("--skip_bad_rows", action="store_true")
+    add_patcher_args(p, multiple=True)
+    p.set_defaults(func=cmd_patch)
 
     p = sub.add_parser("train", help="train a model")
     p.add_argument("--mode", choices=("char",), default="char")

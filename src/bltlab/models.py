@@ -21,14 +21,14 @@ class ModelConfig:
     """Size and position scheme of an encoder-decoder; serialised into checkpoints."""
 
     vocab_size: int = 0
-    d_model: int = 128
+    d_model: int = 64
     nhead: int = 4
     num_encoder_layers: int = 2
     num_decoder_layers: int = 2
-    dim_feedforward: int = 512
+    dim_feedforward: int = 256
     dropout: float = 0.0
     max_len: int = 512
-    pos_encoding: str = "learned"
+    pos_encoding: str = "rope"
     from_end: bool = True
 
     def to_dict(self) -> dict:
@@ -53,8 +53,16 @@ class Memory:
 
 
 def init_weights(module: nn.Module) -> None:
-    """Small normal initialisation (as GPT-2) for linear and embedding weights."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
+    """GPT-2's small normal initialisation for linear layers; embeddings get std d**-0.5.
+
+    Unit-norm embedding rows matter for copying tasks: a character seen a handful of
+    times in training barely moves from its initial vector, and only a vector of the
+    same size as the trained ones is copied as itself through the tied output head
+    (at std 0.02 rare characters collapsed onto one another; see README).
+    """
+    if isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=module.embedding_dim ** -0.5)
+    if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
@@ -97,9 +105,12 @@ class Decoder(nn.Module):
 class CharTransformer(nn.Module):
     """Character-level encoder-decoder Transformer (the baseline).
 
-    With `from_end`, the encoder also sees each position's distance to the end of the
-    input (an added signal; for RoPE, the keys of cross-attention are rotated by it),
-    so output step t can find input position L-1-t directly.
+    With `from_end`, each input position also carries its distance to the end of the
+    input, in the decoder's own position code, so that output step t finds input
+    position L-1-t by matching equal codes: learned and sinusoidal schemes add the
+    decoder's signal for L-1-i to the encoder input (a sinusoidal encoder then passes
+    its usual signal through a learned map, so the two stay apart); RoPE rotates the
+    keys of cross-attention by L-1-i, so the match is at relative offset zero.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -107,10 +118,8 @@ class CharTransformer(nn.Module):
         self.cfg = cfg
         head_dim = cfg.d_model // cfg.nhead
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos = PositionSignal(cfg.pos_encoding, cfg.d_model, head_dim, cfg.max_len)
-        self.end_pos = (PositionSignal(cfg.pos_encoding, cfg.d_model, head_dim, cfg.max_len,
-                                       project=cfg.pos_encoding == "sinusoidal")
-                        if cfg.from_end and cfg.pos_encoding != "rope" else None)
+        self.pos = PositionSignal(cfg.pos_encoding, cfg.d_model, head_dim, cfg.max_len,
+                                  project=cfg.from_end and cfg.pos_encoding == "sinusoidal")
         self.encoder = nn.ModuleList(
             Block(cfg.d_model, cfg.nhead, cfg.dim_feedforward, cfg.dropout)
             for _ in range(cfg.num_encoder_layers))
@@ -126,8 +135,9 @@ class CharTransformer(nn.Module):
         e = self.pos.embed(pos)
         if e is not None:
             x = x + e
-        if self.end_pos is not None:
-            x = x + self.end_pos.embed(to_end)
+        end = self.decoder.pos.embed(to_end) if self.cfg.from_end else None
+        if end is not None:
+            x = x + end
         mask = key_padding_mask(src_lens, size) if bool((src_lens < size).any()) else None
         rot = self.pos.rotary(pos)
         for block in self.encoder:

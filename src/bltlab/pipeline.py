@@ -12,7 +12,7 @@ from bltlab.models import ModelConfig
 from bltlab.training import TrainConfig, checkpoint_paths, load_model, pick_device, train
 
 # Epochs per preset; every other setting is the package default (see README).
-PRESET_EPOCHS = {"quick": 8, "full": 30}
+PRESET_EPOCHS = {"quick": 4, "full": 10}
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -33,7 +33,7 @@ class TrainConfig:
 
     train_csv: str = "data/train.csv"
     save_dir: str = "checkpoints"
-    epochs: int = 10
+    epochs: int = 6
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -85,9 +85,15 @@ def make_vocab(mode: str, texts: list[str]) -> CharVocab | ByteVocab:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on matrices only; norms, biases and position tables are not decayed."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n)]
+    """Weight decay on the linear layers' matrices only.
+
+    Embeddings are not decayed: a character seen a handful of times in training gets
+    few gradient updates, and decay would pull its vector towards zero, where the tied
+    output head can no longer tell it from other rare characters.
+    """
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    decay = [p for p in model.parameters() if id(p) in decayed]
+    rest = [p for p in model.parameters() if id(p) not in decayed]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": rest, "weight_decay": 0.0}]
     if cfg.optimizer == "adamw":

@@ -1,0 +1,32 @@
+# Set-up and the two everyday commands. `make quick` and `make test` create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build on this project's machines; any torch>=2.2 works (e.g. TORCH=torch for the
+# newest release with CUDA).
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: quick full test lint bench install
+
+$(BIN)/bltlab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/bltlab
+
+quick: $(BIN)/bltlab
+	$(BIN)/bltlab run --quick
+
+full: $(BIN)/bltlab
+	$(BIN)/bltlab run --full
+
+test: $(BIN)/bltlab
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/bltlab
+	$(BIN)/ruff check src tests bench run_experiments.py
+
+bench: $(BIN)/bltlab
+	$(BIN)/python bench/train_throughput.py --json

@@ -1,0 +1,100 @@
+"""Showing a segmentation: statistics, bracketed patches, and an HTML view with the
+per-byte entropy curve under coloured patches (as in the BLT paper's figure)."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+
+from bltlab.patching import Segmentation
+
+COLOURS = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa")
+
+
+def patch_lengths(seg: Segmentation) -> np.ndarray:
+    """Length in bytes of every patch of every row, in order."""
+    starts = np.flatnonzero(seg.starts)
+    return np.diff(np.append(starts, len(seg.starts)))
+
+
+def stats(seg: Segmentation) -> dict:
+    """Rows, bytes, patches, mean / median / max bytes per patch and a length histogram."""
+    lengths = patch_lengths(seg)
+    hist = np.bincount(lengths, minlength=1)
+    return {
+        "rows": len(seg.batch),
+        "bytes": int(len(seg.batch.data)),
+        "patches": int(len(lengths)),
+        "bytes_per_patch": round(seg.bytes_per_patch(), 4),
+        "median_patch_bytes": float(np.median(lengths)) if len(lengths) else 0.0,
+        "max_patch_bytes": int(lengths.max()) if len(lengths) else 0,
+        "patches_per_row": round(len(lengths) / max(1, len(seg.batch)), 3),
+        "histogram": {str(k): int(v) for k, v in enumerate(hist) if v},
+    }
+
+
+def format_stats(name: str, s: dict) -> str:
+    lines = [f"{name}",
+             f"  rows {s['rows']}  bytes {s['bytes']}  patches {s['patches']}",
+             f"  bytes/patch mean {s['bytes_per_patch']:.3f}  median "
+             f"{s['median_patch_bytes']:g}  max {s['max_patch_bytes']}"]
+    peak = max(s["histogram"].values())
+    for length, count in s["histogram"].items():
+        bar = "#" * max(1, round(40 * count / peak))
+        lines.append(f"  {length:>3} B {count:>8}  {bar}")
+    return "\n".join(lines)
+
+
+def bracketed(seg: Segmentation, row: int) -> str:
+    """`[patch][patch]...` for one row."""
+    return "".join(f"[{p.decode('utf-8', errors='replace')}]" for p in seg.row_patches(row))
+
+
+def _entropy_svg(values: np.ndarray, threshold: float | None, width_per_byte: float = 9.0,
+                 height: float = 60.0) -> str:
+    if len(values) == 0:
+        return ""
+    top = max(float(values.max()), threshold or 0.0, 1e-9)
+    y = lambda v: height - 4 - (height - 8) * v / top  # noqa: E731
+    points = " ".join(f"{(i + 0.5) * width_per_byte:.1f},{y(v):.1f}" for i, v in enumerate(values))
+    width = len(values) * width_per_byte
+    rule = (f'<line x1="0" x2="{width:.1f}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" '
+            f'stroke="#dc2626" stroke-dasharray="4 3"/>' if threshold is not None else "")
+    return (f'<svg width="{width:.0f}" height="{height:.0f}" role="img" '
+            f'aria-label="per-byte entropy">{rule}<polyline fill="none" stroke="#1d4ed8" '
+            f'stroke-width="1.5" points="{points}"/></svg>')
+
+
+def row_html(seg: Segmentation, row: int, entropy: np.ndarray | None,
+             threshold: float | None) -> str:
+    """One row: coloured patch spans, one monospace cell per byte, and the entropy curve."""
+    cells = []
+    for i, patch in enumerate(seg.row_patches(row)):
+        text = patch.decode("utf-8", errors="replace")
+        # one cell per byte keeps the spans aligned with the per-byte curve
+        pad = "\u00a0" * (len(patch) - len(text))
+        cells.append(f'<span class="p" style="background:{COLOURS[i % len(COLOURS)]};'
+                     f'width:{9 * len(patch)}px">{html.escape(text)}{pad}</span>')
+    lo, hi = seg.batch.offsets[row], seg.batch.offsets[row + 1]
+    curve = _entropy_svg(entropy[lo:hi], threshold) if entropy is not None else ""
+    return f'<div class="row"><div class="text">{"".join(cells)}</div>{curve}</div>'
+
+
+def page(title: str, sections: list[tuple[str, str]]) -> str:
+    """A self-contained HTML page: (heading, body html) sections; headings are escaped."""
+    body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{b}" for h, b in sections)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; }}
+.row {{ margin: 0 0 1.2em 0; }}
+.text {{ font-family: monospace; font-size: 15px; white-space: pre; display: flex; }}
+.p {{ display: inline-block; border-right: 1px solid #555; overflow: hidden; }}
+svg {{ display: block; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: 2px 8px; border: 1px solid #ccc; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+{body}
+</body></html>
+"""
