@@ -3,8 +3,9 @@
 Input: ../shared/data/test.csv repeated 10 times (about 1.4 MB), or generated rows of
 that size when the file is absent. Patchers and hashing are timed on the bytes (the
 rows already UTF-8 encoded into one array, done once per dataset and timed apart as
-"utf8_encoding"); each figure is the best of --repeats runs. The entropy-model patcher is fitted on the matching
-train.csv (or generated rows) beforehand; fitting is timed separately.
+"utf8_encoding"); each figure is the best of --repeats runs. The entropy-model
+patcher is fitted on the matching train.csv (or generated rows) beforehand; fitting
+and calibration are timed separately.
 
     python bench/patching.py --json
 """

@@ -25,8 +25,8 @@ from bltlab.patching import (
     window_entropy_starts,
 )
 
-TEXTS = ["the quick brown fox jumps over the lazy dog", "café ❤️ \u2800 naïve", "aaaaaaaaaaaaaaaaaaaa",
-         "x", "reconciliation trolls realized scene"] * 20
+TEXTS = ["the quick brown fox jumps over the lazy dog", "café ❤️ \u2800 naïve",
+         "aaaaaaaaaaaaaaaaaaaa", "x", "reconciliation trolls realized scene"] * 20
 
 
 def reference_window_entropy(data: bytes, w=10, theta=2.0, max_len=15) -> list[int]:
