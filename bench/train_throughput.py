@@ -4,7 +4,9 @@ Both models have the same width, depth, heads, feed-forward size and batch size 
 train on the same rows (../shared/data/train.csv when present, else generated data)
 with AdamW, one full step (forward, backward, clip, update) per batch. The
 nn.Transformer is timed on the same length-bucketed batches as bltlab (a model-only
-comparison) and on plain shuffled padded batches (the usual pipeline).
+comparison) and on plain shuffled padded batches (the usual pipeline). The models take
+turns, round after round, and each figure is the median over rounds: this machine's
+speed drifts by tens of percent from minute to minute.
 
     python bench/train_throughput.py --json
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -54,29 +56,50 @@ class TorchTransformer(nn.Module):
         return self.head(y)
 
 
-def throughput(model: nn.Module, loader: DataLoader, steps: int, warmup: int) -> float:
-    cfg = TrainConfig(lr=1e-3)
-    optimizer = make_optimizer(model, cfg)
-    model.train()
-    seen, start, done = 0, 0.0, 0
-    while done < steps + warmup:
-        for batch in loader:
-            if done == warmup:
-                start, seen = time.perf_counter(), 0
-            train_step(model, batch, optimizer, cfg, torch.device("cpu"))
-            seen += batch["src"].shape[0]
-            done += 1
-            if done == steps + warmup:
-                break
-    return seen / (time.perf_counter() - start)
+class Runner:
+    """A model, its optimizer and an endless stream of its batches."""
+
+    def __init__(self, model: nn.Module, loader: DataLoader):
+        self.model, self.loader, self.cfg = model, loader, TrainConfig(lr=1e-3)
+        self.optimizer = make_optimizer(model, self.cfg)
+        self.batches = iter(())
+
+    def next_batch(self) -> dict:
+        try:
+            return next(self.batches)
+        except StopIteration:
+            self.batches = iter(self.loader)
+            return next(self.batches)
+
+    def samples_per_s(self, steps: int) -> float:
+        self.model.train()
+        batches = [self.next_batch() for _ in range(steps)]
+        start = time.perf_counter()
+        for batch in batches:
+            train_step(self.model, batch, self.optimizer, self.cfg, torch.device("cpu"))
+        return sum(b["src"].shape[0] for b in batches) / (time.perf_counter() - start)
+
+
+def compare(runners: dict[str, Runner], steps: int, rounds: int, warmup: int) -> dict:
+    """Median samples/s of each runner over `rounds`, the runners taking turns each round
+    so that a slow patch of the machine hits all of them alike."""
+    for runner in runners.values():
+        runner.samples_per_s(warmup)
+    seen: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            seen[name].append(runner.samples_per_s(steps))
+    return {name: {"samples_per_s": round(statistics.median(v), 1),
+                   "rounds": [round(x, 1) for x in v]} for name, v in seen.items()}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print only the JSON")
     p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=20, help="steps per model per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,25 +117,20 @@ def main() -> None:
     shuffled = DataLoader(data, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
                           generator=torch.Generator().manual_seed(0))
 
-    result = {
-        "config": {**cfg.to_dict(), "batch_size": args.batch_size, "threads": args.threads,
-                   "steps": args.steps, "data": str(path)},
-        "char": {"samples_per_s": throughput(CharTransformer(cfg), bucketed, args.steps,
-                                             args.warmup)},
-        "torch_nn_transformer": {"samples_per_s": throughput(TorchTransformer(cfg), shuffled,
-                                                             args.steps, args.warmup)},
-        "torch_nn_transformer_bucketed": {
-            "samples_per_s": throughput(TorchTransformer(cfg), bucketed, args.steps,
-                                        args.warmup)},
+    runners = {
+        "char": Runner(CharTransformer(cfg), bucketed),
+        "torch_nn_transformer": Runner(TorchTransformer(cfg), shuffled),
+        "torch_nn_transformer_bucketed": Runner(TorchTransformer(cfg), bucketed),
     }
-    for k in ("char", "torch_nn_transformer", "torch_nn_transformer_bucketed"):
-        result[k]["samples_per_s"] = round(result[k]["samples_per_s"], 1)
+    result = {"config": {**cfg.to_dict(), "batch_size": args.batch_size,
+                         "threads": args.threads, "steps": args.steps, "rounds": args.rounds,
+                         "data": str(path)},
+              **compare(runners, args.steps, args.rounds, args.warmup)}
+    char = result["char"]["samples_per_s"]
     result["speedup_vs_torch_nn_transformer"] = round(
-        result["char"]["samples_per_s"] / result["torch_nn_transformer"]["samples_per_s"], 2)
+        char / result["torch_nn_transformer"]["samples_per_s"], 2)
     result["speedup_same_batches"] = round(
-        result["char"]["samples_per_s"]
-        / result["torch_nn_transformer_bucketed"]["samples_per_s"], 2)
-    assert math.isfinite(result["speedup_vs_torch_nn_transformer"])
+        char / result["torch_nn_transformer_bucketed"]["samples_per_s"], 2)
     print(json.dumps(result, indent=None if args.json else 2))
 
 

@@ -86,6 +86,7 @@ class Payload:
 MARKER = ""
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_object_is_refused_without_running(tmp_path):
     global MARKER
     MARKER = str(tmp_path / "pwned")

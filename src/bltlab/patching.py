@@ -120,7 +120,8 @@ def window_counts(batch: ByteBatch, window: int) -> tuple[np.ndarray, np.ndarray
     c_j is how often the window's j-th byte occurs in the window, n how many real bytes
     it holds. Each c_j is 1 + the equal bytes before it + those after it inside the
     window, read off running sums of "byte p equals byte p+d" (d < window) over the
-    padded batch: O(window) vector passes and no sorting. Π_j c_j ≤ window**window.
+    padded batch: O(window) vector passes and no sorting. Π_j c_j ≤ window**window
+    < 2**53 is exact in float64.
     """
     if not 1 <= window <= batch.GAP:
         raise BltlabError(f"--W must be between 1 and {batch.GAP} (got {window})")
@@ -134,20 +135,21 @@ def window_counts(batch: ByteBatch, window: int) -> tuple[np.ndarray, np.ndarray
         ahead = before[-1].copy()
         ahead[d:] += equal[:-d]
         before.append(ahead)  # equal real bytes among the previous d
-    counts = [1 + before[j][j:j + starts] + after[window - 1 - j][j:j + starts]
-              for j in range(window)]
-    # pairwise products stay small (c ≤ 16: c·c' ≤ 256 fits uint16), then widen once
-    product = np.ones(starts, np.int64)
-    for j in range(0, window, 2):
-        pair = counts[j].astype(np.uint16)
-        if j + 1 < window:
-            pair *= counts[j + 1]
-        product *= pair
+    # Π_j c_j in two halves of at most 8 factors ≤ 16 each (< 2**32), kept as uint32
+    # until the bytes that start a window inside a row are picked out
+    halves = []
+    for part in (range(0, window // 2), range(window // 2, window)):
+        product = np.ones(starts, np.uint32)
+        for j in part:
+            count = before[j][j:j + starts] + after[window - 1 - j][j:j + starts]
+            count += 1
+            product *= count
+        halves.append(product[batch.where])
     real = (padded < 256).view(np.uint8)
     n = np.zeros(starts, np.uint8)
     for j in range(window):
         n += real[j:j + starts]
-    return product[batch.where], np.maximum(n[batch.where], 1)
+    return halves[0] * halves[1].astype(np.float64), np.maximum(n[batch.where], 1)
 
 
 def window_entropy(batch: ByteBatch, window: int) -> np.ndarray:
@@ -426,13 +428,16 @@ def ngram_ids(batch: ByteBatch, ns: Sequence[int] = (1, 2, 3), buckets: int = 40
     if min(ns) < 1 or max(ns) > batch.GAP:
         raise BltlabError(f"n-gram sizes must be between 1 and {batch.GAP} (got {list(ns)})")
     out = np.empty((len(batch.data), len(ns)), dtype=np.int64)
-    h = np.full(len(batch.data), HASH_SEED, dtype=np.uint64)
+    padded = np.minimum(batch.padded, PAD_BYTE).astype(np.uint64)
+    h = np.full(len(padded), HASH_SEED, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for k in range(max(ns)):
-            h = (h ^ batch.shifted(k).astype(np.uint64)) * HASH_MULT
+            h[k:] ^= padded[: len(padded) - k]  # the byte k places back (rows have GAP pads)
+            h *= HASH_MULT
             if k + 1 in ns:
-                mixed = h ^ (h >> np.uint64(29))
-                out[:, list(ns).index(k + 1)] = (mixed % np.uint64(buckets)).astype(np.int64)
+                mixed = h[batch.where]
+                mixed ^= mixed >> np.uint64(29)
+                out[:, list(ns).index(k + 1)] = mixed % np.uint64(buckets)
     return out
 
 
