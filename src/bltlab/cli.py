@@ -163,9 +163,12 @@ def cmd_patch(args: argparse.Namespace) -> None:
         if args.html:
             entropy = patcher.entropy(seg.batch)
             shown = range(min(len(texts), args.html_rows))
-            sections.append((label, "".join(patchview.row_html(
-                seg, r, entropy, patcher.cfg.threshold if entropy is not None else None)
-                for r in shown)))
+            # the threshold is a level of H only for the global rules
+            level = (patcher.cfg.threshold if entropy is not None
+                     and not (name == "entropy-model" and patcher.cfg.mode == "monotonic")
+                     else None)
+            sections.append((label, "".join(patchview.row_html(seg, r, entropy, level)
+                                            for r in shown)))
     if args.json:
         only = next(iter(results.values())) if len(results) == 1 else results
         print(json.dumps(only, indent=2, ensure_ascii=False))
@@ -255,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     return 0
 
 

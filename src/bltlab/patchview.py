@@ -9,6 +9,7 @@ import numpy as np
 
 from bltlab.patching import Segmentation
 
+HISTOGRAM_ROWS = 16  # patch lengths shown one per line; longer ones share a line
 COLOURS = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa")
 
 
@@ -39,8 +40,12 @@ def format_stats(name: str, s: dict) -> str:
              f"  rows {s['rows']}  bytes {s['bytes']}  patches {s['patches']}",
              f"  bytes/patch mean {s['bytes_per_patch']:.3f}  median "
              f"{s['median_patch_bytes']:g}  max {s['max_patch_bytes']}"]
-    peak = max(s["histogram"].values())
+    shown: dict[str, int] = {}
     for length, count in s["histogram"].items():
+        key = length if int(length) <= HISTOGRAM_ROWS else f">{HISTOGRAM_ROWS}"
+        shown[key] = shown.get(key, 0) + count
+    peak = max(shown.values())
+    for length, count in shown.items():
         bar = "#" * max(1, round(40 * count / peak))
         lines.append(f"  {length:>3} B {count:>8}  {bar}")
     return "\n".join(lines)
