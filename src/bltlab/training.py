@@ -220,8 +220,9 @@ def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
         sampler.set_epoch(epoch)
         model.train()
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=None if cfg.progress else True,  # None: off when not a terminal
+                   dynamic_ncols=True)
         for batch in bar:
             loss = train_step(model, batch, optimizer, cfg, device)
             scheduler.step()
