@@ -24,11 +24,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bltlab.batching import LengthBucketSampler, PairDataset, collate
+from bltlab.batching import Collate, LengthBucketSampler, PairDataset
 from bltlab.data import generate, load_pairs
+from bltlab.inputs import fit_codec
 from bltlab.models import CharTransformer, ModelConfig
 from bltlab.training import TrainConfig, make_optimizer, train_step
-from bltlab.vocab import PAD, CharVocab
+from bltlab.vocab import PAD
 
 SEED_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train.csv"
 
@@ -45,7 +46,8 @@ class TorchTransformer(nn.Module):
                                   activation="gelu", batch_first=True, norm_first=True)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
 
-    def forward(self, src, src_lens, tgt_in):
+    def forward(self, batch):
+        src, tgt_in = batch["src"], batch["tgt_in"]
         s = self.embed(src) + self.pos(torch.arange(src.shape[1]))
         t = self.embed(tgt_in) + self.pos(torch.arange(tgt_in.shape[1]))
         causal = nn.Transformer.generate_square_subsequent_mask(tgt_in.shape[1])
@@ -109,11 +111,12 @@ def main() -> None:
     if not path.is_file():
         path, _ = generate(tempfile.mkdtemp(), seed=0)
     pairs = load_pairs(path)
-    vocab = CharVocab.build(pairs.inputs + pairs.targets)
-    data = PairDataset.encode(vocab, pairs)
-    cfg = ModelConfig(vocab_size=len(vocab))
+    codec = fit_codec("char", pairs.inputs)
+    data = PairDataset.build(codec, pairs)
+    collate = Collate(codec)
+    cfg = ModelConfig(vocab_size=len(codec.vocab))
     bucketed = DataLoader(data, batch_sampler=LengthBucketSampler(
-        [len(s) for s in data.src], args.batch_size, seed=0), collate_fn=collate)
+        data.lengths(), args.batch_size, seed=0), collate_fn=collate)
     shuffled = DataLoader(data, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
                           generator=torch.Generator().manual_seed(0))
 

@@ -24,9 +24,9 @@ def test_tiny_model_learns_reversal(tmp_path):
     cfg = TrainConfig(train_csv=str(tmp_path / "train.csv"), save_dir=str(tmp_path / "ck"),
                       epochs=5, batch_size=32, lr=3e-3, warmup_steps=20, progress=False)
     result = train("char", model_cfg, cfg)
-    model, vocab, state = load_model(result["best_checkpoint"], "char")
+    model, codec, state = load_model(result["best_checkpoint"], "char")
     held_out = [s for s in strings(300, 1) if s not in set(inputs)]
-    preds = predict(model, vocab, held_out)
+    preds = predict(model, codec, held_out)
     accuracy = sum(p == s[::-1] for p, s in zip(preds, held_out)) / len(held_out)
     assert accuracy >= 0.95, accuracy
     history = json.loads((tmp_path / "ck" / "history_char.json").read_text())

@@ -8,10 +8,19 @@ from bltlab.batching import pad
 from bltlab.checkpoint import load_checkpoint, save_checkpoint
 from bltlab.decoding import greedy_decode
 from bltlab.errors import BltlabError
+from bltlab.inputs import CharCodec
 from bltlab.layers import POS_ENCODINGS
 from bltlab.models import CharTransformer, ModelConfig
 from bltlab.training import load_model
 from bltlab.vocab import CharVocab
+
+
+def batch_of(rows, tgt=None):
+    src, lens = pad(rows)
+    batch = {"src": src, "src_lens": lens}
+    if tgt is not None:
+        batch["tgt_in"] = torch.tensor(tgt)
+    return batch
 
 
 def tiny(pos="rope", from_end=True, vocab_size=20):
@@ -26,8 +35,7 @@ def tiny(pos="rope", from_end=True, vocab_size=20):
 @pytest.mark.parametrize("from_end", [True, False])
 def test_shapes(pos, from_end):
     model = tiny(pos, from_end)
-    src, lens = pad([[5, 6, 7], [8, 9]])
-    logits = model(src, lens, torch.tensor([[1, 5], [1, 6]]))
+    logits = model(batch_of([[5, 6, 7], [8, 9]], [[1, 5], [1, 6]]))
     assert logits.shape == (2, 2, 20)
     assert torch.isfinite(logits).all()
 
@@ -37,42 +45,38 @@ def test_batch_equals_rows_one_by_one(pos):
     model = tiny(pos)
     rows = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
     tgt = [[1, 7, 6], [1, 12, 11], [1, 16, 15]]
-    src, lens = pad(rows)
-    batched = model(src, lens, torch.tensor(tgt))
+    batched = model(batch_of(rows, tgt))
     for i, row in enumerate(rows):
-        alone = model(torch.tensor([row]), torch.tensor([len(row)]), torch.tensor([tgt[i]]))
+        alone = model(batch_of([row], [tgt[i]]))
         torch.testing.assert_close(batched[i], alone[0], atol=1e-5, rtol=1e-4)
 
 
 def test_from_end_signal_changes_encoding():
     model = tiny("learned", True)
-    src = torch.tensor([[5, 6, 7, 8]])
-    a = model.encode(src, torch.tensor([4])).states[0, :2]
-    b = model.encode(src[:, :2], torch.tensor([2])).states[0, :2]
+    a = model.encode(batch_of([[5, 6, 7, 8]])).states[0, :2]
+    b = model.encode(batch_of([[5, 6]])).states[0, :2]
     assert not torch.allclose(a, b)  # same prefix, different distance to the end
 
 
 def test_greedy_decode_is_batch_invariant():
     model = tiny("rope")
     rows = [[5, 6, 7, 8, 9], [10, 11]]
-    src, lens = pad(rows)
-    batched = greedy_decode(model, src, lens)
+    batched = greedy_decode(model, batch_of(rows))
     for row, out in zip(rows, batched):
-        assert greedy_decode(model, torch.tensor([row]), torch.tensor([len(row)]))[0] == out
+        assert greedy_decode(model, batch_of([row]))[0] == out
         assert len(out) <= len(row) + len(row) // 4 + 8
 
 
 def test_checkpoint_round_trip(tmp_path):
-    vocab = CharVocab.build(["abcdefghijklmnop"])
-    model = tiny("sinusoidal", vocab_size=len(vocab))
+    codec = CharCodec(CharVocab.build(["abcdefghijklmnop"]))
+    model = tiny("sinusoidal", vocab_size=len(codec.vocab))
     path = tmp_path / "best_char_model.pt"
     save_checkpoint(path, {"mode": "char", "model_config": model.cfg.to_dict(),
-                           "vocab": vocab.to_state(), "model": model.state_dict()})
-    loaded, loaded_vocab, _ = load_model(path, "char")
-    assert loaded_vocab.chars == vocab.chars and loaded.cfg == model.cfg
-    src, lens = pad([[5, 6, 7]])
-    tgt = torch.tensor([[1, 7]])
-    torch.testing.assert_close(loaded(src, lens, tgt), model(src, lens, tgt))
+                           "codec": codec.to_state(), "model": model.state_dict()})
+    loaded, loaded_codec, _ = load_model(path, "char")
+    assert loaded_codec.vocab.chars == codec.vocab.chars and loaded.cfg == model.cfg
+    batch = batch_of([[5, 6, 7]], [[1, 7]])
+    torch.testing.assert_close(loaded(batch), model(batch))
     assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written left behind
     with pytest.raises(BltlabError, match="is a 'char' checkpoint, not 'blt'"):
         load_checkpoint(path, "blt")
@@ -110,12 +114,12 @@ def test_corrupt_and_missing_checkpoints(tmp_path):
 @pytest.mark.parametrize("pos", POS_ENCODINGS)
 def test_cached_decoder_matches_full_prefix(pos):
     model = tiny(pos)
-    src, lens = pad([[5, 6, 7, 8, 9], [10, 11, 12]])
-    memory = model.encode(src, lens)
+    batch = batch_of([[5, 6, 7, 8, 9], [10, 11, 12]])
+    memory = model.encode(batch)
     tokens = torch.tensor([[1, 9, 8, 7, 6, 5], [1, 12, 11, 10, 2, 0]])
     full = model.decoder(tokens, memory)
     cache = model.decoder.new_cache()
     steps = [model.decoder(tokens[:, t:t + 1], memory, cache=cache, start=t)
              for t in range(tokens.shape[1])]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
-    assert greedy_decode(model, src, lens) == greedy_decode(model, src, lens, use_cache=False)
+    assert greedy_decode(model, batch) == greedy_decode(model, batch, use_cache=False)

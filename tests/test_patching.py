@@ -87,7 +87,8 @@ ALL_PATCHERS = [
     Patcher(PatcherConfig("window-entropy")),
     Patcher(PatcherConfig("window-entropy", threshold=3.0, max_patch_len=4)),
     Patcher(PatcherConfig("entropy-model", threshold=1.0), LM),
-    Patcher(PatcherConfig("entropy-model", threshold=0.2, mode="monotonic", max_patch_len=0), LM),
+    Patcher(PatcherConfig("entropy-model", threshold=0.2, entropy_mode="monotonic",
+                          max_patch_len=0), LM),
     Patcher(PatcherConfig("space")),
     Patcher(PatcherConfig("static", static_size=3)),
 ]
@@ -109,7 +110,8 @@ def test_patches_are_utf8_safe_and_lossless(texts):
 
 
 def test_space_and_static():
-    seg = Patcher(PatcherConfig("space")).segment(["ab  cd e", "  x"])
+    seg = Patcher(PatcherConfig("space")).segment(["ab  cd e", "  x", "a" * 20])
+    assert seg.row_patches(2) == [b"a" * 15, b"a" * 5]  # max_patch_len applies to all
     assert seg.row_patches(0) == [b"ab  ", b"cd ", b"e"]
     assert seg.row_patches(1) == [b"  ", b"x"]
     seg = Patcher(PatcherConfig("static", static_size=4)).segment(["abcdefghij"])
@@ -133,7 +135,8 @@ def test_entropy_model_file_round_trip(tmp_path):
 
 @pytest.mark.parametrize("mode", ["global", "monotonic"])
 def test_calibration_reaches_the_target(mode):
-    cfg = calibrate(TEXTS, PatcherConfig("entropy-model", mode=mode, max_patch_len=0), 3.0, LM)
+    cfg = PatcherConfig("entropy-model", entropy_mode=mode, max_patch_len=0)
+    cfg = calibrate(TEXTS, cfg, 3.0, LM)
     assert abs(Patcher(cfg, LM).segment(TEXTS).bytes_per_patch() - 3.0) < 0.35
     higher = PatcherConfig.from_dict({**cfg.to_dict(), "threshold": cfg.threshold + 0.5})
     assert Patcher(higher, LM).segment(TEXTS).bytes_per_patch() >= 3.0 - 0.35
@@ -157,7 +160,7 @@ def test_ngram_ids_are_stable_across_processes():
 
 def test_html_view_escapes_text(tmp_path):
     texts = ["<script>alert(1)</script>", "a & b > c"]
-    seg = Patcher(PatcherConfig("static", static_size=40)).segment(texts)
+    seg = Patcher(PatcherConfig("static", static_size=40, max_patch_len=0)).segment(texts)
     entropy = window_entropy(seg.batch, 10)
     body = "".join(patchview.row_html(seg, r, entropy, 2.0) for r in range(2))
     page = patchview.page("t <b>", [("window <x>", body)])
@@ -192,8 +195,8 @@ def test_cli_patch_json_and_html(tmp_path, capsys):
     path.write_text('input,target\n"<script>alert(1)</script>",x\nhello there,y\n',
                     encoding="utf-8")
     html_path = tmp_path / "view.html"
-    assert main(["patch", "--file", str(path), "--patcher", "space", "--json",
-                 "--html", str(html_path)]) == 0
+    assert main(["patch", "--file", str(path), "--patcher", "space", "--max_patch_len", "0",
+                 "--json", "--html", str(html_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["bytes"] == 36 and out["patches"] == 3
     assert out["bytes_per_patch"] == pytest.approx(12.0)

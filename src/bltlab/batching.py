@@ -21,30 +21,38 @@ def pad(seqs: Sequence[Sequence[int]], value: int = PAD) -> tuple[Tensor, Tensor
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Encoded (source, target) id lists."""
+    """Encoder features (one dict per row, from a codec) and target ids."""
 
-    def __init__(self, src: list[list[int]], tgt: list[list[int]]):
+    def __init__(self, src: list[dict], tgt: list[list[int]]):
         self.src, self.tgt = src, tgt
 
     @classmethod
-    def encode(cls, vocab, pairs) -> PairDataset:
-        """Encode the inputs and targets of `Pairs` with `vocab`."""
-        return cls([vocab.encode(t) for t in pairs.inputs],
-                   [vocab.encode(t) for t in pairs.targets])
+    def build(cls, codec, pairs) -> PairDataset:
+        """Features of the inputs and ids of the targets of `Pairs`, through `codec`."""
+        return cls(codec.rows(pairs.inputs), [codec.target(t) for t in pairs.targets])
+
+    def lengths(self) -> list[int]:
+        return [len(r["src"]) for r in self.src]
 
     def __len__(self) -> int:
         return len(self.src)
 
-    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+    def __getitem__(self, i: int) -> tuple[dict, list[int]]:
         return self.src[i], self.tgt[i]
 
 
-def collate(rows: list[tuple[list[int], list[int]]]) -> dict[str, Tensor]:
-    """Teacher forcing: decoder input is BOS + target, decoder output is target + EOS."""
-    src, src_lens = pad([r[0] for r in rows])
-    tgt_in, _ = pad([[BOS, *r[1]] for r in rows])
-    tgt_out, _ = pad([[*r[1], EOS] for r in rows])
-    return {"src": src, "src_lens": src_lens, "tgt_in": tgt_in, "tgt_out": tgt_out}
+class Collate:
+    """Pads a list of (features, target ids) into a batch; teacher forcing gives the
+    decoder BOS + target as input and target + EOS as output."""
+
+    def __init__(self, codec):
+        self.codec = codec
+
+    def __call__(self, rows: list[tuple[dict, list[int]]]) -> dict[str, Tensor]:
+        batch = self.codec.collate([r[0] for r in rows])
+        batch["tgt_in"], _ = pad([[BOS, *r[1]] for r in rows])
+        batch["tgt_out"], _ = pad([[*r[1], EOS] for r in rows])
+        return batch
 
 
 class LengthBucketSampler(Sampler[list[int]]):

@@ -11,7 +11,6 @@ import torch
 
 from bltlab.errors import BltlabError
 from bltlab.layers import POS_ENCODINGS
-from bltlab.models import ModelConfig
 from bltlab.training import TrainConfig, default_threads
 
 
@@ -24,19 +23,29 @@ def _bool(text: str) -> bool:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    d = ModelConfig()
-    g = p.add_argument_group("model")
-    g.add_argument("--d_model", type=int, default=d.d_model, help="width (default %(default)s)")
-    g.add_argument("--nhead", type=int, default=d.nhead)
-    g.add_argument("--num_encoder_layers", type=int, default=d.num_encoder_layers)
-    g.add_argument("--num_decoder_layers", type=int, default=d.num_decoder_layers)
-    g.add_argument("--dim_feedforward", type=int, default=d.dim_feedforward)
-    g.add_argument("--dropout", type=float, default=d.dropout)
-    g.add_argument("--max_len", type=int, default=d.max_len,
-                   help="longest sequence in tokens, EOS included (default %(default)s)")
-    g.add_argument("--pos_encoding", choices=POS_ENCODINGS, default=d.pos_encoding)
-    g.add_argument("--from_end", type=_bool, default=d.from_end,
-                   help="add a distance-to-end position signal to the encoder (true/false)")
+    """Model flags; unset ones take the chosen mode's defaults (ModelConfig, BLTConfig)."""
+    g = p.add_argument_group("model (defaults depend on --mode)")
+    g.add_argument("--d_model", type=int, help="width (64)")
+    g.add_argument("--nhead", type=int, help="attention heads (4)")
+    g.add_argument("--num_encoder_layers", type=int, help="char: encoder blocks (2)")
+    g.add_argument("--num_decoder_layers", type=int, help="decoder blocks (char 2, blt 1)")
+    g.add_argument("--dim_feedforward", type=int, help="feed-forward width (256)")
+    g.add_argument("--dropout", type=float, help="dropout (0)")
+    g.add_argument("--max_len", type=int, help="longest sequence in tokens, EOS included (512)")
+    g.add_argument("--pos_encoding", choices=POS_ENCODINGS, help="position signal (rope)")
+    g.add_argument("--from_end", type=_bool,
+                   help="add a distance-to-end position signal (true/false; true)")
+    g.add_argument("--num_local_layers", type=int, help="blt: local encoder blocks (1)")
+    g.add_argument("--num_global_layers", type=int, help="blt: global transformer blocks (2)")
+    g.add_argument("--pooling", choices=("project", "cross"),
+                   help="blt: bytes to patches by in-patch position slots + linear map "
+                        "(project) or k cross-attention queries per patch (cross)")
+    g.add_argument("--slots", type=int, help="blt, cross pooling: queries per patch (2)")
+    g.add_argument("--ngram_buckets", type=int, help="blt: hash buckets per n (4096)")
+    g.add_argument("--ngram_sizes", type=int, nargs="+", help="blt: n-gram sizes (1 2 3)")
+    g.add_argument("--decoder_memory", choices=("patches", "bytes"),
+                   help="blt: the decoder attends to patch states (default) or, as an "
+                        "ablation, to byte states upsampled from them")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -72,8 +81,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 
 def pick(cls, args: argparse.Namespace, **override):
-    """Build a dataclass config from the parsed arguments that match its fields."""
-    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    """Build a dataclass config from the parsed arguments that match its fields and
+    were given (None means: the dataclass default)."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls)
+              if getattr(args, f.name, None) is not None}
     return cls(**{**values, **override})
 
 
@@ -89,10 +100,15 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
+    from bltlab.models import CONFIGS
+    from bltlab.patching import PatcherConfig
     from bltlab.training import train
 
     cfg = pick(TrainConfig, args, progress=not args.no_progress)
-    return train(args.mode, pick(ModelConfig, args), cfg)
+    if args.threshold is not None and args.target_bpp is None:
+        cfg.target_bpp = None  # an explicit θ (e.g. the seed's 2.0) is kept as given
+    patcher = pick(PatcherConfig, args) if args.mode == "blt" else None
+    return train(args.mode, pick(CONFIGS[args.mode], args), cfg, patcher)
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
@@ -100,9 +116,9 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     from bltlab.training import load_model, pick_device
 
     device = pick_device(args.device)
-    model, vocab, _ = load_model(args.checkpoint, args.mode, device)
+    model, codec, _ = load_model(args.checkpoint, args.mode, device)
     out = args.output_csv or default_output_csv(args.mode)
-    metrics = evaluate(model, vocab, args.test_csv, out, args.batch_size, device,
+    metrics = evaluate(model, codec, args.test_csv, out, args.batch_size, device,
                        args.skip_bad_rows, extra={"mode": args.mode,
                                                   "checkpoint": str(args.checkpoint)})
     print(format_metrics(metrics))
@@ -121,17 +137,19 @@ def add_patcher_args(p: argparse.ArgumentParser, multiple: bool = False) -> None
         g.add_argument("--patcher", choices=PATCHERS, default=d.patcher)
     g.add_argument("--W", dest="window", type=int, default=d.window,
                    help="window-entropy: window size in bytes")
-    g.add_argument("--entropy_threshold", dest="threshold", type=float, default=d.threshold,
-                   help="entropy patchers: threshold θ in bits")
+    g.add_argument("--entropy_threshold", dest="threshold", type=float, default=None,
+                   help=f"entropy patchers: threshold θ in bits ({d.threshold}); given, "
+                        "it is used as it is (no calibration)")
     g.add_argument("--max_patch_len", type=int, default=d.max_patch_len,
                    help="cut patches longer than this (0: no limit)")
-    g.add_argument("--entropy_mode", dest="mode", choices=("global", "monotonic"),
-                   default=d.mode, help="entropy-model: H_t > θ or H_t - H_t-1 > θ")
+    g.add_argument("--entropy_mode", choices=("global", "monotonic"),
+                   default=d.entropy_mode, help="entropy-model: H_t > θ or H_t - H_t-1 > θ")
     g.add_argument("--context", type=int, default=d.context,
                    help="entropy-model: bytes of context of the byte language model")
     g.add_argument("--static_size", type=int, default=d.static_size)
     g.add_argument("--target_bpp", type=float, default=None,
-                   help="calibrate θ to this mean bytes/patch on the training inputs")
+                   help="calibrate θ to this mean bytes/patch on the training inputs "
+                        "(train --mode blt: 4.0 unless --entropy_threshold is given)")
 
 
 def cmd_patch(args: argparse.Namespace) -> None:
@@ -148,7 +166,7 @@ def cmd_patch(args: argparse.Namespace) -> None:
     train = load_pairs(args.train_csv).inputs if needs_train else None
     results, sections = {}, []
     for name in args.patcher:
-        cfg = PatcherConfig.from_dict({**vars(args), "patcher": name})
+        cfg = pick(PatcherConfig, args, patcher=name)
         patcher = build_patcher(cfg, train, args.target_bpp if name in (
             "window-entropy", "entropy-model") else None)
         seg = patcher.segment(texts)
@@ -165,7 +183,7 @@ def cmd_patch(args: argparse.Namespace) -> None:
             shown = range(min(len(texts), args.html_rows))
             # the threshold is a level of H only for the global rules
             level = (patcher.cfg.threshold if entropy is not None
-                     and not (name == "entropy-model" and patcher.cfg.mode == "monotonic")
+                     and not (name == "entropy-model" and patcher.cfg.entropy_mode == "monotonic")
                      else None)
             sections.append((label, "".join(patchview.row_html(seg, r, entropy, level)
                                             for r in shown)))
@@ -213,18 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_patch)
 
     p = sub.add_parser("train", help="train a model")
-    p.add_argument("--mode", choices=("char",), default="char")
+    p.add_argument("--mode", choices=("char", "blt"), default="char")
     add_model_args(p)
     add_train_args(p)
+    add_patcher_args(p)
     add_common_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a CSV")
-    p.add_argument("--mode", choices=("char",), default="char")
+    p.add_argument("--mode", choices=("char", "blt"), default="char")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--test_csv", default="data/test.csv")
     p.add_argument("--output_csv", default=None,
-                   help="default predictions/predictions_baseline.csv (char)")
+                   help="default predictions/predictions_baseline.csv (char), "
+                        "predictions/predictions_blt.csv (blt)")
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--device", default="auto")
     add_common_args(p)

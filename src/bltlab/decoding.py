@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bltlab.batching import pad
 from bltlab.vocab import BOS, EOS, PAD
 
 
@@ -19,18 +18,19 @@ def max_output_len(src_lens: Tensor, limit: int) -> Tensor:
 
 
 @torch.no_grad()
-def greedy_decode(model: nn.Module, src: Tensor, src_lens: Tensor,
+def greedy_decode(model: nn.Module, batch: dict[str, Tensor],
                   use_cache: bool = True) -> list[list[int]]:
     """Greedy decoding of a padded batch; returns each row's ids up to (not incl.) EOS.
 
     With `use_cache` each step feeds only the newest token and reuses the keys and
     values of earlier steps; without it every step re-runs the whole prefix.
     """
+    src_lens = batch["src_lens"]
     budget = max_output_len(src_lens, model.cfg.max_len)
-    memory = model.encode(src, src_lens)
-    batch = src.shape[0]
-    ys = torch.full((batch, 1), BOS, dtype=torch.long, device=src.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=src.device)
+    memory = model.encode(batch)
+    rows, device = len(src_lens), src_lens.device
+    ys = torch.full((rows, 1), BOS, dtype=torch.long, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
     cache = model.decoder.new_cache() if use_cache else None
     for step in range(int(budget.max())):
         if use_cache:
@@ -47,15 +47,16 @@ def greedy_decode(model: nn.Module, src: Tensor, src_lens: Tensor,
 
 
 @torch.no_grad()
-def predict(model: nn.Module, vocab, texts: list[str], batch_size: int = 256,
+def predict(model: nn.Module, codec, texts: list[str], batch_size: int = 256,
             device: str | torch.device = "cpu") -> list[str]:
     """Decode a list of strings, batching rows of similar length together."""
     model.eval()
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    rows = codec.rows(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(rows[i]["src"]))
     out: list[str] = [""] * len(texts)
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size]
-        src, lens = pad([vocab.encode(texts[i]) for i in idx])
-        for i, ids in zip(idx, greedy_decode(model, src.to(device), lens.to(device))):
-            out[i] = vocab.decode(ids)
+        batch = {k: v.to(device) for k, v in codec.collate([rows[i] for i in idx]).items()}
+        for i, ids in zip(idx, greedy_decode(model, batch)):
+            out[i] = codec.decode(ids)
     return out

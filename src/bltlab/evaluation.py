@@ -86,17 +86,29 @@ def default_output_csv(mode: str) -> str:
     return f"predictions/predictions_{'baseline' if mode == 'char' else mode}.csv"
 
 
-def evaluate(model: torch.nn.Module, vocab, test_csv: str | Path, output_csv: str | Path,
+def patch_metrics(codec, inputs: list[str]) -> dict:
+    """Bytes and patches per row of a BLT codec's segmentation of `inputs`."""
+    seg = codec.segment(inputs)
+    patches = int(seg.starts.sum())
+    return {"avg_bytes_per_row": len(seg.batch.data) / len(inputs),
+            "avg_patches_per_row": patches / len(inputs),
+            "bytes_per_patch": len(seg.batch.data) / max(1, patches),
+            "patcher": codec.patcher.cfg.to_dict()}
+
+
+def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: str | Path,
              batch_size: int = 256, device: str | torch.device = "cpu",
              skip_bad_rows: bool = False, extra: dict | None = None) -> dict:
     """Decode every row of `test_csv`, write the predictions CSV and its metrics JSON."""
-    unit = "bytes" if getattr(vocab, "kind", "") == "byte" else "chars"
+    unit = "bytes" if codec.mode == "blt" else "chars"
     pairs = load_pairs(test_csv, max_len=model.cfg.max_len - 1, unit=unit,
                        skip_bad_rows=skip_bad_rows)
     t0 = time.perf_counter()
-    preds = predict(model, vocab, pairs.inputs, batch_size=batch_size, device=device)
+    preds = predict(model, codec, pairs.inputs, batch_size=batch_size, device=device)
     seconds = time.perf_counter() - t0
     metrics = compute_metrics(pairs.inputs, pairs.targets, preds)
+    if codec.mode == "blt":
+        metrics.update(patch_metrics(codec, pairs.inputs))
     metrics.update({"decode_rows_per_s": round(len(pairs) / seconds, 1),
                     "decode_seconds": round(seconds, 2), "test_csv": str(test_csv),
                     "skipped_rows": pairs.skipped, **(extra or {})})
@@ -119,6 +131,10 @@ def format_metrics(m: dict) -> str:
     if m["non_ascii"]["count"]:
         lines.append(f"  non-ASCII rows      {100 * m['non_ascii']['accuracy']:.2f}%  "
                      f"({m['non_ascii']['count']} rows)")
+    if "bytes_per_patch" in m:
+        lines.append(f"patches             {m['bytes_per_patch']:.2f} bytes/patch, "
+                     f"{m['avg_patches_per_row']:.1f} patches for "
+                     f"{m['avg_bytes_per_row']:.1f} bytes per row")
     if "decode_rows_per_s" in m:
         lines.append(f"decode              {m['decode_rows_per_s']:.0f} rows/s")
     return "\n".join(lines)

@@ -7,13 +7,13 @@ Every model implements `encode(src, src_lens) -> Memory` and
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bltlab.layers import Block, PositionSignal, Rotary, key_padding_mask
+from bltlab.layers import Attention, Block, PositionSignal, Rotary, key_padding_mask
 
 
 @dataclass
@@ -127,7 +127,8 @@ class CharTransformer(nn.Module):
         self.decoder = Decoder(cfg, self.embed)
         self.apply(init_weights)
 
-    def encode(self, src: Tensor, src_lens: Tensor) -> Memory:
+    def encode(self, batch: dict[str, Tensor]) -> Memory:
+        src, src_lens = batch["src"], batch["src_lens"]
         size = src.shape[1]
         pos = torch.arange(size, device=src.device)
         to_end = (src_lens[:, None] - 1 - pos).clamp(min=0)
@@ -144,14 +145,151 @@ class CharTransformer(nn.Module):
             x = block(x, mask=mask, rot=rot)
         return Memory(self.ln_enc(x), mask, self.pos.rotary(to_end if self.cfg.from_end else pos))
 
-    def forward(self, src: Tensor, src_lens: Tensor, tgt_in: Tensor) -> Tensor:
-        return self.decoder(tgt_in, self.encode(src, src_lens))
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Teacher-forced logits for `batch["tgt_in"]`."""
+        return self.decoder(batch["tgt_in"], self.encode(batch))
+
+
+@dataclass
+class BLTConfig(ModelConfig):
+    """The BLT's size: local encoder, pooling, global transformer, decoder."""
+
+    vocab_size: int = 260
+    num_decoder_layers: int = 1
+    num_local_layers: int = 1
+    num_global_layers: int = 2
+    pooling: str = "project"  # project: in-patch position slots + linear; cross: k queries
+    slots: int = 2  # cross pooling: query slots per patch
+    max_patch_len: int = 15  # project pooling: position slots; the longest patch allowed
+    ngram_sizes: list[int] = field(default_factory=lambda: [1, 2, 3])
+    ngram_buckets: int = 4096
+    decoder_memory: str = "patches"  # patches, or bytes (the hourglass ablation)
+
+
+class BLT(nn.Module):
+    """Byte Latent Transformer encoder-decoder.
+
+    Bytes (+ hashed n-gram embeddings, summed) -> local encoder over bytes -> pooling
+    into one vector per patch that keeps the order of its bytes -> global transformer
+    over patches -> byte decoder cross-attending to the patch states. Patches come as
+    index tensors (each byte's patch and in-patch position); nothing loops over rows
+    or patches. Cross-attention keys carry, with RoPE and `from_end`, each patch's
+    distance from its last byte to the end of the input.
+    """
+
+    def __init__(self, cfg: BLTConfig):
+        super().__init__()
+        if cfg.pooling not in ("project", "cross"):
+            raise ValueError(f"pooling must be project or cross, got {cfg.pooling!r}")
+        if cfg.decoder_memory not in ("patches", "bytes"):
+            raise ValueError(f"decoder_memory must be patches or bytes, got "
+                             f"{cfg.decoder_memory!r}")
+        self.cfg = cfg
+        d, head_dim = cfg.d_model, cfg.d_model // cfg.nhead
+        block = lambda: Block(d, cfg.nhead, cfg.dim_feedforward, cfg.dropout)  # noqa: E731
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.ngram_embeds = nn.ModuleList(nn.Embedding(cfg.ngram_buckets, d)
+                                          for _ in cfg.ngram_sizes)
+        self.pos = PositionSignal(cfg.pos_encoding, d, head_dim, cfg.max_len,
+                                  project=cfg.from_end and cfg.pos_encoding == "sinusoidal")
+        self.local = nn.ModuleList(block() for _ in range(cfg.num_local_layers))
+        self.ln_local = nn.LayerNorm(d)
+        if cfg.pooling == "project":
+            self.pool = nn.Linear(cfg.max_patch_len * d, d)
+        else:
+            self.slot_embed = nn.Parameter(torch.zeros(cfg.slots, d))
+            self.ln_pool = nn.LayerNorm(d)
+            self.pool_attn = Attention(d, cfg.nhead, cfg.dropout, cross=True)
+            self.pool = nn.Linear(cfg.slots * d, d)
+        self.global_blocks = nn.ModuleList(block() for _ in range(cfg.num_global_layers))
+        self.ln_global = nn.LayerNorm(d)
+        self.decoder = Decoder(cfg, self.embed)
+        self.apply(init_weights)
+
+    def embed_bytes(self, batch: dict[str, Tensor]) -> Tensor:
+        x = self.embed(batch["src"])
+        for i, table in enumerate(self.ngram_embeds):
+            x = x + table(batch["ngrams"][..., i])
+        return x
+
+    def pool_project(self, x: Tensor, batch: dict[str, Tensor], n: int) -> Tensor:
+        """Each byte into slot (its patch, its in-patch position); a patch's slots,
+        concatenated in order, go through one linear map."""
+        b, size, d = x.shape
+        if int(batch["in_patch"].max()) >= self.cfg.max_patch_len:
+            raise ValueError(f"a patch is longer than max_patch_len={self.cfg.max_patch_len}")
+        rows = torch.arange(b, device=x.device)[:, None].expand(b, size)
+        slots = x.new_zeros(b, n + 1, self.cfg.max_patch_len, d)  # patch n: padding
+        slots = slots.index_put((rows, batch["patch"], batch["in_patch"]), x)
+        return self.pool(slots[:, :n].flatten(2))
+
+    def pool_cross(self, x: Tensor, batch: dict[str, Tensor], n: int) -> Tensor:
+        """k query slots per patch, started from the mean of its bytes, attend only to
+        the bytes of their own patch; their outputs, concatenated, are linearly mapped."""
+        b, size, d = x.shape
+        k = self.cfg.slots
+        patch = batch["patch"]
+        sums = x.new_zeros(b, n + 1, d).scatter_add(1, patch[..., None].expand(b, size, d), x)
+        counts = torch.zeros(b, n + 1, device=x.device).scatter_add(
+            1, patch, torch.ones_like(patch, dtype=x.dtype))
+        mean = sums[:, :n] / counts[:, :n, None].clamp(min=1)
+        queries = (mean[:, :, None, :] + self.slot_embed).reshape(b, n * k, d)
+        query_patch = torch.arange(n, device=x.device).repeat_interleave(k)
+        mask = query_patch[None, :, None] == patch[:, None, :]  # (B, n*k, T)
+        mask = mask | ~mask.any(-1, keepdim=True)  # padding patches: attend anywhere, unused
+        out = queries + self.pool_attn(self.ln_pool(queries), x, mask=mask[:, None])
+        return self.pool(out.reshape(b, n, k * d))
+
+    def encode(self, batch: dict[str, Tensor]) -> Memory:
+        src_lens, size = batch["src_lens"], batch["src"].shape[1]
+        pos = torch.arange(size, device=src_lens.device)
+        to_end = (src_lens[:, None] - 1 - pos).clamp(min=0)
+        x = self.embed_bytes(batch)
+        e = self.pos.embed(pos)
+        if e is not None:
+            x = x + e
+        end = self.decoder.pos.embed(to_end) if self.cfg.from_end else None
+        if end is not None:
+            x = x + end
+        byte_mask = key_padding_mask(src_lens, size)
+        for block in self.local:
+            x = block(x, mask=byte_mask, rot=self.pos.rotary(pos))
+        x = self.ln_local(x)
+
+        n = int(batch["n_patches"].max())
+        pooled = (self.pool_project if self.cfg.pooling == "project" else self.pool_cross)(
+            x, batch, n)
+        patch_pos = torch.arange(n, device=x.device)
+        patch_to_end = batch["patch_to_end"]
+        e = self.pos.embed(patch_pos)
+        h = pooled + e if e is not None else pooled
+        end = self.decoder.pos.embed(patch_to_end) if self.cfg.from_end else None
+        if end is not None:
+            h = h + end
+        patch_mask = key_padding_mask(batch["n_patches"], n)
+        for block in self.global_blocks:
+            h = block(h, mask=patch_mask, rot=self.pos.rotary(patch_pos))
+        h = self.ln_global(h)
+        if self.cfg.decoder_memory == "bytes":  # hourglass ablation: back to bytes
+            gathered = h.gather(1, batch["patch"].clamp(max=n - 1)[..., None].expand_as(x))
+            keys = to_end if self.cfg.from_end else pos
+            return Memory(x + gathered, byte_mask, self.pos.rotary(keys))
+        keys = patch_to_end if self.cfg.from_end else patch_pos
+        return Memory(h, patch_mask, self.pos.rotary(keys))
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.decoder(batch["tgt_in"], self.encode(batch))
+
+
+CONFIGS = {"char": ModelConfig, "blt": BLTConfig}
 
 
 def build_model(mode: str, cfg: ModelConfig) -> nn.Module:
-    """The model for a mode ('char' now; 'blt' joins with the BLT issue)."""
+    """The model for a mode: 'char' (the baseline) or 'blt'."""
     if mode == "char":
         return CharTransformer(cfg)
+    if mode == "blt":
+        return BLT(cfg)
     raise ValueError(f"unknown mode {mode!r}")
 
 

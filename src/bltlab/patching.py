@@ -87,8 +87,8 @@ class PatcherConfig:
     patcher: str = "entropy-model"
     window: int = 10  # window-entropy: W
     threshold: float = 2.0  # entropy patchers: θ (bits)
-    max_patch_len: int = 15  # 0: no limit (entropy-model), window-entropy's max_len
-    mode: str = "global"  # entropy-model: global | monotonic
+    max_patch_len: int = 15  # cut longer patches (0: no limit); window-entropy's max_len
+    entropy_mode: str = "global"  # entropy-model: global | monotonic
     context: int = 3  # entropy-model: bytes of context of the byte LM
     static_size: int = 4  # static: k
 
@@ -101,15 +101,16 @@ class PatcherConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def describe(self) -> str:
+        cap = f" max_len={self.max_patch_len}" if self.max_patch_len else ""
         if self.patcher == "window-entropy":
             return (f"window-entropy W={self.window} θ={self.threshold:g} "
                     f"max_len={self.max_patch_len}")
         if self.patcher == "entropy-model":
-            cap = f" max_len={self.max_patch_len}" if self.max_patch_len else ""
-            return f"entropy-model {self.mode} θ={self.threshold:.4g} context={self.context}{cap}"
+            return (f"entropy-model {self.entropy_mode} θ={self.threshold:.4g} "
+                    f"context={self.context}{cap}")
         if self.patcher == "static":
-            return f"static k={self.static_size}"
-        return self.patcher
+            return f"static k={self.static_size}{cap}"
+        return f"{self.patcher}{cap}"
 
 
 # ---------------------------------------------------------------- window entropy (the seed)
@@ -289,18 +290,15 @@ class ByteNgramLM:
 
 def entropy_model_starts(batch: ByteBatch, cfg: PatcherConfig, lm: ByteNgramLM,
                          entropy: np.ndarray | None = None) -> np.ndarray:
-    """Global: a patch starts at byte t when H_t > θ. Monotonic: when H_t − H_{t−1} > θ.
-    With max_patch_len, a patch longer than that is cut every max_patch_len bytes."""
+    """Global: a patch starts at byte t when H_t > θ. Monotonic: when H_t − H_{t−1} > θ."""
     h = lm.entropy(batch) if entropy is None else entropy
-    if cfg.mode == "global":
+    if cfg.entropy_mode == "global":
         starts = h > cfg.threshold
-    elif cfg.mode == "monotonic":
+    elif cfg.entropy_mode == "monotonic":
         prev = np.concatenate([[np.inf], h[:-1]])  # a row's first byte starts a patch anyway
         starts = (h - prev) > cfg.threshold
     else:
-        raise BltlabError(f"--entropy_mode {cfg.mode!r}: choose global or monotonic")
-    if cfg.max_patch_len > 0:
-        starts |= runs_cut_every(starts | batch.row_starts(), cfg.max_patch_len)
+        raise BltlabError(f"--entropy_mode {cfg.entropy_mode!r}: choose global or monotonic")
     return starts
 
 
@@ -386,6 +384,8 @@ class Patcher:
             starts = space_starts(batch)
         else:
             starts = static_starts(batch, cfg.static_size)
+        if cfg.max_patch_len > 0 and cfg.patcher != "window-entropy":  # (part of that rule)
+            starts |= runs_cut_every(starts | batch.row_starts(), cfg.max_patch_len)
         return Segmentation(batch, utf8_safe(batch, starts))
 
 
@@ -396,7 +396,7 @@ def calibrate(texts: Sequence[str], cfg: PatcherConfig, target: float,
     if cfg.patcher not in ("window-entropy", "entropy-model"):
         raise BltlabError(f"calibration applies to the entropy patchers, not {cfg.patcher!r}")
     batch = ByteBatch.from_texts(texts)
-    lo, hi = (-8.0, 8.0) if cfg.mode == "monotonic" else (0.0, 8.0)
+    lo, hi = (-8.0, 8.0) if cfg.entropy_mode == "monotonic" else (0.0, 8.0)
     best = None
     for _ in range(iters):
         mid = (lo + hi) / 2

@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> dict:
                               progress=not args.no_progress, **overrides)
             train(mode, ModelConfig(), cfg)
         best, _, _ = checkpoint_paths(args.save_dir, mode)
-        model, vocab, _ = load_model(best, mode, device)
+        model, codec, _ = load_model(best, mode, device)
         out = default_output_csv(mode)
-        metrics = evaluate(model, vocab, test_csv, out, device=device,
+        metrics = evaluate(model, codec, test_csv, out, device=device,
                            skip_bad_rows=args.skip_bad_rows,
                            extra={"mode": mode, "checkpoint": str(best)})
         print(f"\n== {mode} on {test_csv} ==\n{format_metrics(metrics)}\n")

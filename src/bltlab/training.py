@@ -17,14 +17,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from bltlab.batching import LengthBucketSampler, PairDataset, collate
+from bltlab.batching import Collate, LengthBucketSampler, PairDataset
 from bltlab.checkpoint import load_checkpoint, save_checkpoint
 from bltlab.data import Pairs, load_pairs
 from bltlab.decoding import predict
 from bltlab.errors import BltlabError
 from bltlab.fileio import write_json
-from bltlab.models import ModelConfig, build_model, count_parameters
-from bltlab.vocab import PAD, ByteVocab, CharVocab, vocab_from_state
+from bltlab.inputs import codec_from_state, fit_codec
+from bltlab.models import CONFIGS, ModelConfig, build_model, count_parameters
+from bltlab.patching import PatcherConfig
+from bltlab.vocab import PAD
 
 
 @dataclass
@@ -49,6 +51,7 @@ class TrainConfig:
     device: str = "auto"
     skip_bad_rows: bool = False
     resume: str = ""  # "" no, "latest" the save dir's latest checkpoint, or a path
+    target_bpp: float | None = 4.0  # blt: calibrate the entropy patchers to this
     progress: bool = True
 
     @classmethod
@@ -78,10 +81,6 @@ def split_validation(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, P
         raise BltlabError(f"{pairs.path}: {len(pairs)} rows are too few for a validation split")
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
     return pairs.subset(order[n_val:]), pairs.subset(order[:n_val])
-
-
-def make_vocab(mode: str, texts: list[str]) -> CharVocab | ByteVocab:
-    return ByteVocab() if mode == "blt" else CharVocab.build(texts)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -124,7 +123,7 @@ def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
     """One optimisation step on a batch; returns the mean token loss."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.use_amp):
-        logits = model(batch["src"], batch["src_lens"], batch["tgt_in"])
+        logits = model(batch)
     loss = F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(),
                            ignore_index=PAD)
     optimizer.zero_grad(set_to_none=True)
@@ -141,15 +140,15 @@ def validation_loss(model: nn.Module, loader: DataLoader, device: torch.device) 
     total, count = 0.0, 0
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(batch["src"], batch["src_lens"], batch["tgt_in"])
+        logits = model(batch)
         total += F.cross_entropy(logits.flatten(0, 1), batch["tgt_out"].flatten(),
                                  ignore_index=PAD, reduction="sum").item()
         count += int((batch["tgt_out"] != PAD).sum())
     return total / count
 
 
-def exact_match(model: nn.Module, vocab, pairs: Pairs, device: torch.device) -> float:
-    preds = predict(model, vocab, pairs.inputs, device=device)
+def exact_match(model: nn.Module, codec, pairs: Pairs, device: torch.device) -> float:
+    preds = predict(model, codec, pairs.inputs, device=device)
     return sum(p == t for p, t in zip(preds, pairs.targets)) / len(pairs)
 
 
@@ -161,15 +160,31 @@ def checkpoint_paths(save_dir: str | Path, mode: str) -> tuple[Path, Path, Path]
 
 def load_model(path: str | Path, mode: str | None = None,
                device: str | torch.device = "cpu") -> tuple[nn.Module, object, dict]:
-    """Model, vocabulary and checkpoint dict from a checkpoint file."""
+    """Model, codec and checkpoint dict from a checkpoint file."""
     state = load_checkpoint(path, mode)
-    cfg = ModelConfig.from_dict(state["model_config"])
+    cfg = CONFIGS[state["mode"]].from_dict(state["model_config"])
     model = build_model(state["mode"], cfg)
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), vocab_from_state(state["vocab"]), state
+    return model.to(device).eval(), codec_from_state(state["codec"]), state
 
 
-def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
+def make_codec(mode: str, model_cfg: ModelConfig, cfg: TrainConfig, texts: list[str],
+               patcher_cfg: PatcherConfig | None):
+    """The codec for a run; for BLT it also sizes the model's patch slots."""
+    if mode != "blt":
+        return fit_codec(mode, texts)
+    patcher_cfg = patcher_cfg or PatcherConfig()
+    if model_cfg.pooling == "project":
+        if patcher_cfg.max_patch_len <= 0:
+            raise BltlabError("--pooling project needs --max_patch_len > 0 (the slots per patch)")
+        # a cut that falls inside a UTF-8 character moves to its end: up to 3 bytes more
+        model_cfg.max_patch_len = patcher_cfg.max_patch_len + 3
+    return fit_codec(mode, texts, patcher_cfg, cfg.target_bpp, model_cfg.ngram_sizes,
+                     model_cfg.ngram_buckets)
+
+
+def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
+          patcher_cfg: PatcherConfig | None = None) -> dict:
     """Train a model; returns the best checkpoint's path, its validation scores and history."""
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
@@ -179,32 +194,43 @@ def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
     if pairs.skipped:
         print(f"{cfg.train_csv}: skipped {sum(pairs.skipped.values())} bad rows {pairs.skipped}")
     train_pairs, val_pairs = split_validation(pairs, cfg.val_fraction, cfg.seed)
-    vocab = make_vocab(mode, train_pairs.inputs + train_pairs.targets)
-    model_cfg.vocab_size = len(vocab)
+    best_path, latest_path, history_path = checkpoint_paths(cfg.save_dir, mode)
+    resume_path = latest_path if cfg.resume == "latest" else Path(cfg.resume)
+    resume = cfg.resume and (resume_path.is_file() or cfg.resume != "latest")
+    state = load_checkpoint(resume_path, mode) if resume else None
+    if state is not None and "optimizer" not in state:
+        raise BltlabError(f"{resume_path}: cannot resume from it (not a latest checkpoint)")
+    if state is not None:
+        codec = codec_from_state(state["codec"])
+        model_cfg = CONFIGS[mode].from_dict(state["model_config"])
+    else:
+        codec = make_codec(mode, model_cfg, cfg, train_pairs.inputs, patcher_cfg)
+    model_cfg.vocab_size = len(codec.vocab)
+    if mode == "blt":
+        seg = codec.segment(train_pairs.inputs)
+        print(f"patches: {codec.patcher.cfg.describe()}, {seg.bytes_per_patch():.2f} "
+              "bytes/patch on the training inputs")
+        if codec.patcher.lm is not None:
+            codec.patcher.lm.save(Path(cfg.save_dir) / "entropy_model.pt")
 
-    train_set = PairDataset.encode(vocab, train_pairs)
-    sampler = LengthBucketSampler([len(s) for s in train_set.src], cfg.batch_size, cfg.seed)
+    collate = Collate(codec)
+    train_set = PairDataset.build(codec, train_pairs)
+    sampler = LengthBucketSampler(train_set.lengths(), cfg.batch_size, cfg.seed)
     loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
                         num_workers=cfg.num_workers)
-    val_set = PairDataset.encode(vocab, val_pairs) if len(val_pairs) else None
+    val_set = PairDataset.build(codec, val_pairs) if len(val_pairs) else None
     val_loader = (DataLoader(val_set, batch_sampler=LengthBucketSampler(
-        [len(s) for s in val_set.src], 256, 0), collate_fn=collate) if val_set else None)
+        val_set.lengths(), 256, 0), collate_fn=collate) if val_set else None)
 
     model = build_model(mode, model_cfg).to(device)
     optimizer = make_optimizer(model, cfg)
     total_steps = cfg.epochs * len(sampler)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, cfg))
-    best_path, latest_path, history_path = checkpoint_paths(cfg.save_dir, mode)
     history: list[dict] = []
     best = {"val_exact_match": -1.0, "val_loss": math.inf, "epoch": 0}
     start_epoch = 0
-    resume_path = latest_path if cfg.resume == "latest" else Path(cfg.resume)
-    if cfg.resume and (resume_path.is_file() or cfg.resume != "latest"):
-        state = load_checkpoint(resume_path, mode)
-        if "optimizer" not in state or state["vocab"] != vocab.to_state():
-            raise BltlabError(f"{resume_path}: cannot resume from it (not a latest checkpoint "
-                              "of this run, or trained on other data)")
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -214,7 +240,7 @@ def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
     print(f"{mode}: {count_parameters(model):,} parameters, {len(train_set)} train / "
           f"{len(val_pairs)} val rows, {len(sampler)} batches per epoch, device {device}")
     base_state = {"mode": mode, "model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
-                  "vocab": vocab.to_state()}
+                  "codec": codec.to_state()}
     stale = 0
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
@@ -235,7 +261,7 @@ def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
                "samples_per_s": round(seen / train_seconds, 1)}
         if val_loader is not None:
             row["val_loss"] = validation_loss(model, val_loader, device)
-            row["val_exact_match"] = exact_match(model, vocab, val_pairs, device)
+            row["val_exact_match"] = exact_match(model, codec, val_pairs, device)
         history.append(row)
         improved = row.get("val_exact_match", 0) > best["val_exact_match"] or (
             row.get("val_exact_match", 0) == best["val_exact_match"]
