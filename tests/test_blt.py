@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from bltlab.inputs import ByteCodec
+from bltlab.models import BLT, BLTConfig
+from bltlab.patching import Patcher, PatcherConfig
+from bltlab.vocab import BOS
+
+TEXTS = ["hello world", "café ❤️ x", "ab", "the quick brown fox"]
+
+
+def codec(size=3):
+    return ByteCodec(Patcher(PatcherConfig("static", static_size=size)), (1, 2, 3), 64)
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    cfg = BLTConfig(d_model=32, nhead=4, dim_feedforward=64, max_len=64, ngram_buckets=64,
+                    max_patch_len=6, **kw)
+    return BLT(cfg).eval()
+
+
+def batch_for(c, texts):
+    batch = c.collate(c.rows(texts))
+    batch["tgt_in"] = torch.full((len(texts), 3), BOS)
+    return batch
+
+
+def test_codec_rows_describe_the_patches():
+    c = codec(3)
+    rows = c.rows(TEXTS)
+    for text, row in zip(TEXTS, rows):
+        assert c.decode(row["src"].tolist()) == text  # non-ASCII survives the round trip
+        data = text.encode()
+        assert len(row["src"]) == len(data)
+        lengths = [int((row["patch"] == p).sum()) for p in range(len(row["patch_to_end"]))]
+        assert sum(lengths) == len(data)
+        ends = [sum(lengths[: p + 1]) - 1 for p in range(len(lengths))]
+        assert row["patch_to_end"].tolist() == [len(data) - 1 - e for e in ends]
+        assert all(row["in_patch"][i] == i - sum(lengths[: row["patch"][i]])
+                   for i in range(len(data)))
+
+
+@pytest.mark.parametrize("pooling", ["project", "cross"])
+@pytest.mark.parametrize("memory", ["patches", "bytes"])
+def test_shapes(pooling, memory):
+    model = tiny(pooling=pooling, decoder_memory=memory)
+    c = codec()
+    batch = batch_for(c, TEXTS)
+    logits = model(batch)
+    assert logits.shape == (4, 3, 260) and torch.isfinite(logits).all()
+    states = model.encode(batch).states
+    expected = batch["src"].shape[1] if memory == "bytes" else int(batch["n_patches"].max())
+    assert states.shape == (4, expected, 32)
+
+
+@pytest.mark.parametrize("pooling", ["project", "cross"])
+def test_pooling_stays_inside_each_patch(pooling):
+    model = tiny(pooling=pooling)
+    c = codec(3)
+    batch = c.collate(c.rows(["abcdefgh"]))  # patches abc|def|gh
+    x = torch.randn(1, 8, 32)
+    pool = model.pool_project if pooling == "project" else model.pool_cross
+    before = pool(x, batch, 3)
+    x2 = x.clone()
+    x2[0, 3:6] += torch.randn(3, 32)  # change only the bytes of patch 1
+    after = pool(x2, batch, 3)
+    torch.testing.assert_close(after[0, [0, 2]], before[0, [0, 2]])
+    assert not torch.allclose(after[0, 1], before[0, 1])
+
+
+@pytest.mark.parametrize("pooling", ["project", "cross"])
+@pytest.mark.parametrize("memory", ["patches", "bytes"])
+def test_batch_equals_rows_one_by_one(pooling, memory):
+    """Padding bytes and padding patches change nothing."""
+    model = tiny(pooling=pooling, decoder_memory=memory)
+    c = codec(3)
+    batched = model(batch_for(c, TEXTS))
+    for i, text in enumerate(TEXTS):
+        alone = model(batch_for(c, [text]))
+        torch.testing.assert_close(batched[i], alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_project_pooling_keeps_byte_order():
+    model = tiny(pooling="project")
+    c = codec(3)
+    a = model.pool_project(model.embed_bytes(c.collate(c.rows(["abc"]))),
+                           c.collate(c.rows(["abc"])), 1)
+    b = model.pool_project(model.embed_bytes(c.collate(c.rows(["cba"]))),
+                           c.collate(c.rows(["cba"])), 1)
+    assert not torch.allclose(a, b)
