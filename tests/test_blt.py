@@ -89,3 +89,16 @@ def test_project_pooling_keeps_byte_order():
     b = model.pool_project(model.embed_bytes(c.collate(c.rows(["cba"]))),
                            c.collate(c.rows(["cba"])), 1)
     assert not torch.allclose(a, b)
+
+
+def test_relative_values_decode_incrementally_like_the_full_prefix():
+    model = tiny(relative_values=True)
+    c = codec(3)
+    batch = batch_for(c, TEXTS)
+    memory = model.encode(batch)
+    tokens = torch.randint(4, 260, (4, 5))
+    full = model.decoder(tokens, memory)
+    cache = model.decoder.new_cache()
+    steps = [model.decoder(tokens[:, t:t + 1], memory, cache=cache, start=t) for t in range(5)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
+    assert model.decoder.blocks[0].cross_attn.relative is not None

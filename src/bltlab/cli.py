@@ -46,6 +46,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decoder_memory", choices=("patches", "bytes"),
                    help="blt: the decoder attends to patch states (default) or, as an "
                         "ablation, to byte states upsampled from them")
+    g.add_argument("--relative_values", type=_bool,
+                   help="blt with rope: decoder cross-attention also returns how far the "
+                        "step is past each attended patch's end (true/false)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:

@@ -69,9 +69,17 @@ class PositionSignal(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self- or cross-attention with optional RoPE on queries and keys."""
+    """Multi-head self- or cross-attention with optional RoPE on queries and keys.
 
-    def __init__(self, d_model: int, nhead: int, dropout: float, cross: bool = False):
+    `relative_values` (cross-attention with RoPE): each key also carries the cos/sin of
+    its position as extra value channels; turned by the query's position after the
+    attention, they become the cos/sin of (query position − key position) averaged
+    under the attention weights, which a linear map adds to the output. A decoder step
+    attending to a patch thereby learns how far into that patch it is.
+    """
+
+    def __init__(self, d_model: int, nhead: int, dropout: float, cross: bool = False,
+                 relative_values: bool = False):
         super().__init__()
         if d_model % nhead:
             raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
@@ -82,6 +90,7 @@ class Attention(nn.Module):
         else:
             self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
+        self.relative = nn.Linear(d_model, d_model) if relative_values else None
 
     def _heads(self, t: Tensor) -> Tensor:
         b, n, c = t.shape
@@ -105,13 +114,22 @@ class Attention(nn.Module):
             k = apply_rotary(k, rot_k) if rot_k is not None else k
             if cache is not None and "k" in cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            if self.relative is not None and rot_k is not None:
+                v = torch.cat([v, *(t.expand(*k.shape[:-1], -1) for t in rot_k)], dim=-1)
         if cache is not None:
             cache["k"], cache["v"] = k, v
         q = apply_rotary(q, rot_q) if rot_q is not None else q
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(b, n, c))
+        head_dim = c // self.nhead
+        out = self.out(y[..., :head_dim].transpose(1, 2).reshape(b, n, c))
+        if y.shape[-1] > head_dim:  # cos/sin of key positions, averaged by attention
+            cos_k, sin_k = y[..., head_dim:].chunk(2, dim=-1)
+            cos_q, sin_q = rot_q
+            rel = torch.cat([cos_q * cos_k + sin_q * sin_k, sin_q * cos_k - cos_q * sin_k], -1)
+            out = out + self.relative(rel.transpose(1, 2).reshape(b, n, c))
+        return out
 
 
 class MLP(nn.Module):
@@ -129,12 +147,13 @@ class Block(nn.Module):
     """Pre-norm Transformer block: self-attention, optional cross-attention, MLP."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float,
-                 cross: bool = False):
+                 cross: bool = False, relative_values: bool = False):
         super().__init__()
         self.ln_self = nn.LayerNorm(d_model)
         self.self_attn = Attention(d_model, nhead, dropout)
         self.ln_cross = nn.LayerNorm(d_model) if cross else None
-        self.cross_attn = Attention(d_model, nhead, dropout, cross=True) if cross else None
+        self.cross_attn = (Attention(d_model, nhead, dropout, cross=True,
+                                     relative_values=relative_values) if cross else None)
         self.ln_mlp = nn.LayerNorm(d_model)
         self.mlp = MLP(d_model, dim_feedforward, dropout)
         self.drop = nn.Dropout(dropout)

@@ -76,8 +76,10 @@ class Decoder(nn.Module):
         head_dim = cfg.d_model // cfg.nhead
         self.embed = embed
         self.pos = PositionSignal(cfg.pos_encoding, cfg.d_model, head_dim, cfg.max_len)
+        relative = getattr(cfg, "relative_values", False) and cfg.pos_encoding == "rope"
         self.blocks = nn.ModuleList(
-            Block(cfg.d_model, cfg.nhead, cfg.dim_feedforward, cfg.dropout, cross=True)
+            Block(cfg.d_model, cfg.nhead, cfg.dim_feedforward, cfg.dropout, cross=True,
+                  relative_values=relative)
             for _ in range(cfg.num_decoder_layers))
         self.ln = nn.LayerNorm(cfg.d_model)
 
@@ -164,6 +166,7 @@ class BLTConfig(ModelConfig):
     ngram_sizes: list[int] = field(default_factory=lambda: [1, 2, 3])
     ngram_buckets: int = 4096
     decoder_memory: str = "patches"  # patches, or bytes (the hourglass ablation)
+    relative_values: bool = False  # decoder cross-attention also returns (t − key position)
 
 
 class BLT(nn.Module):
