@@ -102,3 +102,16 @@ def test_relative_values_decode_incrementally_like_the_full_prefix():
     steps = [model.decoder(tokens[:, t:t + 1], memory, cache=cache, start=t) for t in range(5)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
     assert model.decoder.blocks[0].cross_attn.relative is not None
+
+
+def test_flops_are_measured_by_part():
+    from bltlab.evaluation import measure_flops
+
+    model = tiny()
+    c = codec(3)
+    flops = measure_flops(model, c, TEXTS, [t[::-1] for t in TEXTS])
+    assert set(flops) == {"local_encoder", "global", "decoder", "total"}
+    assert all(flops[k] > 0 for k in flops)
+    assert flops["local_encoder"] + flops["global"] + flops["decoder"] <= flops["total"] * 1.001
+    longer = measure_flops(model, codec(1), TEXTS, [t[::-1] for t in TEXTS])
+    assert longer["global"] > flops["global"]  # 1-byte patches: a longer global sequence

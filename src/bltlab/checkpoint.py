@@ -39,6 +39,8 @@ def load_checkpoint(path: str | os.PathLike, mode: str | None = None) -> dict:
                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise BltlabError(f"{path}: not a bltlab checkpoint")
+    if "codec" not in state:
+        raise BltlabError(f"{path}: written by an earlier bltlab (no codec inside): train again")
     if mode is not None and state.get("mode") != mode:
         raise BltlabError(f"{path}: is a '{state.get('mode')}' checkpoint, not '{mode}' "
                           f"(use --mode {state.get('mode')})")

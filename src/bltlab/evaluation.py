@@ -12,6 +12,7 @@ Definitions (per row, then averaged over rows):
 from __future__ import annotations
 
 import csv
+import re
 import time
 from pathlib import Path
 
@@ -96,6 +97,41 @@ def patch_metrics(codec, inputs: list[str]) -> dict:
             "patcher": codec.patcher.cfg.to_dict()}
 
 
+PARTS = {"blt": {"local_encoder": ("local", "ln_local", "pool", "ln_pool", "pool_attn"),
+                 "global": ("global_blocks", "ln_global"), "decoder": ("decoder",)},
+         "char": {"encoder": ("encoder", "ln_enc"), "decoder": ("decoder",)}}
+
+
+@torch.no_grad()
+def measure_flops(model: torch.nn.Module, codec, inputs: list[str], targets: list[str],
+                  batch_size: int = 256) -> dict[str, float]:
+    """Forward FLOPs per row of each part of the model, counted by
+    `torch.utils.flop_counter.FlopCounterMode` over teacher-forced forward passes on
+    the given rows. Attention runs on the math backend meanwhile, whose matrix
+    products the counter sees (its fused CPU kernels are not counted)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bltlab.batching import Collate
+
+    model.eval()
+    collate = Collate(codec)
+    rows = list(zip(codec.rows(inputs), [codec.target(t) for t in targets]))
+    root = type(model).__name__
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        for start in range(0, len(rows), batch_size):
+            model(collate(rows[start: start + batch_size]))
+    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+
+    def part_flops(modules: tuple[str, ...]) -> int:  # a module, or a ModuleList's items
+        pattern = re.compile(rf"{root}\.({'|'.join(modules)})(\.\d+)?")
+        return sum(v for name, v in counts.items() if pattern.fullmatch(name))
+
+    out = {part: part_flops(modules) / len(rows) for part, modules in PARTS[codec.mode].items()}
+    out["total"] = counter.get_total_flops() / len(rows)
+    return {k: round(v) for k, v in out.items()}
+
+
 def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: str | Path,
              batch_size: int = 256, device: str | torch.device = "cpu",
              skip_bad_rows: bool = False, extra: dict | None = None) -> dict:
@@ -109,6 +145,8 @@ def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: st
     metrics = compute_metrics(pairs.inputs, pairs.targets, preds)
     if codec.mode == "blt":
         metrics.update(patch_metrics(codec, pairs.inputs))
+    metrics["forward_flops_per_row"] = measure_flops(model, codec, pairs.inputs, pairs.targets,
+                                                     batch_size)
     metrics.update({"decode_rows_per_s": round(len(pairs) / seconds, 1),
                     "decode_seconds": round(seconds, 2), "test_csv": str(test_csv),
                     "skipped_rows": pairs.skipped, **(extra or {})})
@@ -135,6 +173,9 @@ def format_metrics(m: dict) -> str:
         lines.append(f"patches             {m['bytes_per_patch']:.2f} bytes/patch, "
                      f"{m['avg_patches_per_row']:.1f} patches for "
                      f"{m['avg_bytes_per_row']:.1f} bytes per row")
+    if "forward_flops_per_row" in m:
+        parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in m["forward_flops_per_row"].items())
+        lines.append(f"forward FLOPs/row   {parts}")
     if "decode_rows_per_s" in m:
         lines.append(f"decode              {m['decode_rows_per_s']:.0f} rows/s")
     return "\n".join(lines)
