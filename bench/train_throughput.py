@@ -1,4 +1,4 @@
-"""Training throughput (samples/s) of bltlab's char model against a plain torch.nn.Transformer.
+"""Training throughput (samples/s): bltlab's char model and BLT, and a plain torch.nn.Transformer.
 
 Both models have the same width, depth, heads, feed-forward size and batch size and
 train on the same rows (../shared/data/train.csv when present, else generated data)
@@ -6,7 +6,8 @@ with AdamW, one full step (forward, backward, clip, update) per batch. The
 nn.Transformer is timed on the same length-bucketed batches as bltlab (a model-only
 comparison) and on plain shuffled padded batches (the usual pipeline). The models take
 turns, round after round, and each figure is the median over rounds: this machine's
-speed drifts by tens of percent from minute to minute.
+speed drifts by tens of percent from minute to minute. The BLT ("blt") is the default
+one (width 64, entropy-model patches calibrated to 4 bytes/patch) on the same rows.
 
     python bench/train_throughput.py --json
 """
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader
 from bltlab.batching import Collate, LengthBucketSampler, PairDataset
 from bltlab.data import generate, load_pairs
 from bltlab.inputs import fit_codec
-from bltlab.models import CharTransformer, ModelConfig
+from bltlab.models import BLT, BLTConfig, CharTransformer, ModelConfig
 from bltlab.training import TrainConfig, make_optimizer, train_step
 from bltlab.vocab import PAD
 
@@ -120,8 +121,14 @@ def main() -> None:
     shuffled = DataLoader(data, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
                           generator=torch.Generator().manual_seed(0))
 
+    blt_codec = fit_codec("blt", pairs.inputs, target_bpp=4.0)
+    blt_data = PairDataset.build(blt_codec, pairs)
+    blt_loader = DataLoader(blt_data, batch_sampler=LengthBucketSampler(
+        blt_data.lengths(), args.batch_size, seed=0), collate_fn=Collate(blt_codec))
+    blt_cfg = BLTConfig(max_patch_len=blt_codec.patcher.cfg.max_patch_len + 3)
     runners = {
         "char": Runner(CharTransformer(cfg), bucketed),
+        "blt": Runner(BLT(blt_cfg), blt_loader),
         "torch_nn_transformer": Runner(TorchTransformer(cfg), shuffled),
         "torch_nn_transformer_bucketed": Runner(TorchTransformer(cfg), bucketed),
     }
@@ -134,6 +141,7 @@ def main() -> None:
         char / result["torch_nn_transformer"]["samples_per_s"], 2)
     result["speedup_same_batches"] = round(
         char / result["torch_nn_transformer_bucketed"]["samples_per_s"], 2)
+    result["blt_vs_char"] = round(result["blt"]["samples_per_s"] / char, 2)
     print(json.dumps(result, indent=None if args.json else 2))
 
 

@@ -207,3 +207,8 @@ def test_build_patcher_calibrates_and_records_threshold():
     patcher = build_patcher(PatcherConfig("entropy-model", max_patch_len=0), TEXTS, 4.0)
     assert patcher.cfg.threshold != PatcherConfig().threshold
     assert abs(patcher.segment(TEXTS).bytes_per_patch() - 4.0) < 0.5
+
+
+def test_a_cut_inside_a_character_moves_to_its_end():
+    seg = Patcher(PatcherConfig("static", static_size=2, max_patch_len=4)).segment(["gééégb"])
+    assert seg.row_patches(0) == ["gé".encode(), "é".encode(), "é".encode(), b"g", b"b"]

@@ -321,8 +321,18 @@ def static_starts(batch: ByteBatch, k: int) -> np.ndarray:
 # ---------------------------------------------------------------- segmentation
 
 def utf8_safe(batch: ByteBatch, starts: np.ndarray) -> np.ndarray:
-    """Every row starts a patch; no patch starts on a UTF-8 continuation byte (10xxxxxx)."""
-    return (starts & ((batch.data & 0xC0) != 0x80)) | batch.row_starts()
+    """Every row starts a patch; a start on a UTF-8 continuation byte (10xxxxxx) moves
+    on to the next character's first byte, so no character is split and a patch
+    grows by at most 3 bytes."""
+    lead = (batch.data & 0xC0) != 0x80
+    out = (starts & lead) | batch.row_starts()
+    moved = np.flatnonzero(starts & ~lead)
+    if len(moved):
+        idx = np.arange(len(lead))
+        next_lead = np.minimum.accumulate(np.where(lead, idx, len(lead))[::-1])[::-1]
+        target = next_lead[moved]
+        out[target[target < len(lead)]] = True  # past a row's end it is the next row's start
+    return out
 
 
 @dataclass
