@@ -101,3 +101,11 @@ def test_cli_generate_and_stats_json(tmp_path, capsys):
     assert main(["data", "stats", str(tmp_path / "train.csv"), "--json"]) == 0
     out = capsys.readouterr().out
     assert '"rows": 40' in out and '"all_targets_reversed": true' in out
+
+
+def test_fresh_pairs_are_new_each_epoch_and_reproducible():
+    from bltlab.training import fresh_pairs
+
+    a, b, again = fresh_pairs(50, 0, 0), fresh_pairs(50, 0, 1), fresh_pairs(50, 0, 0)
+    assert a.inputs == again.inputs and a.inputs != b.inputs
+    assert all(t == x[::-1] for x, t in zip(a.inputs + b.inputs, a.targets + b.targets))

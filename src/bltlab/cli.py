@@ -72,6 +72,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num_workers", type=int, default=d.num_workers)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--fresh_pairs", action="store_true",
+                   help="each epoch, train on as many newly generated rows (reversal data "
+                        "of the generator's distribution) instead of the training rows")
     g.add_argument("--resume", nargs="?", const="latest", default="",
                    help="continue from the save dir's latest checkpoint (or from PATH)")
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from bltlab.batching import Collate, LengthBucketSampler, PairDataset
 from bltlab.checkpoint import load_checkpoint, save_checkpoint
-from bltlab.data import Pairs, load_pairs
+from bltlab.data import Pairs, generate_inputs, load_pairs, reverse, wordlist
 from bltlab.decoding import predict
 from bltlab.errors import BltlabError
 from bltlab.fileio import write_json
@@ -52,6 +52,7 @@ class TrainConfig:
     skip_bad_rows: bool = False
     resume: str = ""  # "" no, "latest" the save dir's latest checkpoint, or a path
     target_bpp: float | None = 4.0  # blt: calibrate the entropy patchers to this
+    fresh_pairs: bool = False  # each epoch: as many newly generated rows instead
     progress: bool = True
 
     @classmethod
@@ -152,6 +153,14 @@ def exact_match(model: nn.Module, codec, pairs: Pairs, device: torch.device) -> 
     return sum(p == t for p, t in zip(preds, pairs.targets)) / len(pairs)
 
 
+def fresh_pairs(n: int, seed: int, epoch: int) -> Pairs:
+    """`n` newly generated reversal rows for one epoch (same distribution as
+    `bltlab data generate`; a stream of its own per seed and epoch)."""
+    rng = np.random.default_rng([seed, epoch, 0x5EED])
+    inputs = generate_inputs(n, rng, wordlist())
+    return Pairs(inputs, [reverse(t) for t in inputs], f"generated (epoch {epoch + 1})")
+
+
 def checkpoint_paths(save_dir: str | Path, mode: str) -> tuple[Path, Path, Path]:
     """best_<mode>_model.pt, latest_<mode>_model.pt, history_<mode>.json."""
     d = Path(save_dir)
@@ -215,16 +224,23 @@ def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
 
     collate = Collate(codec)
     train_set = PairDataset.build(codec, train_pairs)
-    sampler = LengthBucketSampler(train_set.lengths(), cfg.batch_size, cfg.seed)
-    loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.num_workers)
+    steps_per_epoch = len(LengthBucketSampler(train_set.lengths(), cfg.batch_size))
+
+    def epoch_loader(epoch: int) -> DataLoader:
+        dataset = (PairDataset.build(codec, fresh_pairs(len(train_pairs), cfg.seed, epoch))
+                   if cfg.fresh_pairs else train_set)
+        sampler = LengthBucketSampler(dataset.lengths(), cfg.batch_size, cfg.seed)
+        sampler.set_epoch(epoch)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                          num_workers=cfg.num_workers)
+
     val_set = PairDataset.build(codec, val_pairs) if len(val_pairs) else None
     val_loader = (DataLoader(val_set, batch_sampler=LengthBucketSampler(
         val_set.lengths(), 256, 0), collate_fn=collate) if val_set else None)
 
     model = build_model(mode, model_cfg).to(device)
     optimizer = make_optimizer(model, cfg)
-    total_steps = cfg.epochs * len(sampler)
+    total_steps = cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, cfg))
     history: list[dict] = []
@@ -238,12 +254,12 @@ def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
         print(f"resumed from {resume_path} after epoch {start_epoch}")
 
     print(f"{mode}: {count_parameters(model):,} parameters, {len(train_set)} train / "
-          f"{len(val_pairs)} val rows, {len(sampler)} batches per epoch, device {device}")
+          f"{len(val_pairs)} val rows, {steps_per_epoch} batches per epoch, device {device}")
     base_state = {"mode": mode, "model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
                   "codec": codec.to_state()}
     stale = 0
     for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
+        loader = epoch_loader(epoch)
         model.train()
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
@@ -256,7 +272,7 @@ def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
             loss_sum += loss
             bar.set_postfix(loss=f"{loss:.4f}", sps=f"{seen / (time.perf_counter() - t0):.0f}")
         train_seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / len(sampler),
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch,
                "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": round(train_seconds, 2),
                "samples_per_s": round(seen / train_seconds, 1)}
         if val_loader is not None:
