@@ -32,7 +32,19 @@ from bltlab.vocab import SPECIALS, ByteVocab, CharVocab
 Row = dict[str, np.ndarray]
 
 
-class CharCodec:
+class Codec:
+    """Targets are the vocabulary's ids of the target text; outputs decode through it."""
+
+    vocab: CharVocab | ByteVocab
+
+    def target(self, text: str) -> list[int]:
+        return self.vocab.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.vocab.decode(ids)
+
+
+class CharCodec(Codec):
     mode = "char"
 
     def __init__(self, vocab: CharVocab):
@@ -40,12 +52,6 @@ class CharCodec:
 
     def rows(self, texts: Sequence[str]) -> list[Row]:
         return [{"src": np.asarray(self.vocab.encode(t), dtype=np.int64)} for t in texts]
-
-    def target(self, text: str) -> list[int]:
-        return self.vocab.encode(text)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.vocab.decode(ids)
 
     def collate(self, rows: Sequence[Row]) -> dict[str, Tensor]:
         src, lens = pad([r["src"] for r in rows])
@@ -55,7 +61,7 @@ class CharCodec:
         return {"mode": self.mode, "vocab": self.vocab.to_state()}
 
 
-class ByteCodec:
+class ByteCodec(Codec):
     mode = "blt"
 
     def __init__(self, patcher: Patcher, ngram_sizes: Sequence[int] = (1, 2, 3),
@@ -86,12 +92,6 @@ class ByteCodec:
                         "in_patch": in_patch[lo:hi],
                         "patch_to_end": to_end[patch_bounds[r]:patch_bounds[r + 1]]})
         return out
-
-    def target(self, text: str) -> list[int]:
-        return self.vocab.encode(text)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.vocab.decode(ids)
 
     def collate(self, rows: Sequence[Row]) -> dict[str, Tensor]:
         src, lens = pad([r["src"] for r in rows])

@@ -68,6 +68,23 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def positions(lengths: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Positions 0..size-1, and each row's distance from every position to its end."""
+    pos = torch.arange(size, device=lengths.device)
+    return pos, (lengths[:, None] - 1 - pos).clamp(min=0)
+
+
+def add_positions(x: Tensor, pos: Tensor, to_end: Tensor, signal: PositionSignal,
+                  end_signal: PositionSignal | None) -> Tensor:
+    """Add the additive position signal of `pos`, and with `end_signal` (the decoder's
+    own code, for from-end) that of the distance to the end; RoPE adds nothing here."""
+    for sig, p in ((signal, pos), (end_signal, to_end)):
+        e = sig.embed(p) if sig is not None else None
+        if e is not None:
+            x = x + e
+    return x
+
+
 class Decoder(nn.Module):
     """Autoregressive decoder: causal self-attention, cross-attention to memory, tied head."""
 
@@ -132,15 +149,9 @@ class CharTransformer(nn.Module):
     def encode(self, batch: dict[str, Tensor]) -> Memory:
         src, src_lens = batch["src"], batch["src_lens"]
         size = src.shape[1]
-        pos = torch.arange(size, device=src.device)
-        to_end = (src_lens[:, None] - 1 - pos).clamp(min=0)
-        x = self.embed(src)
-        e = self.pos.embed(pos)
-        if e is not None:
-            x = x + e
-        end = self.decoder.pos.embed(to_end) if self.cfg.from_end else None
-        if end is not None:
-            x = x + end
+        pos, to_end = positions(src_lens, size)
+        x = add_positions(self.embed(src), pos, to_end, self.pos,
+                          self.decoder.pos if self.cfg.from_end else None)
         mask = key_padding_mask(src_lens, size) if bool((src_lens < size).any()) else None
         rot = self.pos.rotary(pos)
         for block in self.encoder:
@@ -245,15 +256,9 @@ class BLT(nn.Module):
 
     def encode(self, batch: dict[str, Tensor]) -> Memory:
         src_lens, size = batch["src_lens"], batch["src"].shape[1]
-        pos = torch.arange(size, device=src_lens.device)
-        to_end = (src_lens[:, None] - 1 - pos).clamp(min=0)
-        x = self.embed_bytes(batch)
-        e = self.pos.embed(pos)
-        if e is not None:
-            x = x + e
-        end = self.decoder.pos.embed(to_end) if self.cfg.from_end else None
-        if end is not None:
-            x = x + end
+        pos, to_end = positions(src_lens, size)
+        end_signal = self.decoder.pos if self.cfg.from_end else None
+        x = add_positions(self.embed_bytes(batch), pos, to_end, self.pos, end_signal)
         byte_mask = key_padding_mask(src_lens, size)
         for block in self.local:
             x = block(x, mask=byte_mask, rot=self.pos.rotary(pos))
@@ -262,13 +267,8 @@ class BLT(nn.Module):
         n = int(batch["n_patches"].max())
         pooled = (self.pool_project if self.cfg.pooling == "project" else self.pool_cross)(
             x, batch, n)
-        patch_pos = torch.arange(n, device=x.device)
-        patch_to_end = batch["patch_to_end"]
-        e = self.pos.embed(patch_pos)
-        h = pooled + e if e is not None else pooled
-        end = self.decoder.pos.embed(patch_to_end) if self.cfg.from_end else None
-        if end is not None:
-            h = h + end
+        patch_pos, patch_to_end = torch.arange(n, device=x.device), batch["patch_to_end"]
+        h = add_positions(pooled, patch_pos, patch_to_end, self.pos, end_signal)
         patch_mask = key_padding_mask(batch["n_patches"], n)
         for block in self.global_blocks:
             h = block(h, mask=patch_mask, rot=self.pos.rotary(patch_pos))
