@@ -101,7 +101,14 @@ def test_relative_values_decode_incrementally_like_the_full_prefix():
     cache = model.decoder.new_cache()
     steps = [model.decoder(tokens[:, t:t + 1], memory, cache=cache, start=t) for t in range(5)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
-    assert model.decoder.blocks[0].cross_attn.relative is not None
+    relative = model.decoder.blocks[0].cross_attn.relative
+    with torch.no_grad():
+        relative.weight.normal_()
+        changed = model.decoder(tokens, memory)
+        relative.weight.zero_()
+        relative.bias.zero_()
+        plain = model.decoder(tokens, memory)
+    assert not torch.allclose(changed, plain)  # the relative channels reach the output
 
 
 def test_flops_are_measured_by_part():

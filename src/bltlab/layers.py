@@ -109,13 +109,13 @@ class Attention(nn.Module):
             else:
                 k, v = (self._heads(t) for t in self.kv(memory).split(c, dim=-1))
                 k = apply_rotary(k, rot_k) if rot_k is not None else k
+                if self.relative is not None and rot_k is not None:
+                    v = torch.cat([v, *(t.expand(*k.shape[:-1], -1) for t in rot_k)], dim=-1)
         else:
             q, k, v = (self._heads(t) for t in self.qkv(x).split(c, dim=-1))
             k = apply_rotary(k, rot_k) if rot_k is not None else k
             if cache is not None and "k" in cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            if self.relative is not None and rot_k is not None:
-                v = torch.cat([v, *(t.expand(*k.shape[:-1], -1) for t in rot_k)], dim=-1)
         if cache is not None:
             cache["k"], cache["v"] = k, v
         q = apply_rotary(q, rot_q) if rot_q is not None else q
