@@ -6,18 +6,18 @@ Every model implements `encode(src, src_lens) -> Memory` and
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bltlab.config import Config
 from bltlab.layers import Attention, Block, PositionSignal, Rotary, key_padding_mask
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Config):
     """Size and position scheme of an encoder-decoder; serialised into checkpoints."""
 
     vocab_size: int = 0
@@ -30,17 +30,6 @@ class ModelConfig:
     max_len: int = 512
     pos_encoding: str = "rope"
     from_end: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 @dataclass

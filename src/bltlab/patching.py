@@ -18,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bltlab.config import Config
 from bltlab.errors import BltlabError
 from bltlab.fileio import atomic_path
 
@@ -81,7 +82,7 @@ class ByteBatch:
 
 
 @dataclass
-class PatcherConfig:
+class PatcherConfig(Config):
     """Which patcher and its parameters; serialised with the model and the cache key."""
 
     patcher: str = "entropy-model"
@@ -91,14 +92,6 @@ class PatcherConfig:
     entropy_mode: str = "global"  # entropy-model: global | monotonic
     context: int = 3  # entropy-model: bytes of context of the byte LM
     static_size: int = 4  # static: k
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PatcherConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
     def describe(self) -> str:
         cap = f" max_len={self.max_patch_len}" if self.max_patch_len else ""
@@ -114,6 +107,7 @@ class PatcherConfig:
 
 
 # ---------------------------------------------------------------- window entropy (the seed)
+
 
 def window_counts(batch: ByteBatch, window: int) -> tuple[np.ndarray, np.ndarray]:
     """For the window `bytes[i:i+window]` within the row at each byte i: Π_j c_j and n.
@@ -193,6 +187,7 @@ def window_entropy_starts(batch: ByteBatch, cfg: PatcherConfig) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- entropy model (the paper)
+
 
 def context_keys(batch: ByteBatch, order: int) -> np.ndarray:
     """An int64 key per byte for its `order` preceding bytes (PAD_BYTE before the row)."""
@@ -304,6 +299,7 @@ def entropy_model_starts(batch: ByteBatch, cfg: PatcherConfig, lm: ByteNgramLM,
 
 # ---------------------------------------------------------------- space and static
 
+
 def space_starts(batch: ByteBatch) -> np.ndarray:
     """A patch starts on the first non-space byte after a run of space-like bytes."""
     is_space = np.isin(batch.data, SPACE_BYTES)
@@ -319,6 +315,7 @@ def static_starts(batch: ByteBatch, k: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- segmentation
+
 
 def utf8_safe(batch: ByteBatch, starts: np.ndarray) -> np.ndarray:
     """Every row starts a patch; a start on a UTF-8 continuation byte (10xxxxxx) moves
@@ -452,6 +449,7 @@ def ngram_ids(batch: ByteBatch, ns: Sequence[int] = (1, 2, 3), buckets: int = 40
 
 
 # ---------------------------------------------------------------- building and caching
+
 
 def build_patcher(cfg: PatcherConfig, train_texts: Sequence[str] | None = None,
                   target_bpp: float | None = None) -> Patcher:

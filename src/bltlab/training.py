@@ -7,7 +7,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from bltlab.batching import Collate, LengthBucketSampler, PairDataset
 from bltlab.checkpoint import load_checkpoint, save_checkpoint
+from bltlab.config import Config
 from bltlab.data import Pairs, generate_inputs, load_pairs, reverse, wordlist
 from bltlab.decoding import predict
 from bltlab.errors import BltlabError
@@ -30,7 +31,7 @@ from bltlab.vocab import PAD
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Everything about a run except the model's shape; serialised into checkpoints."""
 
     train_csv: str = "data/train.csv"
@@ -54,11 +55,6 @@ class TrainConfig:
     target_bpp: float | None = 4.0  # blt: calibrate the entropy patchers to this
     fresh_pairs: bool = False  # each epoch: as many newly generated rows instead
     progress: bool = True
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def pick_device(name: str) -> torch.device:
@@ -136,6 +132,8 @@ def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
 
 
 @torch.no_grad()
+
+
 def validation_loss(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
     model.eval()
     total, count = 0.0, 0
