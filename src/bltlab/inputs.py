@@ -27,7 +27,7 @@ from bltlab.patching import (
     build_patcher,
     ngram_ids,
 )
-from bltlab.vocab import SPECIALS, ByteVocab, CharVocab
+from bltlab.vocab import SPECIALS, ByteVocab, CharVocab, vocab_from_state
 
 Row = dict[str, np.ndarray]
 
@@ -133,7 +133,7 @@ def fit_codec(mode: str, texts: Sequence[str], patcher_cfg: PatcherConfig | None
 
 def codec_from_state(state: dict) -> CharCodec | ByteCodec:
     if state["mode"] == "char":
-        return CharCodec(CharVocab(state["vocab"]["chars"]))
+        return CharCodec(vocab_from_state(state["vocab"]))
     lm = ByteNgramLM.from_state(state["entropy_model"]) if state["entropy_model"] else None
     return ByteCodec(Patcher(PatcherConfig.from_dict(state["patcher"]), lm),
                      state["ngram_sizes"], state["ngram_buckets"])
