@@ -40,12 +40,18 @@ def reverse(text: str) -> str:
     return text[::-1]
 
 
-def generate_inputs(n: int, rng: np.random.Generator, words: list[str]) -> list[str]:
-    """Draw `n` input strings with the seed data's distribution."""
+def generate_inputs(n: int, rng: np.random.Generator, words: list[str],
+                    non_ascii_rate: float = 0.0) -> list[str]:
+    """Draw `n` input strings with the seed data's distribution; with `non_ascii_rate`
+    > 0, that share of rows has one word replaced by a word with non-ASCII characters
+    (of the same word list), to show rare bytes more often than the ~1% of rows."""
+    rare = [w for w in words if not w.isascii()]
     rows = []
     for _ in range(n):
         k = int(rng.integers(MIN_WORDS, MAX_WORDS + 1))
         tokens = [words[i] for i in rng.integers(0, len(words), size=k)]
+        if non_ascii_rate > 0 and rng.random() < non_ascii_rate:
+            tokens[int(rng.integers(k))] = rare[int(rng.integers(len(rare)))]
         if rng.random() < SYMBOL_PROB:
             tokens.insert(int(rng.integers(0, k + 1)), SYMBOLS[int(rng.integers(len(SYMBOLS)))])
         rows.append(" ".join(tokens))

@@ -54,6 +54,7 @@ class TrainConfig(Config):
     resume: str = ""  # "" no, "latest" the save dir's latest checkpoint, or a path
     target_bpp: float | None = 4.0  # blt: calibrate the entropy patchers to this
     fresh_pairs: bool = False  # each epoch: as many newly generated rows instead
+    fresh_non_ascii: float = 0.0  # share of fresh rows given a word with non-ASCII characters
     progress: bool = True
 
 
@@ -151,11 +152,12 @@ def exact_match(model: nn.Module, codec, pairs: Pairs, device: torch.device) -> 
     return sum(p == t for p, t in zip(preds, pairs.targets)) / len(pairs)
 
 
-def fresh_pairs(n: int, seed: int, epoch: int) -> Pairs:
-    """`n` newly generated reversal rows for one epoch (same distribution as
-    `bltlab data generate`; a stream of its own per seed and epoch)."""
+def fresh_pairs(n: int, seed: int, epoch: int, non_ascii_rate: float = 0.0) -> Pairs:
+    """`n` newly generated reversal rows for one epoch (the distribution of
+    `bltlab data generate`, optionally with more non-ASCII rows; a stream of its own
+    per seed and epoch)."""
     rng = np.random.default_rng([seed, epoch, 0x5EED])
-    inputs = generate_inputs(n, rng, wordlist())
+    inputs = generate_inputs(n, rng, wordlist(), non_ascii_rate)
     return Pairs(inputs, [reverse(t) for t in inputs], f"generated (epoch {epoch + 1})")
 
 
@@ -193,6 +195,8 @@ def make_codec(mode: str, model_cfg: ModelConfig, cfg: TrainConfig, texts: list[
 def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
           patcher_cfg: PatcherConfig | None = None) -> dict:
     """Train a model; returns the best checkpoint's path, its validation scores and history."""
+    if not 0.0 <= cfg.fresh_non_ascii <= 1.0:
+        raise BltlabError(f"--fresh_non_ascii {cfg.fresh_non_ascii}: must be between 0 and 1")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     unit = "bytes" if mode == "blt" else "chars"
@@ -225,7 +229,8 @@ def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
     steps_per_epoch = len(LengthBucketSampler(train_set.lengths(), cfg.batch_size))
 
     def epoch_loader(epoch: int) -> DataLoader:
-        dataset = (PairDataset.build(codec, fresh_pairs(len(train_pairs), cfg.seed, epoch))
+        dataset = (PairDataset.build(codec, fresh_pairs(len(train_pairs), cfg.seed, epoch,
+                                                           cfg.fresh_non_ascii))
                    if cfg.fresh_pairs else train_set)
         sampler = LengthBucketSampler(dataset.lengths(), cfg.batch_size, cfg.seed)
         sampler.set_epoch(epoch)
