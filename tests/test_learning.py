@@ -1,30 +1,18 @@
 """A tiny model really learns reversal; training and evaluation run end to end."""
 
 import json
-import random
 
 from bltlab.cli import main
 from bltlab.data import write_pairs
 from bltlab.decoding import predict
-from bltlab.models import BLTConfig, ModelConfig
+from bltlab.models import BLTConfig
 from bltlab.patching import PatcherConfig
 from bltlab.training import TrainConfig, load_model, train
+from tests.conftest import strings
 
 
-def strings(n, seed, longest=16):
-    rng = random.Random(seed)
-    return ["".join(rng.choice("abcdefgh éz") for _ in range(rng.randint(4, longest)))
-            for _ in range(n)]
-
-
-def test_tiny_model_learns_reversal(tmp_path):
-    inputs = strings(8000, 0)
-    write_pairs(tmp_path / "train.csv", inputs, [s[::-1] for s in inputs])
-    model_cfg = ModelConfig(d_model=48, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
-                            dim_feedforward=96, max_len=32, pos_encoding="rope")
-    cfg = TrainConfig(train_csv=str(tmp_path / "train.csv"), save_dir=str(tmp_path / "ck"),
-                      epochs=5, batch_size=32, lr=3e-3, warmup_steps=20, progress=False)
-    result = train("char", model_cfg, cfg)
+def test_tiny_model_learns_reversal(tiny_char_run):
+    tmp_path, result, inputs = tiny_char_run
     model, codec, state = load_model(result["best_checkpoint"], "char")
     held_out = [s for s in strings(300, 1) if s not in set(inputs)]
     preds = predict(model, codec, held_out)
@@ -35,12 +23,15 @@ def test_tiny_model_learns_reversal(tmp_path):
     assert history["epochs"][-1]["train_loss"] < history["epochs"][0]["train_loss"]
     assert state["train_config"]["epochs"] == 5
 
+    beam = predict(model, codec, held_out, beam_width=3)
+    assert sum(p == s[::-1] for p, s in zip(beam, held_out)) / len(held_out) >= accuracy - 0.01
+
     write_pairs(tmp_path / "test.csv", held_out, [s[::-1] for s in held_out])
     out = tmp_path / "preds" / "p.csv"
     assert main(["eval", "--checkpoint", result["best_checkpoint"], "--test_csv",
                  str(tmp_path / "test.csv"), "--output_csv", str(out)]) == 0
     metrics = json.loads((tmp_path / "preds" / "p_metrics.json").read_text())
-    assert metrics["exact_match_accuracy"] == accuracy
+    assert metrics["exact_match_accuracy"] == accuracy and metrics["beam_width"] == 1
     assert out.read_text(encoding="utf-8").startswith("input,target,prediction,correct\n")
 
 

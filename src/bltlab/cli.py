@@ -75,6 +75,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fresh_pairs", action="store_true",
                    help="each epoch, train on as many newly generated rows (reversal data "
                         "of the generator's distribution) instead of the training rows")
+    g.add_argument("--fresh_non_ascii", type=float, default=d.fresh_non_ascii,
+                   help="with --fresh_pairs: share of rows given one word with non-ASCII "
+                        "characters (the data's own rate is about 0.01)")
     g.add_argument("--resume", nargs="?", const="latest", default="",
                    help="continue from the save dir's latest checkpoint (or from PATH)")
 
@@ -124,12 +127,40 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
     model, codec, _ = load_model(args.checkpoint, args.mode, device)
     out = args.output_csv or default_output_csv(args.mode)
+    check_search(args)
     metrics = evaluate(model, codec, args.test_csv, out, args.batch_size, device,
-                       args.skip_bad_rows, extra={"mode": args.mode,
-                                                  "checkpoint": str(args.checkpoint)})
+                       args.skip_bad_rows, args.beam_width, args.length_penalty,
+                       extra={"mode": args.mode, "checkpoint": str(args.checkpoint)})
     print(format_metrics(metrics))
     print(f"wrote {out} and {metrics_path(out)}")
     return metrics
+
+
+def check_search(args: argparse.Namespace) -> None:
+    if args.beam_width < 1:
+        raise BltlabError(f"--beam_width {args.beam_width}: must be at least 1")
+
+
+def cmd_infer(args: argparse.Namespace) -> None:
+    from bltlab.infer import Predictor, interactive, stream
+    from bltlab.training import load_model, pick_device
+
+    check_search(args)
+    device = pick_device(args.device)
+    model, codec, _ = load_model(args.checkpoint, args.mode, device)
+    predictor = Predictor(model, codec, args.beam_width, args.length_penalty, device)
+    if args.text is not None:
+        predictor.describe(args.text, sys.stdout)
+    elif not sys.stdin.isatty():
+        stream(predictor, sys.stdin, sys.stdout)
+    else:
+        interactive(predictor)
+
+
+def add_search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam_width", type=int, default=1, help="1: greedy decoding")
+    p.add_argument("--length_penalty", type=float, default=1.0,
+                   help="beam search ranks log-probability / length**this (0: none)")
 
 
 def add_patcher_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
@@ -253,8 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "predictions/predictions_blt.csv (blt)")
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--device", default="auto")
+    add_search_args(p)
     add_common_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("infer", help="reverse strings with a checkpoint: a prompt, --text, "
+                                     "or lines from stdin")
+    p.add_argument("--mode", choices=("char", "blt"), default=None,
+                   help="the checkpoint's mode (checked when given)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--text", default=None, help="one string: print its prediction and exit")
+    p.add_argument("--device", default="auto")
+    add_search_args(p)
+    add_common_args(p)
+    p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("run", help="the experiment: data if missing, train, evaluate")
     mode = p.add_mutually_exclusive_group()

@@ -1,10 +1,17 @@
-"""Batched greedy decoding and the text-in, text-out prediction helper."""
+"""Batched decoding: KV-cached greedy search, beam search, and text-in, text-out prediction.
+
+Both searches encode the batch once; the decoder's cross-attention keys and values are
+computed at the first step and kept in the cache, self-attention keys and values are
+appended per step, and rows that have finished are dropped from the batch, so they
+stop costing work.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from bltlab.models import Memory
 from bltlab.vocab import BOS, EOS, PAD
 
 
@@ -17,6 +24,38 @@ def max_output_len(src_lens: Tensor, limit: int) -> Tensor:
     return torch.clamp(src_lens + src_lens // 4 + 8, max=limit)
 
 
+def take_rows(obj, idx: Tensor, rows: int):
+    """Keep (or reorder, or repeat) batch rows `idx` of every tensor in `obj` (a tensor,
+    Memory, tuple, list or dict) whose first dimension is the batch of `rows` rows;
+    tensors shared by all rows (e.g. RoPE tables of plain positions) pass through."""
+    if isinstance(obj, Tensor):
+        return obj.index_select(0, idx) if obj.dim() >= 3 and obj.shape[0] == rows else obj
+    if isinstance(obj, Memory):
+        return Memory(*(take_rows(t, idx, rows) for t in (obj.states, obj.mask, obj.rot)))
+    if isinstance(obj, dict):
+        return {k: take_rows(v, idx, rows) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(take_rows(v, idx, rows) for v in obj)
+    return obj
+
+
+def next_logits(logits: Tensor) -> Tensor:
+    """The last position's logits, with PAD and BOS (never outputs) ruled out."""
+    out = logits[:, -1].float()
+    out[:, [PAD, BOS]] = float("-inf")
+    return out
+
+
+def until_eos(ids: list[int]) -> list[int]:
+    """A generated row up to (not incl.) its EOS, or up to the padding after its budget."""
+    out = []
+    for t in ids:
+        if t in (EOS, PAD):
+            break
+        out.append(t)
+    return out
+
+
 @torch.no_grad()
 def greedy_decode(model: nn.Module, batch: dict[str, Tensor],
                   use_cache: bool = True) -> list[list[int]]:
@@ -26,37 +65,123 @@ def greedy_decode(model: nn.Module, batch: dict[str, Tensor],
     values of earlier steps; without it every step re-runs the whole prefix.
     """
     src_lens = batch["src_lens"]
+    rows, device = len(src_lens), src_lens.device
     budget = max_output_len(src_lens, model.cfg.max_len)
     memory = model.encode(batch)
-    rows, device = len(src_lens), src_lens.device
-    ys = torch.full((rows, 1), BOS, dtype=torch.long, device=device)
-    done = torch.zeros(rows, dtype=torch.bool, device=device)
     cache = model.decoder.new_cache() if use_cache else None
-    for step in range(int(budget.max())):
+    out = torch.full((rows, int(budget.max())), PAD, dtype=torch.long, device=device)
+    alive = torch.arange(rows, device=device)  # original row of each batch row
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    ys = torch.full((rows, 1), BOS, dtype=torch.long, device=device)
+    for step in range(out.shape[1]):
         if use_cache:
             logits = model.decoder(ys[:, -1:], memory, cache=cache, start=step)
         else:
             logits = model.decoder(ys, memory)
-        nxt = logits[:, -1].argmax(-1)
-        nxt = nxt.masked_fill(done, PAD)
-        ys = torch.cat([ys, nxt[:, None]], dim=1)
-        done |= (nxt == EOS) | (step + 1 >= budget)
+        nxt = next_logits(logits).argmax(-1).masked_fill(done, PAD)
+        out[alive, step] = nxt
+        done |= (nxt == EOS) | (step + 1 >= budget[alive])
         if bool(done.all()):
             break
-    return [[t for t in row if t != PAD] for row in ys[:, 1:].tolist()]
+        if 4 * int(done.sum()) >= len(alive):  # drop finished rows (in bulk: copies cost)
+            keep = (~done).nonzero().squeeze(1)
+            memory, cache = take_rows((memory, cache), keep, len(alive))
+            alive, ys, nxt, done = alive[keep], ys[keep], nxt[keep], done[keep]
+        ys = torch.cat([ys, nxt[:, None]], dim=1)
+    return [until_eos(row) for row in out.tolist()]
+
+
+def length_normalised(scores: Tensor, lengths: Tensor, length_penalty: float) -> Tensor:
+    """Log-probability divided by length**length_penalty (0: plain log-probability)."""
+    return scores / lengths.clamp(min=1).to(scores.dtype) ** length_penalty
+
+
+@torch.no_grad()
+def beam_search(model: nn.Module, batch: dict[str, Tensor], beam_width: int = 5,
+                length_penalty: float = 1.0) -> list[list[int]]:
+    """Batched beam search; returns each row's best hypothesis up to (not incl.) EOS.
+
+    All rows' beams decode together as one batch of rows x beam_width with a KV cache
+    that is reordered after each step. A beam that emits EOS is frozen (it can only
+    continue with PAD at no cost); a row whose beams are all frozen, or that reached its
+    budget, leaves the batch. Candidates are ranked by log-probability divided by
+    length**length_penalty. With beam_width 1 this is greedy decoding.
+    """
+    if beam_width < 1:
+        raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+    k = beam_width
+    src_lens = batch["src_lens"]
+    rows, device = len(src_lens), src_lens.device
+    budget = max_output_len(src_lens, model.cfg.max_len)
+    memory = take_rows(model.encode(batch), torch.arange(rows, device=device)
+                       .repeat_interleave(k), rows)
+    cache = model.decoder.new_cache()
+    vocab = model.decoder.embed.num_embeddings
+    frozen = torch.full((vocab,), float("-inf"), device=device)
+    frozen[PAD] = 0.0
+    scores = torch.full((rows, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # at the start all beams are the same: keep one
+    lengths = torch.zeros(rows, k, dtype=torch.long, device=device)
+    finished = torch.zeros(rows, k, dtype=torch.bool, device=device)
+    tokens = torch.full((rows * k, 1), BOS, dtype=torch.long, device=device)
+    alive = torch.arange(rows, device=device)
+    results: list[list[int]] = [[] for _ in range(rows)]
+    for step in range(int(budget.max())):
+        n = len(alive)
+        logits = model.decoder(tokens[:, -1:], memory, cache=cache, start=step)
+        logp = torch.log_softmax(next_logits(logits), dim=-1).view(n, k, vocab)
+        logp = torch.where(finished[..., None], frozen, logp)
+        total = scores[..., None] + logp  # (n, k, V)
+        new_len = lengths + (~finished).long()
+        ranked = length_normalised(total, new_len[..., None], length_penalty)
+        top = ranked.view(n, k * vocab).topk(k, dim=-1).indices
+        parent, tok = top // vocab, top % vocab
+        scores = total.view(n, k * vocab).gather(1, top)
+        lengths = new_len.gather(1, parent)
+        finished = (finished.gather(1, parent) | (tok == EOS)
+                    | (step + 1 >= budget[alive])[:, None])
+        flat = (torch.arange(n, device=device)[:, None] * k + parent).view(-1)
+        tokens = torch.cat([tokens[flat], tok.view(-1, 1)], dim=1)
+        cache = take_rows(cache, flat, n * k)
+        done = finished.all(dim=1)
+        if not bool(done.any()):
+            continue
+        best = length_normalised(scores, lengths, length_penalty).argmax(dim=1)
+        for i in done.nonzero().squeeze(1).tolist():
+            results[int(alive[i])] = until_eos(tokens[i * k + int(best[i]), 1:].tolist())
+        if bool(done.all()):
+            break
+        keep = (~done).nonzero().squeeze(1)
+        keep_flat = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
+        memory, cache = take_rows((memory, cache), keep_flat, n * k)
+        tokens = tokens[keep_flat]
+        alive, scores, lengths, finished = (t[keep] for t in (alive, scores, lengths, finished))
+    return results
+
+
+def decode_batch(model: nn.Module, batch: dict[str, Tensor], beam_width: int = 1,
+                 length_penalty: float = 1.0, use_cache: bool = True) -> list[list[int]]:
+    """Greedy decoding for beam_width 1 (`use_cache` False: the slow reference), beam
+    search otherwise."""
+    if beam_width == 1:
+        return greedy_decode(model, batch, use_cache)
+    return beam_search(model, batch, beam_width, length_penalty)
 
 
 @torch.no_grad()
 def predict(model: nn.Module, codec, texts: list[str], batch_size: int = 256,
-            device: str | torch.device = "cpu") -> list[str]:
+            device: str | torch.device = "cpu", beam_width: int = 1,
+            length_penalty: float = 1.0, use_cache: bool = True) -> list[str]:
     """Decode a list of strings, batching rows of similar length together."""
     model.eval()
     rows = codec.rows(texts)
     order = sorted(range(len(texts)), key=lambda i: len(rows[i]["src"]))
     out: list[str] = [""] * len(texts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
+    size = max(1, batch_size // beam_width)
+    for start in range(0, len(order), size):
+        idx = order[start: start + size]
         batch = {k: v.to(device) for k, v in codec.collate([rows[i] for i in idx]).items()}
-        for i, ids in zip(idx, greedy_decode(model, batch)):
+        for i, ids in zip(idx, decode_batch(model, batch, beam_width, length_penalty,
+                                                use_cache)):
             out[i] = codec.decode(ids)
     return out

@@ -134,20 +134,23 @@ def measure_flops(model: torch.nn.Module, codec, inputs: list[str], targets: lis
 
 def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: str | Path,
              batch_size: int = 256, device: str | torch.device = "cpu",
-             skip_bad_rows: bool = False, extra: dict | None = None) -> dict:
+             skip_bad_rows: bool = False, beam_width: int = 1, length_penalty: float = 1.0,
+             extra: dict | None = None) -> dict:
     """Decode every row of `test_csv`, write the predictions CSV and its metrics JSON."""
     unit = "bytes" if codec.mode == "blt" else "chars"
     pairs = load_pairs(test_csv, max_len=model.cfg.max_len - 1, unit=unit,
                        skip_bad_rows=skip_bad_rows)
     t0 = time.perf_counter()
-    preds = predict(model, codec, pairs.inputs, batch_size=batch_size, device=device)
+    preds = predict(model, codec, pairs.inputs, batch_size=batch_size, device=device,
+                    beam_width=beam_width, length_penalty=length_penalty)
     seconds = time.perf_counter() - t0
     metrics = compute_metrics(pairs.inputs, pairs.targets, preds)
     if codec.mode == "blt":
         metrics.update(patch_metrics(codec, pairs.inputs))
     metrics["forward_flops_per_row"] = measure_flops(model, codec, pairs.inputs, pairs.targets,
                                                      batch_size)
-    metrics.update({"decode_rows_per_s": round(len(pairs) / seconds, 1),
+    metrics.update({"beam_width": beam_width, "length_penalty": length_penalty,
+                    "decode_rows_per_s": round(len(pairs) / seconds, 1),
                     "decode_seconds": round(seconds, 2), "test_csv": str(test_csv),
                     "skipped_rows": pairs.skipped, **(extra or {})})
     write_predictions(output_csv, pairs.inputs, pairs.targets, preds)

@@ -1,0 +1,95 @@
+"""Cached greedy decoding and batched beam search agree with their slow references."""
+
+import pytest
+import torch
+
+from bltlab.decoding import beam_search, greedy_decode, max_output_len, take_rows
+from bltlab.inputs import ByteCodec
+from bltlab.models import BLT, BLTConfig
+from bltlab.patching import Patcher, PatcherConfig
+from tests.test_models import batch_of, tiny
+
+
+def lively(model):
+    """Large random weights, so outputs vary and rows stop (EOS) at different steps."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.5)
+    return model
+
+
+def char_case():
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(4, 30, (int(torch.randint(2, 20, (1,), generator=g)),),
+                          generator=g).tolist() for _ in range(40)]
+    return lively(tiny("rope", vocab_size=30)), batch_of(rows), lambda i: batch_of([rows[i]])
+
+
+def blt_case():
+    torch.manual_seed(0)
+    model = BLT(BLTConfig(vocab_size=260, d_model=32, nhead=4, dim_feedforward=64,
+                          max_len=64, ngram_buckets=64, max_patch_len=6)).eval()
+    codec = ByteCodec(Patcher(PatcherConfig("static", static_size=3)), (1, 2, 3), 64)
+    texts = ["hello world", "café ❤️ x", "ab", "the quick brown fox", "reversal", "été"] * 3
+    rows = codec.rows(texts)
+    return lively(model), codec.collate(rows), lambda i: codec.collate([rows[i]])
+
+
+def test_rows_stop_at_different_steps():
+    model, batch, _ = char_case()
+    lengths = [len(o) for o in greedy_decode(model, batch)]
+    budgets = max_output_len(batch["src_lens"], 64).tolist()
+    assert len(set(lengths)) > 10 and sum(n < b for n, b in zip(lengths, budgets)) > 10
+
+
+@pytest.mark.parametrize("case", [char_case, blt_case])
+def test_cached_greedy_equals_uncached(case):
+    model, batch, _ = case()
+    assert greedy_decode(model, batch) == greedy_decode(model, batch, use_cache=False)
+
+
+@pytest.mark.parametrize("case", [char_case, blt_case])
+def test_beam_width_one_is_greedy(case):
+    model, batch, _ = case()
+    assert beam_search(model, batch, 1) == greedy_decode(model, batch)
+
+
+@pytest.mark.parametrize("case", [char_case, blt_case])
+def test_batched_beam_equals_rows_one_by_one(case):
+    model, batch, single = case()
+    batched = beam_search(model, batch, 4, length_penalty=0.5)
+    for i in range(0, len(batched), 3):
+        assert beam_search(model, single(i), 4, length_penalty=0.5)[0] == batched[i]
+
+
+def sequence_logprob(model, row, ids):
+    """log P(ids + EOS | row) under the model, by teacher forcing."""
+    tgt = torch.tensor([[1] + ids + [2]])
+    logits = model.decoder(tgt[:, :-1], model.encode(row)).detach()
+    logits[..., :2] = float("-inf")  # PAD and BOS are never outputs
+    logp = torch.log_softmax(logits, -1)
+    return float(logp[0].gather(1, tgt[0, 1:, None]).sum())
+
+
+def test_beam_without_length_penalty_finds_likelier_answers():
+    """Beam search maximises log-probability: where both searches end with EOS within
+    the budget, beam's answer is mostly at least as likely as greedy's (a beam can lose
+    greedy's path, so not always), and sometimes more."""
+    model, batch, single = char_case()
+    greedy, beam = greedy_decode(model, batch), beam_search(model, batch, 5, 0.0)
+    budget = max_output_len(batch["src_lens"], 64).tolist()
+    compared = [(sequence_logprob(model, single(i), g), sequence_logprob(model, single(i), b))
+                for i, (g, b) in enumerate(zip(greedy, beam))
+                if max(len(g), len(b)) < budget[i]]
+    assert len(compared) >= 10
+    assert sum(b >= g - 1e-4 for g, b in compared) >= 0.8 * len(compared)
+    assert any(b > g + 1e-3 for g, b in compared)
+
+
+def test_take_rows_keeps_shared_tensors():
+    shared, per_row = torch.zeros(5, 4), torch.arange(3 * 2 * 2.0).view(3, 2, 2)
+    out = take_rows({"a": [shared, per_row], "b": None}, torch.tensor([2, 0]), 3)
+    assert out["a"][0] is shared and out["b"] is None
+    assert torch.equal(out["a"][1], per_row[[2, 0]])
