@@ -8,6 +8,8 @@ comparison) and on plain shuffled padded batches (the usual pipeline). The model
 turns, round after round, and each figure is the median over rounds: this machine's
 speed drifts by tens of percent from minute to minute. The BLT ("blt") is the default
 one (width 64, entropy-model patches calibrated to 4 bytes/patch) on the same rows.
+Variants: each model under bf16 autocast (`*_bf16`) and under torch.compile
+(`*_compiled`, timed after its warm-up steps have compiled it).
 
     python bench/train_throughput.py --json
 """
@@ -29,7 +31,7 @@ from bltlab.batching import Collate, LengthBucketSampler, PairDataset
 from bltlab.data import generate, load_pairs
 from bltlab.inputs import fit_codec
 from bltlab.models import BLT, BLTConfig, CharTransformer, ModelConfig
-from bltlab.training import TrainConfig, make_optimizer, train_step
+from bltlab.training import Precision, TrainConfig, make_optimizer, train_step
 from bltlab.vocab import PAD
 
 SEED_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train.csv"
@@ -60,11 +62,15 @@ class TorchTransformer(nn.Module):
 
 
 class Runner:
-    """A model, its optimizer and an endless stream of its batches."""
+    """A model (optionally compiled, optionally under bf16 autocast), its optimizer and
+    an endless stream of its batches."""
 
-    def __init__(self, model: nn.Module, loader: DataLoader):
-        self.model, self.loader, self.cfg = model, loader, TrainConfig(lr=1e-3)
+    def __init__(self, model: nn.Module, loader: DataLoader, amp: bool = False,
+                 compiled: bool = False):
+        self.loader, self.cfg = loader, TrainConfig(lr=1e-3)
         self.optimizer = make_optimizer(model, self.cfg)
+        self.model = torch.compile(model) if compiled else model
+        self.precision = Precision(enabled=amp)
         self.batches = iter(())
 
     def next_batch(self) -> dict:
@@ -79,7 +85,8 @@ class Runner:
         batches = [self.next_batch() for _ in range(steps)]
         start = time.perf_counter()
         for batch in batches:
-            train_step(self.model, batch, self.optimizer, self.cfg, torch.device("cpu"))
+            train_step(self.model, [batch], self.optimizer, self.cfg, torch.device("cpu"),
+                       self.precision)
         return sum(b["src"].shape[0] for b in batches) / (time.perf_counter() - start)
 
 
@@ -102,8 +109,10 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20, help="steps per model per round")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no_variants", action="store_true",
+                   help="skip the bf16-autocast and torch.compile variants")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -132,6 +141,13 @@ def main() -> None:
         "torch_nn_transformer": Runner(TorchTransformer(cfg), shuffled),
         "torch_nn_transformer_bucketed": Runner(TorchTransformer(cfg), bucketed),
     }
+    if not args.no_variants:
+        runners.update({
+            "char_bf16": Runner(CharTransformer(cfg), bucketed, amp=True),
+            "blt_bf16": Runner(BLT(blt_cfg), blt_loader, amp=True),
+            "char_compiled": Runner(CharTransformer(cfg), bucketed, compiled=True),
+            "blt_compiled": Runner(BLT(blt_cfg), blt_loader, compiled=True),
+        })
     result = {"config": {**cfg.to_dict(), "batch_size": args.batch_size,
                          "threads": args.threads, "steps": args.steps, "rounds": args.rounds,
                          "data": str(path)},
@@ -142,6 +158,12 @@ def main() -> None:
     result["speedup_same_batches"] = round(
         char / result["torch_nn_transformer_bucketed"]["samples_per_s"], 2)
     result["blt_vs_char"] = round(result["blt"]["samples_per_s"] / char, 2)
+    for variant in ("bf16", "compiled"):
+        for model in ("char", "blt"):
+            if f"{model}_{variant}" in result:
+                result[f"{model}_{variant}_vs_fp32_eager"] = round(
+                    result[f"{model}_{variant}"]["samples_per_s"]
+                    / result[model]["samples_per_s"], 2)
     print(json.dumps(result, indent=None if args.json else 2))
 
 

@@ -60,18 +60,24 @@ class LengthBucketSampler(Sampler[list[int]]):
 
     Shuffle all rows, cut them into pools of `pool_batches` batches, sort each pool by
     length, cut it into batches, shuffle the batches. Padding stays small while every
-    epoch still sees a fresh mix.
+    epoch still sees a fresh mix. With `world` > 1 processes, the batches are global
+    (batch_size x world rows) and process `rank` takes rows rank, rank + world, ... of
+    each, so K processes see exactly the rows one process would at K times the batch.
+    `set_epoch(epoch, skip)` starts that epoch's order after `skip` batches (resume).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0,
-                 pool_batches: int = 50, drop_last: bool = False):
+                 pool_batches: int = 50, drop_last: bool = False, rank: int = 0,
+                 world: int = 1):
         self.lengths = torch.as_tensor(lengths)
-        self.batch_size, self.seed, self.pool = batch_size, seed, pool_batches * batch_size
+        self.seed, self.rank, self.world = seed, rank, world
+        self.global_batch = batch_size * world
+        self.pool = pool_batches * self.global_batch
         self.drop_last = drop_last
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def _batches(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
@@ -80,16 +86,18 @@ class LengthBucketSampler(Sampler[list[int]]):
         for start in range(0, len(order), self.pool):
             pool = order[start: start + self.pool]
             pool = pool[torch.argsort(self.lengths[pool], stable=True)]
-            for b in range(0, len(pool), self.batch_size):
-                batch = pool[b: b + self.batch_size].tolist()
-                if len(batch) == self.batch_size or not self.drop_last:
+            for b in range(0, len(pool), self.global_batch):
+                batch = pool[b: b + self.global_batch].tolist()
+                if len(batch) == self.global_batch or not (self.drop_last
+                                                           or len(batch) < self.world):
                     batches.append(batch)
         perm = torch.randperm(len(batches), generator=g).tolist()
-        return [batches[i] for i in perm]
+        return [batches[i][self.rank::self.world] for i in perm]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        return iter(self._batches()[self.skip:])
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.lengths), self.batch_size)
-        return full if self.drop_last else full + bool(rest)
+        """Batches in a whole epoch (whatever `skip` is)."""
+        full, rest = divmod(len(self.lengths), self.global_batch)
+        return full + (rest > 0 and not self.drop_last and rest >= self.world)

@@ -61,14 +61,33 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--weight_decay", type=float, default=d.weight_decay)
     g.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default=d.optimizer)
-    g.add_argument("--lr_scheduler", choices=("cosine", "step", "constant"),
-                   default=d.lr_scheduler)
+    g.add_argument("--lr_scheduler", choices=("cosine", "step", "constant", "plateau"),
+                   default=d.lr_scheduler,
+                   help="after warmup: cosine to 0, halve each quarter (step), constant, or "
+                        "constant with cuts when validation stalls (plateau)")
     g.add_argument("--warmup_steps", type=int, default=d.warmup_steps)
+    g.add_argument("--plateau_patience", type=int, default=d.plateau_patience,
+                   help="plateau: epochs without improvement before each lr cut")
+    g.add_argument("--plateau_factor", type=float, default=d.plateau_factor)
     g.add_argument("--grad_clip", type=float, default=d.grad_clip)
+    g.add_argument("--grad_accum_steps", type=int, default=d.grad_accum_steps,
+                   help="micro-batches per optimiser step (effective batch: batch_size x N)")
     g.add_argument("--val_fraction", type=float, default=d.val_fraction)
     g.add_argument("--early_stopping_patience", type=int, default=d.early_stopping_patience,
-                   help="stop after N epochs without a better validation exact match (0: off)")
-    g.add_argument("--use_amp", action="store_true", help="bf16 autocast")
+                   help="stop after N epochs without a better validation score (0: off)")
+    g.add_argument("--early_stopping_metric", choices=("exact_match", "loss"),
+                   default=d.early_stopping_metric,
+                   help="the validation score for early stopping, plateau and the best "
+                        "checkpoint")
+    g.add_argument("--use_amp", action="store_true", help="autocast on (same as --amp on)")
+    g.add_argument("--amp", choices=("auto", "on", "off"), default=d.amp,
+                   help="mixed precision: bf16 autocast (fp16 + loss scaling on GPUs "
+                        "without bf16); auto: on for CUDA, off on CPU")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    g.add_argument("--save_every_steps", type=int, default=d.save_every_steps,
+                   help="also write the latest checkpoint every N steps (0: epoch ends only)")
+    g.add_argument("--no_tensorboard", dest="tensorboard", action="store_false",
+                   help="no TensorBoard event files")
     g.add_argument("--num_workers", type=int, default=d.num_workers)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
@@ -78,8 +97,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fresh_non_ascii", type=float, default=d.fresh_non_ascii,
                    help="with --fresh_pairs: share of rows given one word with non-ASCII "
                         "characters (the data's own rate is about 0.01)")
-    g.add_argument("--resume", nargs="?", const="latest", default="",
-                   help="continue from the save dir's latest checkpoint (or from PATH)")
+    g.add_argument("--resume", nargs="?", const="latest", default=d.resume,
+                   help="continue from the save dir's latest checkpoint (or from PATH); by "
+                        "default (auto) a run continues when --save_dir holds the latest "
+                        "checkpoint of the same configuration and data")
+    g.add_argument("--fresh", dest="resume", action="store_const", const="never",
+                   help="start a new run even if --save_dir holds one to continue")
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from bltlab.errors import BltlabError
 
 
 @contextlib.contextmanager
@@ -37,3 +40,62 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], Any]) -> No
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     write_atomic(path, lambda f: f.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n"))
+
+
+class RunLock:
+    """One run per folder: `folder/.lock` holds the owner's host and pid.
+
+    Taking a lock held by a live process on this host fails with a one-line error that
+    names it; a lock whose process is gone (a killed run) is stale and taken over. A
+    lock from another host cannot be checked and is respected.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder) / ".lock"
+        self.owner = f"{socket.gethostname()} {os.getpid()}"
+
+    def acquire(self) -> str | None:
+        """Take the lock; returns a note when a stale lock was taken over."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        note = None
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.path.read_text(encoding="utf-8").strip()
+                if not self._stale(holder):
+                    raise BltlabError(f"{self.path.parent}: in use by another run (host, pid: "
+                                      f"{holder}); wait for it, or use another --save_dir"
+                                      ) from None
+                note = f"{self.path}: took over a stale lock of a run that is gone ({holder})"
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(self.owner + "\n")
+            return note
+        raise BltlabError(f"{self.path}: could not take the lock")
+
+    def _stale(self, holder: str) -> bool:
+        host, _, pid = holder.partition(" ")
+        if host != socket.gethostname() or not pid.isdigit():
+            return not holder  # an empty lock file: its writer died while writing it
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, owned by someone else
+            return False
+        return False
+
+    def release(self) -> None:
+        if self.path.is_file() and self.path.read_text(encoding="utf-8").strip() == self.owner:
+            self.path.unlink()
+
+    def __enter__(self) -> RunLock:
+        note = self.acquire()
+        if note:
+            print(f"warning: {note}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

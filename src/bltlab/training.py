@@ -3,6 +3,8 @@ validation exact match each epoch, atomic best/latest checkpoints and a history 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import os
 import random
@@ -17,13 +19,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from bltlab import distributed
 from bltlab.batching import Collate, LengthBucketSampler, PairDataset
 from bltlab.checkpoint import load_checkpoint, save_checkpoint
 from bltlab.config import Config
 from bltlab.data import Pairs, generate_inputs, load_pairs, reverse, wordlist
 from bltlab.decoding import predict
+from bltlab.distributed import World
 from bltlab.errors import BltlabError
-from bltlab.fileio import write_json
+from bltlab.fileio import RunLock, write_json
 from bltlab.inputs import codec_from_state, fit_codec
 from bltlab.models import CONFIGS, ModelConfig, build_model, count_parameters
 from bltlab.patching import PatcherConfig
@@ -41,17 +45,25 @@ class TrainConfig(Config):
     lr: float = 2e-3
     weight_decay: float = 0.01
     optimizer: str = "adamw"
-    lr_scheduler: str = "cosine"
+    lr_scheduler: str = "cosine"  # cosine, step, constant, plateau
     warmup_steps: int = 100
+    plateau_patience: int = 2  # plateau: epochs without improvement before each lr cut
+    plateau_factor: float = 0.5
     grad_clip: float = 1.0
+    grad_accum_steps: int = 1
     val_fraction: float = 0.05
     early_stopping_patience: int = 0
-    use_amp: bool = False
+    early_stopping_metric: str = "exact_match"  # or loss (validation)
+    use_amp: bool = False  # the seed's flag: --amp on
+    amp: str = "auto"  # auto (on for CUDA, off on CPU), on, off
+    compile: bool = False
+    save_every_steps: int = 100
+    tensorboard: bool = True
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
     skip_bad_rows: bool = False
-    resume: str = ""  # "" no, "latest" the save dir's latest checkpoint, or a path
+    resume: str = "auto"  # auto: continue the same run if save_dir has one; latest; never; PATH
     target_bpp: float | None = 4.0  # blt: calibrate the entropy patchers to this
     fresh_pairs: bool = False  # each epoch: as many newly generated rows instead
     fresh_non_ascii: float = 0.0  # share of fresh rows given a word with non-ASCII characters
@@ -103,7 +115,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine to zero, a halving every quarter (step), or constant."""
+    """Linear warmup, then cosine to zero, a halving every quarter (step), or constant
+    (constant and plateau; plateau's cuts come from the validation score, in Progress)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
@@ -111,25 +124,72 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     if cfg.lr_scheduler == "step":
         return 0.5 ** int(4 * min(progress, 0.999))
-    if cfg.lr_scheduler == "constant":
+    if cfg.lr_scheduler in ("constant", "plateau"):
         return 1.0
-    raise BltlabError(f"--lr_scheduler {cfg.lr_scheduler!r}: choose cosine, step or constant")
+    raise BltlabError(f"--lr_scheduler {cfg.lr_scheduler!r}: choose cosine, step, constant "
+                      "or plateau")
 
 
-def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
-               cfg: TrainConfig, device: torch.device) -> float:
-    """One optimisation step on a batch; returns the mean token loss."""
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.use_amp):
-        logits = model(batch)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(),
-                           ignore_index=PAD)
+@dataclass
+class Precision:
+    """Autocast settings of a run: bf16 where the device has it, else fp16 with loss scaling."""
+
+    enabled: bool = False
+    dtype: torch.dtype = torch.bfloat16
+    scaler: torch.amp.GradScaler | None = None
+
+
+def pick_precision(cfg: TrainConfig, device: torch.device) -> Precision:
+    """--amp on/off, or auto: on for CUDA; off on CPU, where bf16 autocast measured slower
+    at the study's width (see README)."""
+    if cfg.amp not in ("auto", "on", "off"):
+        raise BltlabError(f"--amp {cfg.amp!r}: choose auto, on or off")
+    on = cfg.use_amp or cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
+    if not on:
+        return Precision()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return Precision(True, torch.float16, torch.amp.GradScaler("cuda"))
+    return Precision(True, torch.bfloat16)
+
+
+def train_step(model: nn.Module, micro_batches: list[dict], optimizer: torch.optim.Optimizer,
+               cfg: TrainConfig, device: torch.device, precision: Precision | None = None,
+               world: World | None = None) -> float:
+    """One optimisation step over `micro_batches` (gradient accumulation) on every
+    process; returns the mean token loss of the whole global batch.
+
+    Each micro-batch's summed token loss is divided by the global batch's token count
+    (times the processes, which DDP averages over), so accumulation and several
+    processes give the gradient of one big batch.
+    """
+    precision, world = precision or Precision(), world or World()
+    micro_batches = [{k: v.to(device, non_blocking=True) for k, v in b.items()}
+                     for b in micro_batches]
+    tokens = distributed.total(sum(float((b["tgt_out"] != PAD).sum()) for b in micro_batches),
+                               world, device)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss_sum = 0.0
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not world.distributed else model.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
+                logits = model(batch)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(),
+                                   ignore_index=PAD, reduction="sum")
+            scaled = loss * (world.size / tokens)
+            (precision.scaler.scale(scaled) if precision.scaler else scaled).backward()
+        loss_sum += loss.item()
+    if precision.scaler:
+        precision.scaler.unscale_(optimizer)
     if cfg.grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    return loss.item()
+    if precision.scaler:
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+    else:
+        optimizer.step()
+    return distributed.total(loss_sum, world, device) / tokens
 
 
 @torch.no_grad()
@@ -192,25 +252,140 @@ def make_codec(mode: str, model_cfg: ModelConfig, cfg: TrainConfig, texts: list[
                      model_cfg.ngram_buckets)
 
 
-def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
-          patcher_cfg: PatcherConfig | None = None) -> dict:
-    """Train a model; returns the best checkpoint's path, its validation scores and history."""
+@dataclass
+class Progress(Config):
+    """Where a run stands; saved in every latest checkpoint so a resume continues exactly."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # optimiser steps done in the current epoch
+    step: int = 0  # optimiser steps done in all
+    stale: int = 0  # epochs since the monitored validation score last improved
+    lr_scale: float = 1.0  # plateau scheduler: the factor it has cut the lr to
+    loss_sum: float = 0.0  # the current epoch so far: summed step losses, rows, seconds
+    seen: int = 0
+    seconds: float = 0.0
+    finished: bool = False  # all epochs done, or stopped early
+
+
+def previous_path(latest: Path) -> Path:
+    """Where the latest checkpoint before the newest one is kept."""
+    return latest.with_name(latest.stem + ".prev.pt")
+
+
+def save_latest(path: Path, state: dict) -> None:
+    """Write the latest checkpoint atomically, keeping the one before as a fallback."""
+    if path.exists():
+        os.replace(path, previous_path(path))
+    save_checkpoint(path, state)
+
+
+def load_latest(path: Path, mode: str) -> tuple[dict, Path] | None:
+    """The newest readable resumable checkpoint: `path`, else (with a warning) the one
+    before it; None when there is none."""
+    for candidate in (path, previous_path(path)):
+        if not candidate.exists():
+            continue
+        try:
+            state = load_checkpoint(candidate, mode)
+        except BltlabError as e:
+            print(f"warning: {e}; trying the checkpoint before it")
+            continue
+        if "optimizer" not in state or "progress" not in state:
+            raise BltlabError(f"{candidate}: cannot resume from it (not a latest checkpoint)")
+        return state, candidate
+    return None
+
+
+def run_key(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
+            patcher_cfg: PatcherConfig | None, data_sha: str) -> dict:
+    """What makes two runs the same run: a checkpoint resumes only a run with this key."""
+    volatile = {"resume", "progress", "num_workers", "device", "save_dir"}
+    return {"mode": mode, "model": model_cfg.to_dict(),
+            "train": {k: v for k, v in cfg.to_dict().items() if k not in volatile},
+            "patcher": patcher_cfg.to_dict() if patcher_cfg else None, "data": data_sha}
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def find_resume(cfg: TrainConfig, mode: str, latest_path: Path, key: dict) -> dict | None:
+    """The checkpoint to continue from: --resume PATH; --resume (the save dir's latest,
+    which must exist); by default the save dir's latest when it is of the same run."""
+    if cfg.resume not in ("auto", "latest", "never"):
+        found = load_latest(Path(cfg.resume), mode)
+        if found is None:
+            raise BltlabError(f"--resume {cfg.resume}: no such checkpoint")
+        return found[0]
+    found = None if cfg.resume == "never" else load_latest(latest_path, mode)
+    if found is None:
+        if cfg.resume == "latest":
+            raise BltlabError(f"--resume: no latest checkpoint in {cfg.save_dir}")
+        return None
+    state, path = found
+    if cfg.resume == "auto" and state.get("run_key") != key:
+        print(f"{path} is from another configuration or data: starting a new run")
+        return None
+    return state
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig, progress: Progress) -> float:
+    return cfg.lr * lr_factor(step, total, cfg) * progress.lr_scale
+
+
+def score(row: dict, metric: str) -> tuple:
+    """Validation score, higher is better: exact match (loss breaks ties), or -loss."""
+    if metric == "exact_match":
+        return (row.get("val_exact_match", 0.0), -row.get("val_loss", 0.0))
+    if metric == "loss":
+        return (-row.get("val_loss", 0.0),)
+    raise BltlabError(f"--early_stopping_metric {metric!r}: choose exact_match or loss")
+
+
+def check_config(cfg: TrainConfig) -> None:
     if not 0.0 <= cfg.fresh_non_ascii <= 1.0:
         raise BltlabError(f"--fresh_non_ascii {cfg.fresh_non_ascii}: must be between 0 and 1")
-    seed_everything(cfg.seed)
+    for name in ("epochs", "batch_size", "grad_accum_steps"):
+        if getattr(cfg, name) < 1:
+            raise BltlabError(f"--{name} {getattr(cfg, name)}: must be at least 1")
+    score({}, cfg.early_stopping_metric)
+    lr_factor(cfg.warmup_steps, 1, cfg)
+
+
+def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
+          patcher_cfg: PatcherConfig | None = None) -> dict:
+    """Train a model (on every process torchrun started); returns the best checkpoint's
+    path, its validation scores and the history."""
+    check_config(cfg)
     device = pick_device(cfg.device)
+    world = distributed.init(device)
+    lock = RunLock(cfg.save_dir) if world.main else None
+    if lock:
+        lock.__enter__()
+    try:
+        return _train(mode, model_cfg, cfg, patcher_cfg, device, world)
+    finally:
+        if lock:
+            lock.__exit__()
+        distributed.shutdown(world)
+
+
+def _train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
+           patcher_cfg: PatcherConfig | None, device: torch.device, world: World) -> dict:
+    say = print if world.main else (lambda *a, **k: None)
+    seed_everything(cfg.seed)
     unit = "bytes" if mode == "blt" else "chars"
     pairs = load_pairs(cfg.train_csv, max_len=model_cfg.max_len - 1, unit=unit,
                        skip_bad_rows=cfg.skip_bad_rows)
     if pairs.skipped:
-        print(f"{cfg.train_csv}: skipped {sum(pairs.skipped.values())} bad rows {pairs.skipped}")
+        say(f"{cfg.train_csv}: skipped {sum(pairs.skipped.values())} bad rows {pairs.skipped}")
     train_pairs, val_pairs = split_validation(pairs, cfg.val_fraction, cfg.seed)
     best_path, latest_path, history_path = checkpoint_paths(cfg.save_dir, mode)
-    resume_path = latest_path if cfg.resume == "latest" else Path(cfg.resume)
-    resume = cfg.resume and (resume_path.is_file() or cfg.resume != "latest")
-    state = load_checkpoint(resume_path, mode) if resume else None
-    if state is not None and "optimizer" not in state:
-        raise BltlabError(f"{resume_path}: cannot resume from it (not a latest checkpoint)")
+    if world.main:
+        for tmp in Path(cfg.save_dir).glob(".*.tmp"):  # left by a run killed mid-write
+            tmp.unlink()
+    key = run_key(mode, model_cfg, cfg, patcher_cfg, file_sha256(cfg.train_csv))
+    state = find_resume(cfg, mode, latest_path, key)
     if state is not None:
         codec = codec_from_state(state["codec"])
         model_cfg = CONFIGS[mode].from_dict(state["model_config"])
@@ -219,23 +394,31 @@ def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
     model_cfg.vocab_size = len(codec.vocab)
     if mode == "blt":
         seg = codec.segment(train_pairs.inputs)
-        print(f"patches: {codec.patcher.cfg.describe()}, {seg.bytes_per_patch():.2f} "
-              "bytes/patch on the training inputs")
-        if codec.patcher.lm is not None:
+        say(f"patches: {codec.patcher.cfg.describe()}, {seg.bytes_per_patch():.2f} "
+            "bytes/patch on the training inputs")
+        if codec.patcher.lm is not None and world.main:
             codec.patcher.lm.save(Path(cfg.save_dir) / "entropy_model.pt")
 
     collate = Collate(codec)
     train_set = PairDataset.build(codec, train_pairs)
-    steps_per_epoch = len(LengthBucketSampler(train_set.lengths(), cfg.batch_size))
+    sampler_args = {"batch_size": cfg.batch_size, "seed": cfg.seed, "rank": world.rank,
+                    "world": world.size}
+    accum = cfg.grad_accum_steps
+    steps_per_epoch = len(LengthBucketSampler(train_set.lengths(), **sampler_args)) // accum
+    if steps_per_epoch == 0:
+        raise BltlabError(f"{cfg.train_csv}: too few rows for one step of {cfg.batch_size} x "
+                          f"{accum} accumulation x {world.size} processes")
 
-    def epoch_loader(epoch: int) -> DataLoader:
+    def epoch_batches(epoch: int, skip_steps: int):
         dataset = (PairDataset.build(codec, fresh_pairs(len(train_pairs), cfg.seed, epoch,
                                                            cfg.fresh_non_ascii))
                    if cfg.fresh_pairs else train_set)
-        sampler = LengthBucketSampler(dataset.lengths(), cfg.batch_size, cfg.seed)
-        sampler.set_epoch(epoch)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                          num_workers=cfg.num_workers)
+        sampler = LengthBucketSampler(dataset.lengths(), **sampler_args)
+        sampler.set_epoch(epoch, skip_steps * accum)
+        loader = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                 num_workers=cfg.num_workers))
+        for _ in range(skip_steps, steps_per_epoch):  # a last partial group is left out
+            yield [next(loader) for _ in range(accum)]
 
     val_set = PairDataset.build(codec, val_pairs) if len(val_pairs) else None
     val_loader = (DataLoader(val_set, batch_sampler=LengthBucketSampler(
@@ -243,74 +426,133 @@ def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
 
     model = build_model(mode, model_cfg).to(device)
     optimizer = make_optimizer(model, cfg)
+    precision = pick_precision(cfg, device)
     total_steps = cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, cfg))
     history: list[dict] = []
     best = {"val_exact_match": -1.0, "val_loss": math.inf, "epoch": 0}
-    start_epoch = 0
+    progress = Progress()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best, start_epoch = state["history"], state["best"], state["epoch"]
-        print(f"resumed from {resume_path} after epoch {start_epoch}")
+        if precision.scaler and "scaler" in state:
+            precision.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        history, best = state["history"], state["best"]
+        progress = Progress.from_dict(state["progress"])
+        say(f"resumed after step {progress.step} (epoch {progress.epoch + 1}, "
+            f"batch {progress.batch} of {steps_per_epoch})")
+    net = model
+    if world.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[world.local_rank] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    writer = tensorboard_writer(cfg, mode, progress.step) if world.main else None
 
-    print(f"{mode}: {count_parameters(model):,} parameters, {len(train_set)} train / "
-          f"{len(val_pairs)} val rows, {steps_per_epoch} batches per epoch, device {device}")
+    say(f"{mode}: {count_parameters(model):,} parameters, {len(train_set)} train / "
+        f"{len(val_pairs)} val rows, {steps_per_epoch} steps per epoch (batch "
+        f"{cfg.batch_size} x {accum} accumulation x {world.size} processes), device {device}"
+        + (f", autocast {str(precision.dtype).removeprefix('torch.')}"
+           if precision.enabled else ""))
     base_state = {"mode": mode, "model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
                   "codec": codec.to_state()}
-    stale = 0
-    for epoch in range(start_epoch, cfg.epochs):
-        loader = epoch_loader(epoch)
-        model.train()
-        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=None if cfg.progress else True,  # None: off when not a terminal
-                   dynamic_ncols=True)
-        for batch in bar:
-            loss = train_step(model, batch, optimizer, cfg, device)
-            scheduler.step()
-            seen += batch["src"].shape[0]
-            loss_sum += loss
-            bar.set_postfix(loss=f"{loss:.4f}", sps=f"{seen / (time.perf_counter() - t0):.0f}")
-        train_seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch,
-               "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": round(train_seconds, 2),
-               "samples_per_s": round(seen / train_seconds, 1)}
+
+    def save_resumable() -> None:
+        if not world.main:
+            return
+        rng = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        extra = {"scaler": precision.scaler.state_dict()} if precision.scaler else {}
+        save_latest(latest_path, {**base_state, "model": model.state_dict(),
+                                  "optimizer": optimizer.state_dict(), "rng": rng,
+                                  "progress": progress.to_dict(), "history": history,
+                                  "best": best, "run_key": key, **extra})
+
+    while progress.epoch < cfg.epochs and not progress.finished:
+        epoch = progress.epoch
+        net.train()
+        t0 = time.perf_counter() - progress.seconds
+        bar = tqdm(epoch_batches(epoch, progress.batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   total=steps_per_epoch, initial=progress.batch, leave=False,
+                   disable=None if cfg.progress and world.main else True, dynamic_ncols=True)
+        for micro_batches in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(progress.step, total_steps, cfg, progress)
+            loss = train_step(net, micro_batches, optimizer, cfg, device, precision, world)
+            progress.step, progress.batch = progress.step + 1, progress.batch + 1
+            progress.seen += sum(b["src"].shape[0] for b in micro_batches) * world.size
+            progress.loss_sum += loss
+            progress.seconds = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{loss:.4f}", sps=f"{progress.seen / progress.seconds:.0f}")
+            if writer:
+                writer.add_scalar("train/loss", loss, progress.step)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], progress.step)
+            if (cfg.save_every_steps and progress.step % cfg.save_every_steps == 0
+                    and progress.batch < steps_per_epoch):
+                save_resumable()
+        row = {"epoch": epoch + 1, "step": progress.step,
+               "train_loss": progress.loss_sum / steps_per_epoch,
+               "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": round(progress.seconds, 2),
+               "samples_per_s": round(progress.seen / progress.seconds, 1)}
         if val_loader is not None:
             row["val_loss"] = validation_loss(model, val_loader, device)
             row["val_exact_match"] = exact_match(model, codec, val_pairs, device)
         history.append(row)
-        improved = row.get("val_exact_match", 0) > best["val_exact_match"] or (
-            row.get("val_exact_match", 0) == best["val_exact_match"]
-            and row.get("val_loss", 0) < best["val_loss"])
-        if improved or val_loader is None:
+        improved = val_loader is None or best["epoch"] == 0 or (
+            score(row, cfg.early_stopping_metric) > score(best, cfg.early_stopping_metric))
+        if improved:
             best = {"val_exact_match": row.get("val_exact_match", 0.0),
                     "val_loss": row.get("val_loss", 0.0), "epoch": epoch + 1}
-            save_checkpoint(best_path, {**base_state, "model": model.state_dict(),
-                                        "epoch": epoch + 1, "metrics": row})
-            stale = 0
+            if world.main:
+                save_checkpoint(best_path, {**base_state, "model": model.state_dict(),
+                                            "epoch": epoch + 1, "metrics": row})
+            progress.stale = 0
         else:
-            stale += 1
-        save_checkpoint(latest_path, {**base_state, "model": model.state_dict(),
-                                      "optimizer": optimizer.state_dict(),
-                                      "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                                      "history": history, "best": best, "metrics": row})
-        write_json(history_path, {"mode": mode, "model_config": model_cfg.to_dict(),
-                                  "train_config": asdict(cfg), "epochs": history, "best": best})
-        print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
-              f"val_loss {row.get('val_loss', float('nan')):.4f}  "
-              f"val_exact {100 * row.get('val_exact_match', float('nan')):.2f}%  "
-              f"{row['samples_per_s']:.0f} samples/s  {row['epoch_seconds']:.0f}s"
-              + ("  *" if improved else ""), flush=True)
-        if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
-            print(f"early stopping: no better validation exact match for {stale} epochs")
-            break
-    print(f"best checkpoint: {best_path} (epoch {best['epoch']}, "
-          f"val exact match {100 * best['val_exact_match']:.2f}%)")
+            progress.stale += 1
+            if cfg.lr_scheduler == "plateau" and progress.stale % cfg.plateau_patience == 0:
+                progress.lr_scale *= cfg.plateau_factor
+        stop = bool(cfg.early_stopping_patience
+                    and progress.stale >= cfg.early_stopping_patience)
+        progress = Progress(epoch=epoch + 1, step=progress.step, stale=progress.stale,
+                            lr_scale=progress.lr_scale,
+                            finished=stop or epoch + 1 == cfg.epochs)
+        save_resumable()
+        if world.main:
+            write_json(history_path, {"mode": mode, "model_config": model_cfg.to_dict(),
+                                      "train_config": asdict(cfg), "epochs": history,
+                                      "best": best})
+        if writer:
+            for name in ("val_exact_match", "val_loss", "samples_per_s", "train_loss"):
+                if name in row:
+                    writer.add_scalar(f"epoch/{name}", row[name], progress.step)
+            writer.flush()
+        say(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+            f"val_loss {row.get('val_loss', float('nan')):.4f}  "
+            f"val_exact {100 * row.get('val_exact_match', float('nan')):.2f}%  "
+            f"lr {row['lr']:.2e}  {row['samples_per_s']:.0f} samples/s  "
+            f"{row['epoch_seconds']:.0f}s" + ("  *" if improved else ""), flush=True)
+        if stop:
+            say(f"early stopping: validation {cfg.early_stopping_metric} has not improved "
+                f"for {progress.stale} epochs")
+    if writer:
+        writer.close()
+    say(f"best checkpoint: {best_path} (epoch {best['epoch']}, "
+        f"val exact match {100 * best['val_exact_match']:.2f}%)")
     return {"best_checkpoint": str(best_path), "best": best, "history": history,
             "parameters": count_parameters(model)}
+
+
+def tensorboard_writer(cfg: TrainConfig, mode: str, step: int):
+    """TensorBoard event files in <save_dir>/tensorboard/<mode> (None with --no_tensorboard);
+    a resumed run drops the events logged after its checkpoint."""
+    if not cfg.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(Path(cfg.save_dir) / "tensorboard" / mode), purge_step=step + 1)
 
 
 def default_threads() -> int:
