@@ -69,7 +69,7 @@ class Runner:
                  compiled: bool = False):
         self.loader, self.cfg = loader, TrainConfig(lr=1e-3)
         self.optimizer = make_optimizer(model, self.cfg)
-        self.model = torch.compile(model) if compiled else model
+        self.model = torch.compile(model, dynamic=True) if compiled else model
         self.precision = Precision(enabled=amp)
         self.batches = iter(())
 

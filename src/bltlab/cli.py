@@ -255,6 +255,33 @@ def cmd_patch(args: argparse.Namespace) -> None:
         print(f"wrote {args.html}", file=sys.stderr if args.json else sys.stdout)
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from bltlab.tuning import tune
+
+    base = pick(TrainConfig, args, progress=False)
+    for mode in ("char", "blt") if args.mode == "both" else (args.mode,):
+        result = tune(mode, base, args.tune_epochs, args.max_tune_combinations, args.sampler,
+                      args.search_space, args.storage, args.output_dir, args.runs_dir)
+        print(f"{mode}: {result['finished_trials']} finished trials, best validation exact "
+              f"match {result['best_value']} with {result['best_params']}")
+
+
+def add_tune_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tuning")
+    g.add_argument("--tune_epochs", type=int, default=3, help="epochs per trial")
+    g.add_argument("--max_tune_combinations", type=int, default=20,
+                   help="finished trials the study stops at (all workers together)")
+    g.add_argument("--sampler", choices=("tpe", "grid"), default="tpe")
+    g.add_argument("--search_space", default=None,
+                   help="YAML/JSON search space (default: the package's "
+                        "bltlab/resources/search_space.yaml)")
+    g.add_argument("--storage", default=None,
+                   help="Optuna storage URL shared by workers (default sqlite:///"
+                        "<output_dir>/tuning.db; e.g. postgresql://user:pw@host/db)")
+    g.add_argument("--output_dir", default="results")
+    g.add_argument("--runs_dir", default="checkpoints/tuning", help="trials' checkpoints")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from bltlab.pipeline import run
 
@@ -322,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p)
     p.set_defaults(func=cmd_infer)
 
+    p = sub.add_parser("tune", help="tune hyperparameters with Optuna (resumable, "
+                                    "several workers may share a study)")
+    p.add_argument("--mode", choices=("char", "blt", "both"), default="both")
+    add_tune_args(p)
+    add_train_args(p)
+    add_common_args(p)
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("run", help="the experiment: data if missing, train, evaluate")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="short training (the default)")
@@ -330,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--skip_train", action="store_true", help="evaluate existing checkpoints")
+    p.add_argument("--beam_width", type=int, default=1, help="evaluation: 1 greedy, else beam")
     p.add_argument("--save_dir", default="checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

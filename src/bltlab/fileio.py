@@ -42,6 +42,26 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_atomic(path, lambda f: f.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n"))
 
 
+def process_owner() -> str:
+    """'host pid' of this process, as locks and tuning trials record their owner."""
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def owner_gone(owner: str) -> bool:
+    """Whether the process recorded as 'host pid' has certainly ended: only a process of
+    this host can be checked; an empty record means its writer died while writing it."""
+    host, _, pid = owner.partition(" ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return not owner
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    return False
+
+
 class RunLock:
     """One run per folder: `folder/.lock` holds the owner's host and pid.
 
@@ -52,7 +72,7 @@ class RunLock:
 
     def __init__(self, folder: str | os.PathLike):
         self.path = Path(folder) / ".lock"
-        self.owner = f"{socket.gethostname()} {os.getpid()}"
+        self.owner = process_owner()
 
     def acquire(self) -> str | None:
         """Take the lock; returns a note when a stale lock was taken over."""
@@ -63,7 +83,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self.path.read_text(encoding="utf-8").strip()
-                if not self._stale(holder):
+                if not owner_gone(holder):
                     raise BltlabError(f"{self.path.parent}: in use by another run (host, pid: "
                                       f"{holder}); wait for it, or use another --save_dir"
                                       ) from None
@@ -74,18 +94,6 @@ class RunLock:
                 f.write(self.owner + "\n")
             return note
         raise BltlabError(f"{self.path}: could not take the lock")
-
-    def _stale(self, holder: str) -> bool:
-        host, _, pid = holder.partition(" ")
-        if host != socket.gethostname() or not pid.isdigit():
-            return not holder  # an empty lock file: its writer died while writing it
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # alive, owned by someone else
-            return False
-        return False
 
     def release(self) -> None:
         if self.path.is_file() and self.path.read_text(encoding="utf-8").strip() == self.owner:

@@ -9,6 +9,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -353,9 +354,11 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
-          patcher_cfg: PatcherConfig | None = None) -> dict:
+          patcher_cfg: PatcherConfig | None = None,
+          epoch_callback: Callable[[dict], bool] | None = None) -> dict:
     """Train a model (on every process torchrun started); returns the best checkpoint's
-    path, its validation scores and the history."""
+    path, its validation scores and the history. `epoch_callback(row)` sees each epoch's
+    history row and returns True to stop the run there (e.g. a pruned tuning trial)."""
     check_config(cfg)
     device = pick_device(cfg.device)
     world = distributed.init(device)
@@ -363,7 +366,7 @@ def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
     if lock:
         lock.__enter__()
     try:
-        return _train(mode, model_cfg, cfg, patcher_cfg, device, world)
+        return _train(mode, model_cfg, cfg, patcher_cfg, device, world, epoch_callback)
     finally:
         if lock:
             lock.__exit__()
@@ -371,7 +374,8 @@ def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
 
 
 def _train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
-           patcher_cfg: PatcherConfig | None, device: torch.device, world: World) -> dict:
+           patcher_cfg: PatcherConfig | None, device: torch.device, world: World,
+           epoch_callback: Callable[[dict], bool] | None) -> dict:
     say = print if world.main else (lambda *a, **k: None)
     seed_everything(cfg.seed)
     unit = "bytes" if mode == "blt" else "chars"
@@ -448,7 +452,7 @@ def _train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[world.local_rank] if device.type == "cuda" else None)
     if cfg.compile:
-        net = torch.compile(net)
+        net = torch.compile(net, dynamic=True)  # batch shapes vary: compile once
     writer = tensorboard_writer(cfg, mode, progress.step) if world.main else None
 
     say(f"{mode}: {count_parameters(model):,} parameters, {len(train_set)} train / "
@@ -514,8 +518,10 @@ def _train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
             progress.stale += 1
             if cfg.lr_scheduler == "plateau" and progress.stale % cfg.plateau_patience == 0:
                 progress.lr_scale *= cfg.plateau_factor
-        stop = bool(cfg.early_stopping_patience
-                    and progress.stale >= cfg.early_stopping_patience)
+        stopped_early = bool(cfg.early_stopping_patience
+                             and progress.stale >= cfg.early_stopping_patience)
+        stopped_by_callback = bool(epoch_callback and epoch_callback(row))
+        stop = stopped_early or stopped_by_callback
         progress = Progress(epoch=epoch + 1, step=progress.step, stale=progress.stale,
                             lr_scale=progress.lr_scale,
                             finished=stop or epoch + 1 == cfg.epochs)
@@ -534,7 +540,7 @@ def _train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
             f"val_exact {100 * row.get('val_exact_match', float('nan')):.2f}%  "
             f"lr {row['lr']:.2e}  {row['samples_per_s']:.0f} samples/s  "
             f"{row['epoch_seconds']:.0f}s" + ("  *" if improved else ""), flush=True)
-        if stop:
+        if stopped_early:
             say(f"early stopping: validation {cfg.early_stopping_metric} has not improved "
                 f"for {progress.stale} epochs")
     if writer:
@@ -542,7 +548,8 @@ def _train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
     say(f"best checkpoint: {best_path} (epoch {best['epoch']}, "
         f"val exact match {100 * best['val_exact_match']:.2f}%)")
     return {"best_checkpoint": str(best_path), "best": best, "history": history,
-            "parameters": count_parameters(model)}
+            "parameters": count_parameters(model),
+            "stopped": progress.finished and progress.epoch < cfg.epochs}
 
 
 def tensorboard_writer(cfg: TrainConfig, mode: str, step: int):
