@@ -361,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="short training (the default)")
     mode.add_argument("--full", action="store_true", help="training at full length")
+    mode.add_argument("--tune", action="store_true",
+                      help="tune both models with Optuna first, then train them at full "
+                           "length with the best parameters")
+    p.add_argument("--use_existing_tuning", action="store_true",
+                   help="--tune: reuse results/hyperparameter_tuning_*.json when present")
+    add_tune_args(p)
     p.add_argument("--data_dir", default="data")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--batch_size", type=int, default=None)

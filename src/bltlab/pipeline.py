@@ -30,14 +30,39 @@ PRESET_EPOCHS = {"quick": {"char": 4, "blt": 30}, "full": {"char": 10, "blt": 45
 SHARED_TRAINING = {"fresh_pairs": True, "fresh_non_ascii": 0.05}
 
 
-def train_stage(mode: str, preset: str, train_csv: Path, args: argparse.Namespace) -> None:
-    overrides = {"epochs": args.epochs or PRESET_EPOCHS[preset][mode], **SHARED_TRAINING}
+def base_config(train_csv: Path, args: argparse.Namespace, **overrides) -> TrainConfig:
     if args.batch_size:
-        overrides["batch_size"] = args.batch_size
-    cfg = TrainConfig(train_csv=str(train_csv), save_dir=args.save_dir, seed=args.seed,
-                      device=args.device, skip_bad_rows=args.skip_bad_rows,
-                      progress=not args.no_progress, **overrides)
-    train(mode, CONFIGS[mode](), cfg)
+        overrides.setdefault("batch_size", args.batch_size)
+    return TrainConfig(train_csv=str(train_csv), save_dir=args.save_dir, seed=args.seed,
+                       device=args.device, skip_bad_rows=args.skip_bad_rows,
+                       progress=not args.no_progress, **{**SHARED_TRAINING, **overrides})
+
+
+def tune_stage(mode: str, train_csv: Path, args: argparse.Namespace) -> dict:
+    """The best parameters of the mode's tuning study (run or continued now, or read
+    from its results file with --use_existing_tuning)."""
+    from bltlab.tuning import tune
+
+    path = Path(args.output_dir) / f"hyperparameter_tuning_{mode}.json"
+    if args.use_existing_tuning and path.is_file():
+        print(f"{mode}: using the tuning results in {path}")
+        return json.loads(path.read_text(encoding="utf-8"))["best_params"] or {}
+    result = tune(mode, base_config(train_csv, args), args.tune_epochs,
+                  args.max_tune_combinations, args.sampler, args.search_space, args.storage,
+                  args.output_dir, args.runs_dir)
+    return result["best_params"] or {}
+
+
+def train_stage(mode: str, preset: str, train_csv: Path, args: argparse.Namespace,
+                params: dict) -> None:
+    from bltlab.patching import PatcherConfig
+    from bltlab.tuning import split
+
+    model_over, train_over, patcher_over = split(mode, params)
+    cfg = base_config(train_csv, args, **train_over,
+                      epochs=args.epochs or PRESET_EPOCHS[preset][mode])
+    patcher = PatcherConfig(**patcher_over) if mode == "blt" else None
+    train(mode, CONFIGS[mode](**model_over), cfg, patcher)
 
 
 def eval_stage(mode: str, test_csv: Path, args: argparse.Namespace) -> dict:
@@ -68,11 +93,12 @@ def run(args: argparse.Namespace) -> dict:
     if not train_csv.exists() or not test_csv.exists():
         print(f"no data in {data_dir}/: generating it (seed {args.seed})")
         generate(data_dir, seed=args.seed)
-    preset = "full" if args.full else "quick"
-    results = {"preset": preset, "data_dir": str(data_dir)}
+    preset = "full" if args.full or args.tune else "quick"
+    results = {"preset": "tune" if args.tune else preset, "data_dir": str(data_dir)}
     for mode in ("char", "blt"):
+        params = tune_stage(mode, train_csv, args) if args.tune else {}
         if not args.skip_train:
-            train_stage(mode, preset, train_csv, args)
+            train_stage(mode, preset, train_csv, args, params)
         results[mode] = eval_stage(mode, test_csv, args)
-    write_json(Path("results") / "run_summary.json", results)
+    write_json(Path(args.output_dir) / "run_summary.json", results)
     return results
