@@ -282,6 +282,13 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--runs_dir", default="checkpoints/tuning", help="trials' checkpoints")
 
 
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from bltlab.report import analyze
+
+    analyze(args.output_dir, args.predictions_dir, args.checkpoints_dir, not args.no_plots,
+            args.dpi)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from bltlab.pipeline import run
 
@@ -356,6 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p)
     add_common_args(p)
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("analyze", help="statistics, plots and the report from evaluated models")
+    p.add_argument("--output_dir", default="results")
+    p.add_argument("--predictions_dir", default="predictions")
+    p.add_argument("--checkpoints_dir", default="checkpoints")
+    p.add_argument("--no_plots", action="store_true")
+    p.add_argument("--dpi", type=int, default=120)
+    add_common_args(p)
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("run", help="the experiment: data if missing, train, evaluate")
     mode = p.add_mutually_exclusive_group()

@@ -149,7 +149,8 @@ def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: st
         metrics.update(patch_metrics(codec, pairs.inputs))
     metrics["forward_flops_per_row"] = measure_flops(model, codec, pairs.inputs, pairs.targets,
                                                      batch_size)
-    metrics.update({"beam_width": beam_width, "length_penalty": length_penalty,
+    metrics.update({"parameters": sum(p.numel() for p in model.parameters()),
+                    "beam_width": beam_width, "length_penalty": length_penalty,
                     "decode_rows_per_s": round(len(pairs) / seconds, 1),
                     "decode_seconds": round(seconds, 2), "test_csv": str(test_csv),
                     "skipped_rows": pairs.skipped, **(extra or {})})

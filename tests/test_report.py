@@ -1,0 +1,50 @@
+"""`bltlab analyze`: report files, paired statistics and escaping, from evaluated runs."""
+
+import json
+
+import pytest
+
+from bltlab.cli import main
+from bltlab.evaluation import compute_metrics, write_predictions
+from bltlab.fileio import write_json
+
+INPUTS = ["abc def", "<script>alert(1)</script>", "héllo", "xyz"] * 25
+
+
+def fake_run(tmp_path, mode, preds, flops):
+    name = "baseline" if mode == "char" else mode
+    targets = [x[::-1] for x in INPUTS]
+    write_predictions(tmp_path / "predictions" / f"predictions_{name}.csv", INPUTS, targets, preds)
+    metrics = {**compute_metrics(INPUTS, targets, preds), "forward_flops_per_row": flops,
+               "decode_rows_per_s": 100.0}
+    if mode == "blt":
+        metrics.update(avg_bytes_per_row=12.0, avg_patches_per_row=3.0, bytes_per_patch=4.0)
+    write_json(tmp_path / "predictions" / f"predictions_{name}_metrics.json", metrics)
+    write_json(tmp_path / "checkpoints" / f"history_{mode}.json", {
+        "model_config": {"d_model": 64}, "train_config": {"lr": 0.002}, "best": {"epoch": 2},
+        "epochs": [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "val_exact_match": 0.4 * e,
+                    "epoch_seconds": 10.0, "samples_per_s": 300.0} for e in (1, 2)]})
+
+
+def test_analyze_writes_the_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    targets = [x[::-1] for x in INPUTS]
+    fake_run(tmp_path, "char", targets, {"encoder": 3e6, "decoder": 5e6, "total": 8e6})
+    blt = [t if i % 10 else t + "!" for i, t in enumerate(targets)]  # 10 rows wrong
+    fake_run(tmp_path, "blt", blt, {"local_encoder": 2e6, "global": 1e6, "decoder": 2e6,
+                                    "total": 5e6})
+    assert main(["analyze", "--dpi", "50"]) == 0
+    results = json.loads((tmp_path / "results" / "comprehensive_results.json").read_text())
+    mc = results["comparison"]["mcnemar_exact"]
+    assert (mc["only_a_correct"], mc["only_b_correct"]) == (0, 10)
+    assert mc["p_value"] == pytest.approx(2 * 0.5 ** 10)
+    assert results["models"]["blt"]["exact_match"] == 0.9
+    assert "10.0 character tokens" in results["efficiency"]
+    assert "3.3x fewer positions" in results["efficiency"]
+    assert "accuracy gap is significant" in results["efficiency"]
+    for path in ("predictions/training_curves.png", "predictions/accuracy_analysis.png",
+                 "predictions/detailed_metrics.png", "predictions/summary_report.txt",
+                 "results/experimental_report.txt"):
+        assert (tmp_path / path).stat().st_size > 0
+    page = (tmp_path / "results" / "report.html").read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == 3 and "<script" not in page
