@@ -26,7 +26,7 @@ test: $(BIN)/bltlab
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/bltlab
-	$(BIN)/ruff check src tests bench run_experiments.py
+	$(BIN)/ruff check src tests bench scripts run_experiments.py analyze_results.py
 
 bench: $(BIN)/bltlab
 	$(BIN)/python bench/train_throughput.py --json
