@@ -380,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--tune", action="store_true",
                       help="tune both models with Optuna first, then train them at full "
                            "length with the best parameters")
+    p.add_argument("--ablation", choices=("patchers",), default=None,
+                   help="also train and evaluate the BLT with each patcher (window-entropy "
+                        "at the seed's θ=2.0 and at ≈4 bytes/patch, entropy-model global and "
+                        "monotonic, space, static-4)")
     p.add_argument("--use_existing_tuning", action="store_true",
                    help="--tune: reuse results/hyperparameter_tuning_*.json when present")
     add_tune_args(p)

@@ -86,6 +86,48 @@ def eval_stage(mode: str, test_csv: Path, args: argparse.Namespace) -> dict:
     return metrics
 
 
+def ablation_patchers() -> dict[str, tuple]:
+    """The patcher ablation: name -> (patcher config, target bytes/patch to calibrate to)."""
+    from bltlab.patching import PatcherConfig
+
+    return {
+        "window-entropy-seed": (PatcherConfig("window-entropy", threshold=2.0), None),
+        "window-entropy-4": (PatcherConfig("window-entropy"), 4.0),
+        "entropy-model-global": (PatcherConfig(), 4.0),
+        "entropy-model-monotonic": (PatcherConfig(entropy_mode="monotonic"), 4.0),
+        "space": (PatcherConfig("space"), None),
+        "static-4": (PatcherConfig("static", static_size=4), None),
+    }
+
+
+def ablation_stage(preset: str, train_csv: Path, test_csv: Path,
+                   args: argparse.Namespace) -> dict:
+    """Train and evaluate the BLT with each patcher; results/ablation_patchers.json."""
+    device = pick_device(args.device)
+    out = {}
+    for name, (patcher, target) in ablation_patchers().items():
+        save_dir = Path(args.save_dir) / "ablation" / name
+        if not args.skip_train:
+            cfg = base_config(train_csv, args, epochs=args.epochs or PRESET_EPOCHS[preset]["blt"],
+                              target_bpp=target)
+            cfg.save_dir = str(save_dir)
+            train("blt", CONFIGS["blt"](), cfg, patcher)
+        best, _, _ = checkpoint_paths(save_dir, "blt")
+        model, codec, _ = load_model(best, "blt", device)
+        csv_path = Path("predictions") / "ablation" / f"predictions_blt_{name}.csv"
+        m = evaluate(model, codec, test_csv, csv_path, device=device,
+                     extra={"mode": "blt", "checkpoint": str(best), "ablation": name})
+        out[name] = {"patcher": codec.patcher.cfg.describe(),
+                     "bytes_per_patch": m["bytes_per_patch"],
+                     "exact_match": m["exact_match_accuracy"],
+                     "character_accuracy": m["character_accuracy"],
+                     "forward_flops_per_row": m["forward_flops_per_row"]["total"]}
+        print(f"ablation {name}: {codec.patcher.cfg.describe()}, {m['bytes_per_patch']:.2f} "
+              f"bytes/patch, exact match {100 * m['exact_match_accuracy']:.2f}%")
+    write_json(Path(args.output_dir) / "ablation_patchers.json", out)
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     """Generate data when absent, train both models, evaluate them, write a summary."""
     data_dir = Path(args.data_dir)
@@ -100,5 +142,7 @@ def run(args: argparse.Namespace) -> dict:
         if not args.skip_train:
             train_stage(mode, preset, train_csv, args, params)
         results[mode] = eval_stage(mode, test_csv, args)
+    if args.ablation == "patchers":
+        results["ablation_patchers"] = ablation_stage(preset, train_csv, test_csv, args)
     write_json(Path(args.output_dir) / "run_summary.json", results)
     return results

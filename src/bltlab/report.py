@@ -233,6 +233,18 @@ def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Pat
     axes[1].legend(fontsize=7)
     out["detailed_metrics"] = figure_png(fig, predictions_dir / "detailed_metrics.png", dpi)
 
+    ablation = results_dir / "ablation_patchers.json"
+    if ablation.is_file():
+        points = json.loads(ablation.read_text(encoding="utf-8"))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, p in points.items():
+            ax.scatter(p["bytes_per_patch"], 100 * p["exact_match"])
+            ax.annotate(name, (p["bytes_per_patch"], 100 * p["exact_match"]), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.set(xlabel="bytes per patch (test set)", ylabel="exact match %",
+               title="BLT: accuracy vs compression, by patcher")
+        out["patcher_frontier"] = figure_png(fig, results_dir / "patcher_frontier.png", dpi)
+
     tuned = {m: r["tuning"] for m, r in runs.items() if r.get("tuning")}
     if tuned:
         params = sorted({p for t in tuned.values() for tr in t["trials"] for p in tr["params"]})
