@@ -43,12 +43,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slots", type=int, help="blt, cross pooling: queries per patch (2)")
     g.add_argument("--ngram_buckets", type=int, help="blt: hash buckets per n (4096)")
     g.add_argument("--ngram_sizes", type=int, nargs="+", help="blt: n-gram sizes (1 2 3)")
+    g.add_argument("--ngram_init_std", type=float,
+                   help="blt: initial std of the n-gram tables (default d**-0.5; 0: zeros)")
     g.add_argument("--decoder_memory", choices=("patches", "bytes"),
                    help="blt: the decoder attends to patch states (default) or, as an "
                         "ablation, to byte states upsampled from them")
     g.add_argument("--relative_values", type=_bool,
                    help="blt with rope: decoder cross-attention also returns how far the "
-                        "step is past each attended patch's end (true/false)")
+                        "step is past each attended patch's end (true/false; true)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:

@@ -165,8 +165,9 @@ class BLTConfig(ModelConfig):
     max_patch_len: int = 15  # project pooling: position slots; the longest patch allowed
     ngram_sizes: list[int] = field(default_factory=lambda: [1, 2, 3])
     ngram_buckets: int = 4096
+    ngram_init_std: float | None = None  # None: like every embedding (d**-0.5); 0: zeros
     decoder_memory: str = "patches"  # patches, or bytes (the hourglass ablation)
-    relative_values: bool = False  # decoder cross-attention also returns (t − key position)
+    relative_values: bool = True  # decoder cross-attention also returns (t − key position)
 
 
 class BLT(nn.Module):
@@ -208,6 +209,9 @@ class BLT(nn.Module):
         self.ln_global = nn.LayerNorm(d)
         self.decoder = Decoder(cfg, self.embed)
         self.apply(init_weights)
+        if cfg.ngram_init_std is not None:  # a rarely seen n-gram then adds little noise
+            for table in self.ngram_embeds:
+                nn.init.normal_(table.weight, std=cfg.ngram_init_std)
 
     def embed_bytes(self, batch: dict[str, Tensor]) -> Tensor:
         x = self.embed(batch["src"])
