@@ -48,3 +48,18 @@ def test_analyze_writes_the_report(tmp_path, monkeypatch):
         assert (tmp_path / path).stat().st_size > 0
     page = (tmp_path / "results" / "report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 3 and "<script" not in page
+
+
+def test_seed_spread_in_the_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    targets = [x[::-1] for x in INPUTS]
+    for mode in ("char", "blt"):
+        fake_run(tmp_path, mode, targets, {"total": 1e6})
+    write_json(tmp_path / "results" / "seeds.json", {mode: [
+        {"seed": s, "exact_match_accuracy": v, "non_ascii_accuracy": None if s else 1.0}
+        for s, v in ((0, 0.99), (1, 0.97))] for mode in ("char", "blt")})
+    assert main(["analyze", "--no_plots"]) == 0
+    spread = json.loads((tmp_path / "results" / "comprehensive_results.json").read_text())["seeds"]
+    assert spread["blt"]["exact_match_accuracy"]["mean"] == pytest.approx(0.98)
+    assert spread["blt"]["exact_match_accuracy"]["std"] == pytest.approx(0.0141421, rel=1e-4)
+    assert "0.9800 ± 0.0141" in (tmp_path / "results" / "experimental_report.txt").read_text()

@@ -396,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam_width", type=int, default=1, help="evaluation: 1 greedy, else beam")
     p.add_argument("--save_dir", default="checkpoints")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train and evaluate each model with N seeds (seed, seed+1, ...); the "
+                        "report gives mean ± std")
     p.add_argument("--device", default="auto")
     add_common_args(p)
     p.set_defaults(func=cmd_run)

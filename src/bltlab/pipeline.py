@@ -28,14 +28,17 @@ from bltlab.training import (
 # (5% of them given a non-ASCII word), the setting that made the BLT exact (README).
 PRESET_EPOCHS = {"quick": {"char": 4, "blt": 30}, "full": {"char": 10, "blt": 45}}
 SHARED_TRAINING = {"fresh_pairs": True, "fresh_non_ascii": 0.05}
+SEED_METRICS = ("exact_match_accuracy", "character_accuracy", "one_minus_cer",
+                "avg_edit_distance")
 
 
 def base_config(train_csv: Path, args: argparse.Namespace, **overrides) -> TrainConfig:
+    values = {"train_csv": str(train_csv), "save_dir": args.save_dir, "seed": args.seed,
+              "device": args.device, "skip_bad_rows": args.skip_bad_rows,
+              "progress": not args.no_progress, **SHARED_TRAINING}
     if args.batch_size:
-        overrides.setdefault("batch_size", args.batch_size)
-    return TrainConfig(train_csv=str(train_csv), save_dir=args.save_dir, seed=args.seed,
-                       device=args.device, skip_bad_rows=args.skip_bad_rows,
-                       progress=not args.no_progress, **{**SHARED_TRAINING, **overrides})
+        values["batch_size"] = args.batch_size
+    return TrainConfig(**{**values, **overrides})
 
 
 def tune_stage(mode: str, train_csv: Path, args: argparse.Namespace) -> dict:
@@ -54,21 +57,21 @@ def tune_stage(mode: str, train_csv: Path, args: argparse.Namespace) -> dict:
 
 
 def train_stage(mode: str, preset: str, train_csv: Path, args: argparse.Namespace,
-                params: dict) -> None:
+                params: dict, seed: int, save_dir: Path) -> None:
     from bltlab.patching import PatcherConfig
     from bltlab.tuning import split
 
     model_over, train_over, patcher_over = split(mode, params)
-    cfg = base_config(train_csv, args, **train_over,
+    cfg = base_config(train_csv, args, **train_over, seed=seed, save_dir=str(save_dir),
                       epochs=args.epochs or PRESET_EPOCHS[preset][mode])
     patcher = PatcherConfig(**patcher_over) if mode == "blt" else None
     train(mode, CONFIGS[mode](**model_over), cfg, patcher)
 
 
-def eval_stage(mode: str, test_csv: Path, args: argparse.Namespace) -> dict:
+def eval_stage(mode: str, test_csv: Path, args: argparse.Namespace, save_dir: Path,
+               out: Path) -> dict:
     """Evaluate the best checkpoint, unless its metrics for this test file exist."""
-    best, _, _ = checkpoint_paths(args.save_dir, mode)
-    out = default_output_csv(mode)
+    best, _, _ = checkpoint_paths(save_dir, mode)
     stamp = {"checkpoint_sha256": file_sha256(best), "test_csv_sha256": file_sha256(test_csv),
              "beam_width": args.beam_width}
     done = metrics_path(out)
@@ -137,11 +140,23 @@ def run(args: argparse.Namespace) -> dict:
         generate(data_dir, seed=args.seed)
     preset = "full" if args.full or args.tune else "quick"
     results = {"preset": "tune" if args.tune else preset, "data_dir": str(data_dir)}
+    seeds = [args.seed + k for k in range(args.seeds)]
+    per_seed: dict[str, list[dict]] = {}
     for mode in ("char", "blt"):
         params = tune_stage(mode, train_csv, args) if args.tune else {}
-        if not args.skip_train:
-            train_stage(mode, preset, train_csv, args, params)
-        results[mode] = eval_stage(mode, test_csv, args)
+        for k, seed in enumerate(seeds):  # the first seed at the usual paths
+            save_dir = Path(args.save_dir) / (f"seed_{seed}" if k else "")
+            out = Path(default_output_csv(mode))
+            out = out.parent / f"seed_{seed}" / out.name if k else out
+            if not args.skip_train:
+                train_stage(mode, preset, train_csv, args, params, seed, save_dir)
+            metrics = eval_stage(mode, test_csv, args, save_dir, out)
+            results.setdefault(mode, metrics)
+            per_seed.setdefault(mode, []).append(
+                {"seed": seed, **{name: metrics[name] for name in SEED_METRICS},
+                 "non_ascii_accuracy": metrics["non_ascii"]["accuracy"]})
+    if len(seeds) > 1:
+        write_json(Path(args.output_dir) / "seeds.json", per_seed)
     if args.ablation == "patchers":
         results["ablation_patchers"] = ablation_stage(preset, train_csv, test_csv, args)
     write_json(Path(args.output_dir) / "run_summary.json", results)

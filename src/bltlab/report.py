@@ -115,6 +115,23 @@ def model_summary(mode: str, run: dict) -> dict:
     return out
 
 
+def seed_spread(results_dir: Path) -> dict | None:
+    """Mean and standard deviation over seeds of each headline number (`run --seeds N`)."""
+    path = results_dir / "seeds.json"
+    if not path.is_file():
+        return None
+    out = {}
+    for mode, runs in json.loads(path.read_text(encoding="utf-8")).items():
+        names = [k for k in runs[0] if k != "seed"]
+        out[mode] = {"seeds": [r["seed"] for r in runs]}
+        for k in names:
+            values = [r[k] for r in runs if r[k] is not None]
+            out[mode][k] = {"mean": float(np.mean(values)) if values else None,
+                            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                            "n": len(values)}
+    return out
+
+
 def efficiency_answer(models: dict, comp: dict | None) -> str:
     """'Is BLT tokenization more computationally efficient?', answered from the numbers."""
     if not all(m in models for m in MODES):
@@ -127,10 +144,11 @@ def efficiency_answer(models: dict, comp: dict | None) -> str:
              "positions."]
     fc, fb = c.get("forward_flops_per_row"), b.get("forward_flops_per_row")
     if fc and fb:
+        parts = ", ".join(f"{k.replace('_', ' ')} {v / 1e6:.1f}M" for k, v in fb.items()
+                          if k != "total")
         lines.append(f"Forward FLOPs per row (measured): BLT {fb['total'] / 1e6:.1f}M "
-                     f"(local encoder {fb['local_encoder'] / 1e6:.1f}M, global "
-                     f"{fb['global'] / 1e6:.1f}M, decoder {fb['decoder'] / 1e6:.1f}M) vs "
-                     f"baseline {fc['total'] / 1e6:.1f}M: {100 * fb['total'] / fc['total']:.0f}%.")
+                     f"({parts}) vs baseline {fc['total'] / 1e6:.1f}M: "
+                     f"{100 * fb['total'] / fc['total']:.0f}%.")
     tc, tb = c.get("training"), b.get("training")
     if tc and tb:
         lines.append(f"Training: BLT {tb['samples_per_s']:.0f} vs baseline "
@@ -324,6 +342,10 @@ def text_report(results: dict) -> str:
             lines.append(f"  training: {json.dumps(tr['train_config'])}")
         if "patcher" in m:
             lines.append(f"  patcher: {json.dumps(m['patcher'])}")
+    for mode, spread in (results.get("seeds") or {}).items():
+        lines += ["", f"{NAMES[mode]} over seeds {spread['seeds']} (mean ± std):"]
+        lines += [f"  {k}: {v['mean']:.4f} ± {v['std']:.4f} (n={v['n']})"
+                  for k, v in spread.items() if k != "seeds" and v["mean"] is not None]
     lines += ["", "Is BLT tokenization more computationally efficient?", results["efficiency"]]
     return "\n".join(lines) + "\n"
 
@@ -345,6 +367,10 @@ def html_report(results: dict, plots: dict[str, Path], patches: str) -> str:
             ["CER, BLT - baseline", f"{100 * ce['mean_difference']:+.3f} points",
              f"95% CI [{100 * ce['ci_low']:+.3f}, {100 * ce['ci_high']:+.3f}]"]],
             ["test", "value", "interval / p"])))
+    for mode, spread in (results.get("seeds") or {}).items():
+        sections.append((f"{NAMES[mode]} over seeds {spread['seeds']}", table(
+            [[k, f"{v['mean']:.4f} ± {v['std']:.4f}", v["n"]] for k, v in spread.items()
+             if k != "seeds" and v["mean"] is not None], ["metric", "mean ± std", "seeds"])))
     answer = "".join(f"<p>{html.escape(p)}</p>" for p in results["efficiency"].split("\n\n"))
     sections.append(("Is BLT tokenization more computationally efficient?", answer))
     for name, path in plots.items():
@@ -373,6 +399,7 @@ def analyze(output_dir: str | Path = "results", predictions_dir: str | Path = "p
     comp = comparison(runs)
     results = {"models": models, "comparison": comp,
                "efficiency": efficiency_answer(models, comp),
+               "seeds": seed_spread(results_dir),
                "tuning": {m: r["tuning"] for m, r in runs.items() if r.get("tuning")}}
     write_json(results_dir / "comprehensive_results.json", results)
     report = text_report(results)
