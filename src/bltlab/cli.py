@@ -44,7 +44,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ngram_buckets", type=int, help="blt: hash buckets per n (4096)")
     g.add_argument("--ngram_sizes", type=int, nargs="+", help="blt: n-gram sizes (1 2 3)")
     g.add_argument("--ngram_init_std", type=float,
-                   help="blt: initial std of the n-gram tables (default d**-0.5; 0: zeros)")
+                   help="blt: initial std of the n-gram tables (0, the default: zeros)")
     g.add_argument("--decoder_memory", choices=("patches", "bytes"),
                    help="blt: the decoder attends to patch states (default) or, as an "
                         "ablation, to byte states upsampled from them")

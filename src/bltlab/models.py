@@ -165,7 +165,7 @@ class BLTConfig(ModelConfig):
     max_patch_len: int = 15  # project pooling: position slots; the longest patch allowed
     ngram_sizes: list[int] = field(default_factory=lambda: [1, 2, 3])
     ngram_buckets: int = 4096
-    ngram_init_std: float | None = None  # None: like every embedding (d**-0.5); 0: zeros
+    ngram_init_std: float | None = 0.0  # 0: zeros (an unseen n-gram adds nothing); None: d**-0.5
     decoder_memory: str = "patches"  # patches, or bytes (the hourglass ablation)
     relative_values: bool = True  # decoder cross-attention also returns (t − key position)
 
