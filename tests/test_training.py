@@ -99,8 +99,9 @@ def test_truncated_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caps
 
 
 def test_a_finished_run_is_not_trained_again(tmp_path, monkeypatch):
-    cfg = small_run(tmp_path, epochs=1)
+    cfg = small_run(tmp_path, epochs=1, tensorboard=True)
     train("char", ModelConfig(**MODEL), cfg)
+    assert list((tmp_path / "ck" / "tensorboard" / "char").glob("events.out.tfevents.*"))
     monkeypatch.setattr(training, "train_step", lambda *a, **k: pytest.fail("trained again"))
     train("char", ModelConfig(**MODEL), cfg)
 

@@ -1,4 +1,5 @@
-"""`bltlab run`: the experiment end to end (data if missing, train both models, evaluate).
+"""`bltlab run`: the experiment end to end (data if missing, (tune,) train both models,
+evaluate them, analyse).
 
 Every stage resumes: training continues (or skips) a run found in the save dir with the
 same configuration and data, and evaluation is skipped when the metrics JSON already
@@ -160,4 +161,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.ablation == "patchers":
         results["ablation_patchers"] = ablation_stage(preset, train_csv, test_csv, args)
     write_json(Path(args.output_dir) / "run_summary.json", results)
+    from bltlab.report import analyze
+
+    analyze(args.output_dir, Path(default_output_csv("char")).parent, args.save_dir)
     return results
