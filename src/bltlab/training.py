@@ -445,8 +445,11 @@ def _train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         history, best = state["history"], state["best"]
         progress = Progress.from_dict(state["progress"])
-        say(f"resumed after step {progress.step} (epoch {progress.epoch + 1}, "
-            f"batch {progress.batch} of {steps_per_epoch})")
+        if progress.finished:
+            say(f"{cfg.save_dir}: this run is already complete ({progress.epoch} epochs)")
+        else:
+            say(f"resumed after step {progress.step} (epoch {progress.epoch + 1}, "
+                f"batch {progress.batch} of {steps_per_epoch})")
     net = model
     if world.distributed:
         net = nn.parallel.DistributedDataParallel(
