@@ -362,14 +362,10 @@ def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
     check_config(cfg)
     device = pick_device(cfg.device)
     world = distributed.init(device)
-    lock = RunLock(cfg.save_dir) if world.main else None
-    if lock:
-        lock.__enter__()
     try:
-        return _train(mode, model_cfg, cfg, patcher_cfg, device, world, epoch_callback)
+        with RunLock(cfg.save_dir) if world.main else contextlib.nullcontext():
+            return _train(mode, model_cfg, cfg, patcher_cfg, device, world, epoch_callback)
     finally:
-        if lock:
-            lock.__exit__()
         distributed.shutdown(world)
 
 
