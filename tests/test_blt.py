@@ -13,6 +13,10 @@ def codec(size=3):
     return ByteCodec(Patcher(PatcherConfig("static", static_size=size)), (1, 2, 3), 64)
 
 
+MEMORIES = {"patches": {}, "bytes": {"decoder_memory": "bytes"},
+            "wide": {"global_width": 64}}  # 2 decoder vectors per patch
+
+
 def tiny(**kw):
     torch.manual_seed(0)
     cfg = BLTConfig(d_model=32, nhead=4, dim_feedforward=64, max_len=64, ngram_buckets=64,
@@ -42,15 +46,16 @@ def test_codec_rows_describe_the_patches():
 
 
 @pytest.mark.parametrize("pooling", ["project", "cross"])
-@pytest.mark.parametrize("memory", ["patches", "bytes"])
+@pytest.mark.parametrize("memory", MEMORIES)
 def test_shapes(pooling, memory):
-    model = tiny(pooling=pooling, decoder_memory=memory)
+    model = tiny(pooling=pooling, **MEMORIES[memory])
     c = codec()
     batch = batch_for(c, TEXTS)
     logits = model(batch)
     assert logits.shape == (4, 3, 260) and torch.isfinite(logits).all()
     states = model.encode(batch).states
-    expected = batch["src"].shape[1] if memory == "bytes" else int(batch["n_patches"].max())
+    expected = {"bytes": batch["src"].shape[1], "patches": int(batch["n_patches"].max()),
+                "wide": 2 * int(batch["n_patches"].max())}[memory]
     assert states.shape == (4, expected, 32)
 
 
@@ -70,10 +75,10 @@ def test_pooling_stays_inside_each_patch(pooling):
 
 
 @pytest.mark.parametrize("pooling", ["project", "cross"])
-@pytest.mark.parametrize("memory", ["patches", "bytes"])
+@pytest.mark.parametrize("memory", MEMORIES)
 def test_batch_equals_rows_one_by_one(pooling, memory):
     """Padding bytes and padding patches change nothing."""
-    model = tiny(pooling=pooling, decoder_memory=memory)
+    model = tiny(pooling=pooling, **MEMORIES[memory])
     c = codec(3)
     batched = model(batch_for(c, TEXTS))
     for i, text in enumerate(TEXTS):

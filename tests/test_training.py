@@ -54,6 +54,29 @@ def test_accumulation_gives_the_gradients_of_one_big_batch():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
+def test_batch_too_big_for_memory_is_split_into_the_largest_micro_batches_that_fit():
+    inputs = strings(12, 3, 12)
+    codec = fit_codec("char", inputs)
+    data = PairDataset.build(codec, Pairs(inputs, [s[::-1] for s in inputs]))
+    model = CharTransformer(ModelConfig(vocab_size=len(codec.vocab), **MODEL))
+    forward = model.forward
+
+    def limited(batch):  # a device that holds 5 rows
+        if batch["src"].shape[0] > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return forward(batch)
+
+    model.forward = limited
+    fits = lambda n: training.step_fits(  # noqa: E731
+        model, Collate(codec)([data[i] for i in range(n)]), torch.device("cpu"),
+        training.Precision())
+    assert training.fit_micro_batch(fits, 12) == 4  # 12, 6 do not fit; 12 / 3 does
+    assert training.fit_micro_batch(fits, 5) == 5
+    assert all(p.grad is None for p in model.parameters())  # the probes leave no gradients
+    with pytest.raises(BltlabError, match="not even one row"):
+        training.fit_micro_batch(lambda n: False, 8)
+
+
 def final_weights(cfg):
     return load_checkpoint(training.checkpoint_paths(cfg.save_dir, "char")[1], "char")["model"]
 

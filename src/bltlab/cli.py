@@ -37,6 +37,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="add a distance-to-end position signal (true/false; true)")
     g.add_argument("--num_local_layers", type=int, help="blt: local encoder blocks (1)")
     g.add_argument("--num_global_layers", type=int, help="blt: global transformer blocks (2)")
+    g.add_argument("--global_width", type=int,
+                   help="blt: global transformer width, a multiple k of d_model; each patch "
+                        "then reaches the decoder as k vectors (0 = d_model)")
     g.add_argument("--pooling", choices=("project", "cross"),
                    help="blt: bytes to patches by in-patch position slots + linear map "
                         "(project) or k cross-attention queries per patch (cross)")

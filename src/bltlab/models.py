@@ -160,6 +160,7 @@ class BLTConfig(ModelConfig):
     num_decoder_layers: int = 1
     num_local_layers: int = 1
     num_global_layers: int = 2
+    global_width: int = 0  # 0: d_model; k·d_model: each patch state feeds the decoder as k vectors
     pooling: str = "project"  # project: in-patch position slots + linear; cross: k queries
     slots: int = 2  # cross pooling: query slots per patch
     max_patch_len: int = 15  # project pooling: position slots; the longest patch allowed
@@ -179,6 +180,12 @@ class BLT(nn.Module):
     index tensors (each byte's patch and in-patch position); nothing loops over rows
     or patches. Cross-attention keys carry, with RoPE and `from_end`, each patch's
     distance from its last byte to the end of the input.
+
+    As in the paper, the global transformer may be wider than the byte layers: with
+    `global_width` = k·d_model each patch state is k vectors of the byte width (k slots;
+    position signals are added to each), and the decoder cross-attends to all n·k of
+    them, so a patch passes k times more to the decoder while the global model still
+    runs over n patches.
     """
 
     def __init__(self, cfg: BLTConfig):
@@ -188,7 +195,12 @@ class BLT(nn.Module):
         if cfg.decoder_memory not in ("patches", "bytes"):
             raise ValueError(f"decoder_memory must be patches or bytes, got "
                              f"{cfg.decoder_memory!r}")
-        self.cfg = cfg
+        wide = cfg.global_width or cfg.d_model
+        if wide % cfg.d_model:
+            raise ValueError(f"global_width ({wide}) must be a multiple of d_model ({cfg.d_model})")
+        if wide != cfg.d_model and cfg.decoder_memory == "bytes":
+            raise ValueError("decoder_memory bytes needs global_width = d_model")
+        self.cfg, self.k = cfg, wide // cfg.d_model
         d, head_dim = cfg.d_model, cfg.d_model // cfg.nhead
         block = lambda: Block(d, cfg.nhead, cfg.dim_feedforward, cfg.dropout)  # noqa: E731
         self.embed = nn.Embedding(cfg.vocab_size, d)
@@ -199,14 +211,16 @@ class BLT(nn.Module):
         self.local = nn.ModuleList(block() for _ in range(cfg.num_local_layers))
         self.ln_local = nn.LayerNorm(d)
         if cfg.pooling == "project":
-            self.pool = nn.Linear(cfg.max_patch_len * d, d)
+            self.pool = nn.Linear(cfg.max_patch_len * d, wide)
         else:
             self.slot_embed = nn.Parameter(torch.zeros(cfg.slots, d))
             self.ln_pool = nn.LayerNorm(d)
             self.pool_attn = Attention(d, cfg.nhead, cfg.dropout, cross=True)
-            self.pool = nn.Linear(cfg.slots * d, d)
-        self.global_blocks = nn.ModuleList(block() for _ in range(cfg.num_global_layers))
-        self.ln_global = nn.LayerNorm(d)
+            self.pool = nn.Linear(cfg.slots * d, wide)
+        self.global_blocks = nn.ModuleList(  # same head size as the byte layers
+            Block(wide, cfg.nhead * self.k, cfg.dim_feedforward * self.k, cfg.dropout)
+            for _ in range(cfg.num_global_layers))
+        self.ln_global = nn.LayerNorm(wide)
         self.decoder = Decoder(cfg, self.embed)
         self.apply(init_weights)
         if cfg.ngram_init_std is not None:  # a rarely seen n-gram then adds little noise
@@ -261,7 +275,9 @@ class BLT(nn.Module):
         pooled = (self.pool_project if self.cfg.pooling == "project" else self.pool_cross)(
             x, batch, n)
         patch_pos, patch_to_end = torch.arange(n, device=x.device), batch["patch_to_end"]
-        h = add_positions(pooled, patch_pos, patch_to_end, self.pos, end_signal)
+        b, k, d = x.shape[0], self.k, self.cfg.d_model
+        h = add_positions(pooled.view(b, n, k, d), patch_pos[:, None],
+                          patch_to_end[..., None], self.pos, end_signal).view(b, n, k * d)
         patch_mask = key_padding_mask(batch["n_patches"], n)
         for block in self.global_blocks:
             h = block(h, mask=patch_mask, rot=self.pos.rotary(patch_pos))
@@ -270,8 +286,10 @@ class BLT(nn.Module):
             gathered = h.gather(1, batch["patch"].clamp(max=n - 1)[..., None].expand_as(x))
             keys = to_end if self.cfg.from_end else pos
             return Memory(x + gathered, byte_mask, self.pos.rotary(keys))
-        keys = patch_to_end if self.cfg.from_end else patch_pos
-        return Memory(h, patch_mask, self.pos.rotary(keys))
+        keys = (patch_to_end if self.cfg.from_end else patch_pos[None].expand(b, n))
+        slots_mask = key_padding_mask(batch["n_patches"] * k, n * k)
+        return Memory(h.view(b, n * k, d), slots_mask,
+                      self.pos.rotary(keys.repeat_interleave(k, dim=1)))
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.decoder(batch["tgt_in"], self.encode(batch))

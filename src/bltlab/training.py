@@ -193,9 +193,35 @@ def train_step(model: nn.Module, micro_batches: list[dict], optimizer: torch.opt
     return distributed.total(loss_sum, world, device) / tokens
 
 
+def step_fits(model: nn.Module, batch: dict, device: torch.device,
+              precision: Precision) -> bool:
+    """Whether a forward and backward pass over `batch` fits in the device's memory
+    (the gradients are dropped again)."""
+    try:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
+            logits = model(batch)
+        F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(),
+                        ignore_index=PAD).backward()
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def fit_micro_batch(fits: Callable[[int], bool], batch_size: int) -> int:
+    """The largest exact divisor of `batch_size` (itself, /2, /3, ...) for which `fits`:
+    the batch is then split into that many micro-batches with the same gradients."""
+    for parts in range(1, batch_size + 1):
+        if batch_size % parts == 0 and fits(batch_size // parts):
+            return batch_size // parts
+    raise BltlabError("--batch_size: not even one row fits in the device's memory")
+
+
 @torch.no_grad()
-
-
 def validation_loss(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
     model.eval()
     total, count = 0.0, 0
@@ -401,12 +427,24 @@ def _train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
 
     collate = Collate(codec)
     train_set = PairDataset.build(codec, train_pairs)
-    sampler_args = {"batch_size": cfg.batch_size, "seed": cfg.seed, "rank": world.rank,
+    model = build_model(mode, model_cfg).to(device)
+    precision = pick_precision(cfg, device)
+    micro = cfg.batch_size
+    if device.type == "cuda":  # split the batch into micro-batches if it does not fit
+        longest = sorted(range(len(train_set)), key=train_set.lengths().__getitem__)
+        micro = fit_micro_batch(lambda n: step_fits(
+            model, collate([train_set[i] for i in longest[-n:]]), device, precision),
+            cfg.batch_size)
+        if micro < cfg.batch_size:
+            say(f"batch {cfg.batch_size} does not fit in {device}'s memory: "
+                f"{cfg.batch_size // micro} micro-batches of {micro}")
+    optimizer = make_optimizer(model, cfg)
+    sampler_args = {"batch_size": micro, "seed": cfg.seed, "rank": world.rank,
                     "world": world.size}
-    accum = cfg.grad_accum_steps
+    accum = cfg.grad_accum_steps * (cfg.batch_size // micro)
     steps_per_epoch = len(LengthBucketSampler(train_set.lengths(), **sampler_args)) // accum
     if steps_per_epoch == 0:
-        raise BltlabError(f"{cfg.train_csv}: too few rows for one step of {cfg.batch_size} x "
+        raise BltlabError(f"{cfg.train_csv}: too few rows for one step of {micro} x "
                           f"{accum} accumulation x {world.size} processes")
 
     def epoch_batches(epoch: int, skip_steps: int):
@@ -424,9 +462,6 @@ def _train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
     val_loader = (DataLoader(val_set, batch_sampler=LengthBucketSampler(
         val_set.lengths(), 256, 0), collate_fn=collate) if val_set else None)
 
-    model = build_model(mode, model_cfg).to(device)
-    optimizer = make_optimizer(model, cfg)
-    precision = pick_precision(cfg, device)
     total_steps = cfg.epochs * steps_per_epoch
     history: list[dict] = []
     best = {"val_exact_match": -1.0, "val_loss": math.inf, "epoch": 0}
@@ -456,7 +491,7 @@ def _train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
 
     say(f"{mode}: {count_parameters(model):,} parameters, {len(train_set)} train / "
         f"{len(val_pairs)} val rows, {steps_per_epoch} steps per epoch (batch "
-        f"{cfg.batch_size} x {accum} accumulation x {world.size} processes), device {device}"
+        f"{micro} x {accum} accumulation x {world.size} processes), device {device}"
         + (f", autocast {str(precision.dtype).removeprefix('torch.')}"
            if precision.enabled else ""))
     base_state = {"mode": mode, "model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
