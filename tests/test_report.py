@@ -63,3 +63,19 @@ def test_seed_spread_in_the_report(tmp_path, monkeypatch):
     assert spread["blt"]["exact_match_accuracy"]["mean"] == pytest.approx(0.98)
     assert spread["blt"]["exact_match_accuracy"]["std"] == pytest.approx(0.0141421, rel=1e-4)
     assert "0.9800 ± 0.0141" in (tmp_path / "results" / "experimental_report.txt").read_text()
+
+
+def test_patching_example_png(tmp_path):
+    import numpy as np
+
+    from bltlab.inputs import ByteCodec
+    from bltlab.patching import Patcher, PatcherConfig
+    from bltlab.report import patch_view, patching_png
+
+    codec = ByteCodec(Patcher(PatcherConfig("static", static_size=3)), (1, 2), 64)
+    seg = codec.segment(["café ❤️ x", "hello world", "ab"])
+    entropy = np.linspace(0.0, 3.0, len(seg.batch.data))
+    path = patching_png((seg, entropy, 1.5), tmp_path / "patching_example.png", 50)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    view = patch_view((seg, entropy, 1.5))
+    assert view.count('class="row"') == 3 and "<svg" in view

@@ -280,11 +280,12 @@ def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Pat
     return out
 
 
-def patch_view(blt_checkpoint: str | None, texts: list[str]) -> str:
-    """HTML rows of the BLT's patches (coloured) with the entropy curve, for `texts`."""
+def blt_patches(blt_checkpoint: str | None, texts: list[str]):
+    """The BLT checkpoint's segmentation of `texts`, the per-byte entropy its patcher
+    used (None for rules without one) and the threshold to draw (None if per-row);
+    None without a checkpoint."""
     if not blt_checkpoint or not Path(blt_checkpoint).is_file():
-        return ""
-    from bltlab.patchview import row_html
+        return None
     from bltlab.training import load_model
 
     _, codec, _ = load_model(blt_checkpoint, "blt")
@@ -292,7 +293,49 @@ def patch_view(blt_checkpoint: str | None, texts: list[str]) -> str:
     entropy = codec.patcher.entropy(seg.batch)
     level = (codec.patcher.cfg.threshold if entropy is not None
              and codec.patcher.cfg.entropy_mode == "global" else None)
-    return "".join(row_html(seg, r, entropy, level) for r in range(len(texts)))
+    return seg, entropy, level
+
+
+def patch_view(patches) -> str:
+    """HTML rows of the BLT's patches (coloured) with the entropy curve."""
+    if patches is None:
+        return ""
+    from bltlab.patchview import row_html
+
+    seg, entropy, level = patches
+    return "".join(row_html(seg, r, entropy, level) for r in range(len(seg.batch)))
+
+
+def patching_png(patches, path: Path, dpi: int, rows: int = 4) -> Path:
+    """The first `rows` rows: one coloured band per patch under each row's per-byte
+    entropy, the bytes as labels (a character on its first byte, '·' on the others)."""
+    import matplotlib.pyplot as plt
+
+    from bltlab.patchview import COLOURS
+
+    seg, entropy, level = patches
+    rows = min(rows, len(seg.batch))
+    fig, axes = plt.subplots(rows, 1, figsize=(11, 1.9 * rows), squeeze=False)
+    for r, ax in enumerate(axes[:, 0]):
+        lo, hi = seg.batch.offsets[r], seg.batch.offsets[r + 1]
+        start = 0
+        for i, patch in enumerate(seg.row_patches(r)):
+            ax.axvspan(start - 0.5, start + len(patch) - 0.5, color=COLOURS[i % len(COLOURS)])
+            start += len(patch)
+        if entropy is not None:
+            ax.plot(np.arange(hi - lo), entropy[lo:hi], color="#1d4ed8", marker=".")
+        if level is not None:
+            ax.axhline(level, color="#dc2626", linestyle="--", linewidth=1)
+        labels = [chr(b) if b < 0x80 else "·" if b < 0xC0 else "" for b in seg.batch.data[lo:hi]]
+        text = bytes(seg.batch.data[lo:hi]).decode("utf-8")
+        multi = iter(c for c in text if ord(c) >= 0x80)
+        labels = [next(multi) if lab == "" else lab for lab in labels]
+        ax.set_xticks(np.arange(hi - lo), labels, fontsize=8, fontfamily="monospace")
+        ax.set(xlim=(-0.5, hi - lo - 0.5), ylabel="entropy (bits)" if entropy is not None else "")
+    axes[0, 0].set_title(f"BLT patches ({seg.bytes_per_patch():.2f} bytes/patch over these "
+                         "rows) and the entropy of each next byte")
+    fig.tight_layout()
+    return figure_png(fig, path, dpi)
 
 
 def table(rows: list[list], header: list[str]) -> str:
@@ -407,9 +450,12 @@ def analyze(output_dir: str | Path = "results", predictions_dir: str | Path = "p
         write_atomic(path, lambda f: f.write(report))
     made = make_plots(runs, models, predictions_dir, results_dir, dpi) if plots else {}
     sample = [r["input"] for r in runs.get("blt", runs.get("char"))["rows"][:8]]
-    patches = patch_view(models.get("blt", {}).get("checkpoint"), sample)
+    patches = blt_patches(models.get("blt", {}).get("checkpoint"), sample)
+    if plots and patches is not None:
+        made["patching_example"] = patching_png(patches, results_dir / "patching_example.png",
+                                                dpi)
     write_atomic(results_dir / "report.html",
-                 lambda f: f.write(html_report(results, made, patches)))
+                 lambda f: f.write(html_report(results, made, patch_view(patches))))
     print(report)
     print(f"wrote {results_dir}/comprehensive_results.json, experimental_report.txt, "
           f"report.html" + (f" and {len(made)} plots" if made else ""))
