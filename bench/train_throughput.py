@@ -7,7 +7,8 @@ nn.Transformer is timed on the same length-bucketed batches as bltlab (a model-o
 comparison) and on plain shuffled padded batches (the usual pipeline). The models take
 turns, round after round, and each figure is the median over rounds: this machine's
 speed drifts by tens of percent from minute to minute. The BLT ("blt") is the default
-one (width 64, entropy-model patches calibrated to 4 bytes/patch) on the same rows.
+one (width 64, global width 128, entropy-model patches calibrated to 4.05 bytes/patch)
+on the same rows.
 Variants: each model under bf16 autocast (`*_bf16`) and under torch.compile
 (`*_compiled`, timed after its warm-up steps have compiled it).
 

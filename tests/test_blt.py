@@ -13,8 +13,8 @@ def codec(size=3):
     return ByteCodec(Patcher(PatcherConfig("static", static_size=size)), (1, 2, 3), 64)
 
 
-MEMORIES = {"patches": {}, "bytes": {"decoder_memory": "bytes"},
-            "wide": {"global_width": 64}}  # 2 decoder vectors per patch
+MEMORIES = {"patches": {"global_factor": 1}, "bytes": {"decoder_memory": "bytes"},
+            "wide": {"global_factor": 2}}  # 2 decoder vectors per patch
 
 
 def tiny(**kw):

@@ -77,7 +77,8 @@ def test_window_entropy_matches_reference_on_any_text(texts, threshold, window, 
 def test_seed_figures_on_seed_test_csv(seed_test_csv):
     with open(seed_test_csv, encoding="utf-8", newline="") as f:
         rows = [r["input"] for r in csv.DictReader(f)]
-    bpp = {th: Patcher(PatcherConfig("window-entropy", threshold=th)).segment(rows)
+    bpp = {th: Patcher(PatcherConfig("window-entropy", threshold=th, max_patch_len=15))
+           .segment(rows)
            .bytes_per_patch() for th in (2.0, 3.0)}
     assert round(bpp[2.0], 2) == 1.05 and round(bpp[3.0], 2) == 2.30
 
@@ -111,7 +112,7 @@ def test_patches_are_utf8_safe_and_lossless(texts):
 
 def test_space_and_static():
     seg = Patcher(PatcherConfig("space")).segment(["ab  cd e", "  x", "a" * 20])
-    assert seg.row_patches(2) == [b"a" * 15, b"a" * 5]  # max_patch_len applies to all
+    assert seg.row_patches(2) == [b"a" * 8, b"a" * 8, b"a" * 4]  # max_patch_len applies to all
     assert seg.row_patches(0) == [b"ab  ", b"cd ", b"e"]
     assert seg.row_patches(1) == [b"  ", b"x"]
     seg = Patcher(PatcherConfig("static", static_size=4)).segment(["abcdefghij"])

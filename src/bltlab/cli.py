@@ -37,9 +37,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="add a distance-to-end position signal (true/false; true)")
     g.add_argument("--num_local_layers", type=int, help="blt: local encoder blocks (1)")
     g.add_argument("--num_global_layers", type=int, help="blt: global transformer blocks (2)")
-    g.add_argument("--global_width", type=int,
-                   help="blt: global transformer width, a multiple k of d_model; each patch "
-                        "then reaches the decoder as k vectors (0 = d_model)")
+    g.add_argument("--global_factor", type=int,
+                   help="blt: the global transformer is k times as wide as d_model and each "
+                        "patch reaches the decoder as k vectors (2)")
     g.add_argument("--pooling", choices=("project", "cross"),
                    help="blt: bytes to patches by in-patch position slots + linear map "
                         "(project) or k cross-attention queries per patch (cross)")
@@ -214,7 +214,7 @@ def add_patcher_args(p: argparse.ArgumentParser, multiple: bool = False) -> None
     g.add_argument("--static_size", type=int, default=d.static_size)
     g.add_argument("--target_bpp", type=float, default=None,
                    help="calibrate θ to this mean bytes/patch on the training inputs "
-                        "(train --mode blt: 4.0 unless --entropy_threshold is given)")
+                        "(train --mode blt: 4.05 unless --entropy_threshold is given)")
 
 
 def cmd_patch(args: argparse.Namespace) -> None:

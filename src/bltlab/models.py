@@ -160,7 +160,7 @@ class BLTConfig(ModelConfig):
     num_decoder_layers: int = 1
     num_local_layers: int = 1
     num_global_layers: int = 2
-    global_width: int = 0  # 0: d_model; k·d_model: each patch state feeds the decoder as k vectors
+    global_factor: int = 2  # global width = k·d_model; each patch reaches the decoder as k vectors
     pooling: str = "project"  # project: in-patch position slots + linear; cross: k queries
     slots: int = 2  # cross pooling: query slots per patch
     max_patch_len: int = 15  # project pooling: position slots; the longest patch allowed
@@ -181,9 +181,9 @@ class BLT(nn.Module):
     or patches. Cross-attention keys carry, with RoPE and `from_end`, each patch's
     distance from its last byte to the end of the input.
 
-    As in the paper, the global transformer may be wider than the byte layers: with
-    `global_width` = k·d_model each patch state is k vectors of the byte width (k slots;
-    position signals are added to each), and the decoder cross-attends to all n·k of
+    As in the paper, the global transformer is wider than the byte layers: at width
+    k·d_model (k = `global_factor`) each patch state is k vectors of the byte width
+    (position signals are added to each), and the decoder cross-attends to all n·k of
     them, so a patch passes k times more to the decoder while the global model still
     runs over n patches.
     """
@@ -195,12 +195,10 @@ class BLT(nn.Module):
         if cfg.decoder_memory not in ("patches", "bytes"):
             raise ValueError(f"decoder_memory must be patches or bytes, got "
                              f"{cfg.decoder_memory!r}")
-        wide = cfg.global_width or cfg.d_model
-        if wide % cfg.d_model:
-            raise ValueError(f"global_width ({wide}) must be a multiple of d_model ({cfg.d_model})")
-        if wide != cfg.d_model and cfg.decoder_memory == "bytes":
-            raise ValueError("decoder_memory bytes needs global_width = d_model")
-        self.cfg, self.k = cfg, wide // cfg.d_model
+        if cfg.global_factor < 1:
+            raise ValueError(f"global_factor must be at least 1, got {cfg.global_factor}")
+        self.cfg, self.k = cfg, cfg.global_factor
+        wide = self.k * cfg.d_model
         d, head_dim = cfg.d_model, cfg.d_model // cfg.nhead
         block = lambda: Block(d, cfg.nhead, cfg.dim_feedforward, cfg.dropout)  # noqa: E731
         self.embed = nn.Embedding(cfg.vocab_size, d)
@@ -283,7 +281,8 @@ class BLT(nn.Module):
             h = block(h, mask=patch_mask, rot=self.pos.rotary(patch_pos))
         h = self.ln_global(h)
         if self.cfg.decoder_memory == "bytes":  # hourglass ablation: back to bytes
-            gathered = h.gather(1, batch["patch"].clamp(max=n - 1)[..., None].expand_as(x))
+            per_patch = h.view(b, n, k, d).sum(2)
+            gathered = per_patch.gather(1, batch["patch"].clamp(max=n - 1)[..., None].expand_as(x))
             keys = to_end if self.cfg.from_end else pos
             return Memory(x + gathered, byte_mask, self.pos.rotary(keys))
         keys = (patch_to_end if self.cfg.from_end else patch_pos[None].expand(b, n))

@@ -88,7 +88,7 @@ class PatcherConfig(Config):
     patcher: str = "entropy-model"
     window: int = 10  # window-entropy: W
     threshold: float = 2.0  # entropy patchers: θ (bits)
-    max_patch_len: int = 15  # cut longer patches (0: no limit); window-entropy's max_len
+    max_patch_len: int = 8  # cut longer patches (0: no limit); window-entropy's max_len (seed: 15)
     entropy_mode: str = "global"  # entropy-model: global | monotonic
     context: int = 3  # entropy-model: bytes of context of the byte LM
     static_size: int = 4  # static: k

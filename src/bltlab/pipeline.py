@@ -94,11 +94,13 @@ def ablation_patchers() -> dict[str, tuple]:
     """The patcher ablation: name -> (patcher config, target bytes/patch to calibrate to)."""
     from bltlab.patching import PatcherConfig
 
+    target = TrainConfig().target_bpp
     return {
-        "window-entropy-seed": (PatcherConfig("window-entropy", threshold=2.0), None),
-        "window-entropy-4": (PatcherConfig("window-entropy"), 4.0),
-        "entropy-model-global": (PatcherConfig(), 4.0),
-        "entropy-model-monotonic": (PatcherConfig(entropy_mode="monotonic"), 4.0),
+        "window-entropy-seed": (PatcherConfig("window-entropy", threshold=2.0,
+                                              max_patch_len=15), None),
+        "window-entropy-4": (PatcherConfig("window-entropy"), target),
+        "entropy-model-global": (PatcherConfig(), target),
+        "entropy-model-monotonic": (PatcherConfig(entropy_mode="monotonic"), target),
         "space": (PatcherConfig("space"), None),
         "static-4": (PatcherConfig("static", static_size=4), None),
     }
