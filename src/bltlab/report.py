@@ -227,7 +227,7 @@ def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Pat
         ax.bar(np.arange(len(labels)) + i * width, values, width, label=NAMES[mode])
     ax.set_xticks(np.arange(len(labels)) + width * (len(models) - 1) / 2, labels)
     ax.set(ylabel="exact match %", title="Exact match by input length", ylim=(0, 101))
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(models))
     out["accuracy_analysis"] = figure_png(fig, predictions_dir / "accuracy_analysis.png", dpi)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -245,7 +245,7 @@ def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Pat
                        ["exact match", "char. accuracy", "1 - CER"])
     axes[0].set(ylim=(min(90, *(100 * m["exact_match"] for m in models.values())), 100.5),
                 ylabel="%", title="Accuracy")
-    axes[0].legend()
+    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(models))
     axes[1].set_xticks(range(len(models)), [NAMES[m] for m in models])
     axes[1].set(ylabel="MFLOPs per row (forward)", title="Forward FLOPs by part")
     axes[1].legend(fontsize=7)
@@ -449,7 +449,7 @@ def analyze(output_dir: str | Path = "results", predictions_dir: str | Path = "p
     for path in (results_dir / "experimental_report.txt", predictions_dir / "summary_report.txt"):
         write_atomic(path, lambda f: f.write(report))
     made = make_plots(runs, models, predictions_dir, results_dir, dpi) if plots else {}
-    sample = [r["input"] for r in runs.get("blt", runs.get("char"))["rows"][:8]]
+    sample = sorted((r["input"] for r in runs.get("blt", runs.get("char"))["rows"][:8]), key=len)
     patches = blt_patches(models.get("blt", {}).get("checkpoint"), sample)
     if plots and patches is not None:
         made["patching_example"] = patching_png(patches, results_dir / "patching_example.png",
