@@ -332,8 +332,9 @@ def patching_png(patches, path: Path, dpi: int, rows: int = 4) -> Path:
         labels = [next(multi) if lab == "" else lab for lab in labels]
         ax.set_xticks(np.arange(hi - lo), labels, fontsize=8, fontfamily="monospace")
         ax.set(xlim=(-0.5, hi - lo - 0.5), ylabel="entropy (bits)" if entropy is not None else "")
-    axes[0, 0].set_title(f"BLT patches ({seg.bytes_per_patch():.2f} bytes/patch over these "
-                         "rows) and the entropy of each next byte")
+    shown = seg.batch.offsets[rows] / sum(len(seg.row_patches(r)) for r in range(rows))
+    axes[0, 0].set_title(f"BLT patches ({shown:.2f} bytes/patch over these rows) and the "
+                         "entropy of each next byte")
     fig.tight_layout()
     return figure_png(fig, path, dpi)
 
