@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from bltlab.checkpoint import load_model
 from bltlab.data import load_pairs
 from bltlab.decoding import predict
-from bltlab.training import load_model
 
 SEED_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "test.csv"
 
@@ -49,8 +49,7 @@ def main() -> None:
     results = {"test_csv": args.test_csv, "threads": args.threads}
     for mode in ("char", "blt"):
         model, codec, _ = load_model(getattr(args, mode), mode)
-        unit = "bytes" if mode == "blt" else "chars"
-        pairs = load_pairs(args.test_csv, max_len=model.cfg.max_len - 1, unit=unit)
+        pairs = load_pairs(args.test_csv, too_long=codec.too_long)
         n = args.rows or len(pairs)
         inputs, targets = pairs.inputs[:n], pairs.targets[:n]
         results[mode] = {

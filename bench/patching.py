@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bltlab.config import PatcherConfig
 from bltlab.data import generate, load_pairs
-from bltlab.patching import ByteBatch, PatcherConfig, build_patcher, ngram_ids
+from bltlab.patching import ByteBatch, build_patcher, ngram_ids
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -50,17 +51,17 @@ def main() -> None:
 
     result: dict = {"input": {"file": str(test_csv), "copies": args.copies, "mb": megabytes}}
     configs = {
-        "window-entropy": (PatcherConfig("window-entropy"), None),
-        "entropy-model": (PatcherConfig("entropy-model", max_patch_len=0), 4.0),
-        "space": (PatcherConfig("space"), None),
-        "static": (PatcherConfig("static"), None),
+        "window-entropy": PatcherConfig("window-entropy", threshold=2.0, max_patch_len=15),
+        "entropy-model": PatcherConfig("entropy-model", max_patch_len=0, target_bpp=4.0),
+        "space": PatcherConfig("space"),
+        "static": PatcherConfig("static"),
     }
     batch = ByteBatch.from_texts(texts)
     seconds = best_time(lambda: ByteBatch.from_texts(texts), args.repeats)
     result["utf8_encoding"] = {"mb_per_s": round(megabytes / seconds, 2)}
-    for name, (cfg, target) in configs.items():
+    for name, cfg in configs.items():
         t0 = time.perf_counter()
-        patcher = build_patcher(cfg, train, target)
+        patcher = build_patcher(cfg, train)
         setup = time.perf_counter() - t0
         seconds = best_time(lambda p=patcher: p.segment(batch), args.repeats)
         result[name] = {"mb_per_s": round(megabytes / seconds, 2),

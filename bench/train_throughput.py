@@ -7,8 +7,8 @@ nn.Transformer is timed on the same length-bucketed batches as bltlab (a model-o
 comparison) and on plain shuffled padded batches (the usual pipeline). The models take
 turns, round after round, and each figure is the median over rounds: this machine's
 speed drifts by tens of percent from minute to minute. The BLT ("blt") is the default
-one (width 64, global width 128, entropy-model patches calibrated to 4.05 bytes/patch)
-on the same rows.
+one (the BLT recipe's spec, resolved on the same rows: entropy-model patches calibrated
+to its target bytes/patch).
 Variants: each model under bf16 autocast (`*_bf16`) and under torch.compile
 (`*_compiled`, timed after its warm-up steps have compiled it).
 
@@ -29,10 +29,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bltlab.batching import Collate, LengthBucketSampler, PairDataset
+from bltlab.config import ModelConfig, TrainConfig
 from bltlab.data import generate, load_pairs
-from bltlab.inputs import fit_codec
-from bltlab.models import BLT, BLTConfig, CharTransformer, ModelConfig
-from bltlab.training import Precision, TrainConfig, make_optimizer, train_step
+from bltlab.models import build_model
+from bltlab.spec import build_spec, resolve
+from bltlab.training import Precision, make_optimizer, train_step
 from bltlab.vocab import PAD
 
 SEED_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train.csv"
@@ -122,32 +123,32 @@ def main() -> None:
     if not path.is_file():
         path, _ = generate(tempfile.mkdtemp(), seed=0)
     pairs = load_pairs(path)
-    codec = fit_codec("char", pairs.inputs)
+    char_spec, codec = resolve(build_spec("char"), pairs.inputs)
     data = PairDataset.build(codec, pairs)
     collate = Collate(codec)
-    cfg = ModelConfig(vocab_size=len(codec.vocab))
+    cfg = char_spec.model
     bucketed = DataLoader(data, batch_sampler=LengthBucketSampler(
         data.lengths(), args.batch_size, seed=0), collate_fn=collate)
     shuffled = DataLoader(data, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
                           generator=torch.Generator().manual_seed(0))
 
-    blt_codec = fit_codec("blt", pairs.inputs, target_bpp=4.0)
+    blt_spec, blt_codec = resolve(build_spec("blt"), pairs.inputs)
     blt_data = PairDataset.build(blt_codec, pairs)
     blt_loader = DataLoader(blt_data, batch_sampler=LengthBucketSampler(
         blt_data.lengths(), args.batch_size, seed=0), collate_fn=Collate(blt_codec))
-    blt_cfg = BLTConfig(max_patch_len=blt_codec.patcher.cfg.max_patch_len + 3)
+    blt_cfg = blt_spec.model
     runners = {
-        "char": Runner(CharTransformer(cfg), bucketed),
-        "blt": Runner(BLT(blt_cfg), blt_loader),
+        "char": Runner(build_model(cfg), bucketed),
+        "blt": Runner(build_model(blt_cfg), blt_loader),
         "torch_nn_transformer": Runner(TorchTransformer(cfg), shuffled),
         "torch_nn_transformer_bucketed": Runner(TorchTransformer(cfg), bucketed),
     }
     if not args.no_variants:
         runners.update({
-            "char_bf16": Runner(CharTransformer(cfg), bucketed, amp=True),
-            "blt_bf16": Runner(BLT(blt_cfg), blt_loader, amp=True),
-            "char_compiled": Runner(CharTransformer(cfg), bucketed, compiled=True),
-            "blt_compiled": Runner(BLT(blt_cfg), blt_loader, compiled=True),
+            "char_bf16": Runner(build_model(cfg), bucketed, amp=True),
+            "blt_bf16": Runner(build_model(blt_cfg), blt_loader, amp=True),
+            "char_compiled": Runner(build_model(cfg), bucketed, compiled=True),
+            "blt_compiled": Runner(build_model(blt_cfg), blt_loader, compiled=True),
         })
     result = {"config": {**cfg.to_dict(), "batch_size": args.batch_size,
                          "threads": args.threads, "steps": args.steps, "rounds": args.rounds,

@@ -28,20 +28,44 @@ def strings(n, seed, longest=16):
             for _ in range(n)]
 
 
+def write_reversal(path, inputs):
+    """An input,target CSV of `inputs` and their reversals; returns its path as a str."""
+    from bltlab.data import write_pairs
+
+    write_pairs(path, inputs, [s[::-1] for s in inputs])
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_char_run(tmp_path_factory):
     """A tiny char model trained for 5 epochs on 8,000 random strings (shared by tests):
     (its folder, train()'s result, its training inputs)."""
-    from bltlab.data import write_pairs
-    from bltlab.models import ModelConfig
-    from bltlab.training import TrainConfig, train
+    from bltlab.spec import RunSpec
+    from bltlab.training import train
 
     torch.set_num_threads(2)
     tmp_path = tmp_path_factory.mktemp("tiny_char")
     inputs = strings(8000, 0)
-    write_pairs(tmp_path / "train.csv", inputs, [s[::-1] for s in inputs])
-    model_cfg = ModelConfig(d_model=48, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
-                            dim_feedforward=96, max_len=32, pos_encoding="rope")
-    cfg = TrainConfig(train_csv=str(tmp_path / "train.csv"), save_dir=str(tmp_path / "ck"),
-                      epochs=5, batch_size=32, lr=3e-3, warmup_steps=20, progress=False)
-    return tmp_path, train("char", model_cfg, cfg), inputs
+    spec = RunSpec.of("char", d_model=48, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+                      dim_feedforward=96, max_len=32, train_csv=write_reversal(
+                          tmp_path / "train.csv", inputs), save_dir=str(tmp_path / "ck"),
+                      epochs=5, batch_size=32, lr=3e-3, warmup_steps=20, progress_bars=False)
+    return tmp_path, train(spec), inputs
+
+
+@pytest.fixture(scope="session")
+def tiny_blt_run(tmp_path_factory):
+    """A tiny BLT (static 2-byte patches) trained for 8 epochs on 6,000 random strings:
+    (its folder, train()'s result, its training inputs)."""
+    from bltlab.spec import RunSpec
+    from bltlab.training import train
+
+    torch.set_num_threads(2)
+    tmp_path = tmp_path_factory.mktemp("tiny_blt")
+    inputs = strings(6000, 0, 12)
+    spec = RunSpec.of("blt", d_model=48, nhead=2, dim_feedforward=96, max_len=32,
+                      ngram_buckets=256, patcher="static", static_size=2, max_patch_len=4,
+                      train_csv=write_reversal(tmp_path / "train.csv", inputs),
+                      save_dir=str(tmp_path / "ck"), epochs=8, batch_size=32, lr=3e-3,
+                      warmup_steps=20, progress_bars=False, tensorboard=False)
+    return tmp_path, train(spec), inputs

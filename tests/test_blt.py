@@ -1,16 +1,18 @@
 import pytest
 import torch
 
+from bltlab.config import BLTConfig, PatcherConfig
 from bltlab.inputs import ByteCodec
-from bltlab.models import BLT, BLTConfig
-from bltlab.patching import Patcher, PatcherConfig
+from bltlab.models import BLT
+from bltlab.patching import Patcher
 from bltlab.vocab import BOS
 
 TEXTS = ["hello world", "café ❤️ x", "ab", "the quick brown fox"]
 
 
 def codec(size=3):
-    return ByteCodec(Patcher(PatcherConfig("static", static_size=size)), (1, 2, 3), 64)
+    patcher = Patcher(PatcherConfig("static", static_size=size, max_patch_len=size))
+    return ByteCodec(patcher, (1, 2, 3), 64)
 
 
 MEMORIES = {"patches": {"global_factor": 1}, "bytes": {"decoder_memory": "bytes"},
@@ -20,7 +22,7 @@ MEMORIES = {"patches": {"global_factor": 1}, "bytes": {"decoder_memory": "bytes"
 def tiny(**kw):
     torch.manual_seed(0)
     cfg = BLTConfig(d_model=32, nhead=4, dim_feedforward=64, max_len=64, ngram_buckets=64,
-                    max_patch_len=6, **kw)
+                    patch_slots=6, **kw)
     return BLT(cfg).eval()
 
 
@@ -103,8 +105,8 @@ def test_relative_values_decode_incrementally_like_the_full_prefix():
     memory = model.encode(batch)
     tokens = torch.randint(4, 260, (4, 5))
     full = model.decoder(tokens, memory)
-    cache = model.decoder.new_cache()
-    steps = [model.decoder(tokens[:, t:t + 1], memory, cache=cache, start=t) for t in range(5)]
+    cache = model.new_cache()
+    steps = [model.decode(tokens[:, t:t + 1], memory, cache, start=t) for t in range(5)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
     relative = model.decoder.blocks[0].cross_attn.relative
     with torch.no_grad():

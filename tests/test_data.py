@@ -1,11 +1,16 @@
 import csv
+import functools
 import hashlib
 
 import pytest
 
-from bltlab import data
+from bltlab import data, profiles
 from bltlab.cli import main
+from bltlab.config import DataConfig
 from bltlab.errors import BltlabError
+from bltlab.inputs import CharCodec
+
+LIMIT_20 = functools.partial(CharCodec.check_length, limit=20)
 
 
 def sha(path):
@@ -30,7 +35,7 @@ def test_generated_distribution(tmp_path):
     assert 8.8 < s["words_per_row"]["mean"] < 9.9  # seed: 9.35
     assert 64 < s["length_chars"]["mean"] < 78  # seed: 70.9
     assert 0.003 < s["non_ascii_share"] < 0.03  # seed: 1.2%
-    symbols = set(data.SYMBOLS)
+    symbols = set(profiles.SYMBOLS)
     with_symbol = sum(any(t in symbols for t in x.split(" ")) for x in pairs.inputs) / 4000
     assert 0.26 < with_symbol < 0.34  # seed: 30%
     assert all(ord(c) < 0x10000 for x in pairs.inputs for c in x)
@@ -47,12 +52,13 @@ def write(path, text):
     ("input,target\nabc,cba\n,x\n", "row 2 (line 3): empty 'input' field"),
     ("input,target\nabc,\n", "row 1 (line 2): empty 'target' field"),
     ("input,target\nabc\n", "row 1 (line 2): empty 'target' field"),
-    ("input,target\n" + "a" * 30 + ",b\n", "row 1 (line 2): 'input' is 30 chars long"),
+    ("input,target\n" + "a" * 30 + ",b\n",
+     "row 1 (line 2): 'input' is 30 characters long; the model takes at most 20"),
 ])
 def test_loader_errors_name_file_and_row(tmp_path, content, message):
     path = write(tmp_path / "bad.csv", content)
     with pytest.raises(BltlabError) as e:
-        data.load_pairs(path, max_len=20)
+        data.load_pairs(path, too_long=LIMIT_20)
     assert str(path) in str(e.value) and message in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -72,7 +78,7 @@ def test_loader_rejects_bytes_that_are_not_utf8(tmp_path):
 def test_skip_bad_rows_counts(tmp_path):
     path = tmp_path / "mixed.csv"
     path.write_bytes(b"input,target\nabc,cba\n,x\ncaf\xe9,x\n" + b"z" * 50 + b",z\nok,ko\n")
-    pairs = data.load_pairs(path, max_len=20, skip_bad_rows=True)
+    pairs = data.load_pairs(path, too_long=LIMIT_20, skip_bad_rows=True)
     assert pairs.inputs == ["abc", "ok"]
     assert pairs.skipped == {"empty field": 1, "not UTF-8": 1, "too long": 1}
 
@@ -104,8 +110,9 @@ def test_cli_generate_and_stats_json(tmp_path, capsys):
 
 
 def test_fresh_pairs_are_new_each_epoch_and_reproducible():
-    from bltlab.training import fresh_pairs
+    from bltlab.training import generated_pairs
 
-    a, b, again = fresh_pairs(50, 0, 0), fresh_pairs(50, 0, 1), fresh_pairs(50, 0, 0)
+    seed = DataConfig()
+    a, b, again = (generated_pairs(50, 0, e, seed) for e in (0, 1, 0))
     assert a.inputs == again.inputs and a.inputs != b.inputs
     assert all(t == x[::-1] for x, t in zip(a.inputs + b.inputs, a.targets + b.targets))

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from bltlab.decoding import beam_search, greedy_decode, max_output_len, take_rows
+from bltlab.config import BLTConfig, PatcherConfig
+from bltlab.decoding import beam_search, greedy_decode, max_output_len
 from bltlab.inputs import ByteCodec
-from bltlab.models import BLT, BLTConfig
-from bltlab.patching import Patcher, PatcherConfig
+from bltlab.models import BLT
+from bltlab.patching import Patcher
 from tests.test_models import batch_of, tiny
 
 
@@ -30,8 +31,9 @@ def char_case():
 def blt_case():
     torch.manual_seed(0)
     model = BLT(BLTConfig(vocab_size=260, d_model=32, nhead=4, dim_feedforward=64,
-                          max_len=64, ngram_buckets=64, max_patch_len=6)).eval()
-    codec = ByteCodec(Patcher(PatcherConfig("static", static_size=3)), (1, 2, 3), 64)
+                          max_len=64, ngram_buckets=64, patch_slots=6)).eval()
+    patcher = Patcher(PatcherConfig("static", static_size=3, max_patch_len=3))
+    codec = ByteCodec(patcher, (1, 2, 3), 64)
     texts = ["hello world", "café ❤️ x", "ab", "the quick brown fox", "reversal", "été"] * 3
     rows = codec.rows(texts)
     return lively(model), codec.collate(rows), lambda i: codec.collate([rows[i]])
@@ -67,7 +69,7 @@ def test_batched_beam_equals_rows_one_by_one(case):
 def sequence_logprob(model, row, ids):
     """log P(ids + EOS | row) under the model, by teacher forcing."""
     tgt = torch.tensor([[1] + ids + [2]])
-    logits = model.decoder(tgt[:, :-1], model.encode(row)).detach()
+    logits = model.decode(tgt[:, :-1], model.encode(row)).detach()
     logits[..., :2] = float("-inf")  # PAD and BOS are never outputs
     logp = torch.log_softmax(logits, -1)
     return float(logp[0].gather(1, tgt[0, 1:, None]).sum())
@@ -88,8 +90,15 @@ def test_beam_without_length_penalty_finds_likelier_answers():
     assert any(b > g + 1e-3 for g, b in compared)
 
 
-def test_take_rows_keeps_shared_tensors():
-    shared, per_row = torch.zeros(5, 4), torch.arange(3 * 2 * 2.0).view(3, 2, 2)
-    out = take_rows({"a": [shared, per_row], "b": None}, torch.tensor([2, 0]), 3)
-    assert out["a"][0] is shared and out["b"] is None
-    assert torch.equal(out["a"][1], per_row[[2, 0]])
+def test_memory_and_cache_select_every_per_row_tensor():
+    model, batch, _ = blt_case()
+    memory, cache = model.encode(batch), model.new_cache()
+    model.decode(torch.full((len(batch["src_lens"]), 1), 1), memory, cache)
+    rows = torch.tensor([2, 0, 2])
+    picked, picked_cache = memory.select(rows), cache.select(rows)
+    for a, b in ((picked.states, memory.states), (picked.mask, memory.mask),
+                 (picked.rot[0], memory.rot[0])):
+        assert torch.equal(a, b[rows])
+    for block, original in zip(picked_cache.blocks, cache.blocks):
+        for part in ("self", "cross"):
+            assert torch.equal(block[part]["k"], original[part]["k"][rows])

@@ -52,3 +52,11 @@ def test_bad_checkpoint_or_flag_is_one_line(tiny_char_run, tmp_path, capsys, pro
     assert main(["infer", *args, "--text", "abc"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_blt_checkpoint_answers_and_shows_its_patches(tiny_blt_run, capsys):
+    assert main(["infer", "--checkpoint", tiny_blt_run[1]["best_checkpoint"], "--text",
+                 "abcde fgh"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "prediction: hgf edcba"
+    assert out[1] == "patches:    [ab][cd][e ][fg][h]  (5 patches, 1.80 bytes/patch)"

@@ -2,52 +2,52 @@
 
 import json
 
+from bltlab.checkpoint import load_model
 from bltlab.cli import main
-from bltlab.data import write_pairs
 from bltlab.decoding import predict
-from bltlab.models import BLTConfig
-from bltlab.patching import PatcherConfig
-from bltlab.training import TrainConfig, load_model, train
-from tests.conftest import strings
+from bltlab.report import analyze
+from tests.conftest import strings, write_reversal
+
+
+def accuracy(preds, texts):
+    return sum(p == s[::-1] for p, s in zip(preds, texts)) / len(texts)
 
 
 def test_tiny_model_learns_reversal(tiny_char_run):
     tmp_path, result, inputs = tiny_char_run
-    model, codec, state = load_model(result["best_checkpoint"], "char")
+    model, codec, _ = load_model(result["best_checkpoint"], "char")
     held_out = [s for s in strings(300, 1) if s not in set(inputs)]
-    preds = predict(model, codec, held_out)
-    accuracy = sum(p == s[::-1] for p, s in zip(preds, held_out)) / len(held_out)
-    assert accuracy >= 0.95, accuracy
+    greedy = accuracy(predict(model, codec, held_out), held_out)
+    assert greedy >= 0.95, greedy
     history = json.loads((tmp_path / "ck" / "history_char.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == list(range(1, 6))
-    assert history["epochs"][-1]["train_loss"] < history["epochs"][0]["train_loss"]
-    assert state["train_config"]["epochs"] == 5
-
-    beam = predict(model, codec, held_out, beam_width=3)
-    assert sum(p == s[::-1] for p, s in zip(beam, held_out)) / len(held_out) >= accuracy - 0.01
-
-    write_pairs(tmp_path / "test.csv", held_out, [s[::-1] for s in held_out])
-    out = tmp_path / "preds" / "p.csv"
-    assert main(["eval", "--checkpoint", result["best_checkpoint"], "--test_csv",
-                 str(tmp_path / "test.csv"), "--output_csv", str(out)]) == 0
-    metrics = json.loads((tmp_path / "preds" / "p_metrics.json").read_text())
-    assert metrics["exact_match_accuracy"] == accuracy and metrics["beam_width"] == 1
-    assert out.read_text(encoding="utf-8").startswith("input,target,prediction,correct\n")
+    assert history["epochs"][-1]["train_loss"] < history["epochs"][0]["train_loss"] / 5
+    assert history["epochs"][-1]["val_exact_match"] > history["epochs"][0]["val_exact_match"]
+    assert accuracy(predict(model, codec, held_out, beam_width=3), held_out) >= greedy - 0.01
 
 
-def test_tiny_blt_learns_reversal(tmp_path):
+def test_tiny_blt_learns_reversal(tiny_blt_run):
     """Bytes, 2-byte patches, patch-level decoder memory; non-ASCII é in the alphabet."""
-    inputs = strings(6000, 0, 12)
-    write_pairs(tmp_path / "train.csv", inputs, [s[::-1] for s in inputs])
-    model_cfg = BLTConfig(d_model=48, nhead=2, dim_feedforward=96, max_len=32,
-                          ngram_buckets=256)
-    cfg = TrainConfig(train_csv=str(tmp_path / "train.csv"), save_dir=str(tmp_path / "ck"),
-                      epochs=8, batch_size=32, lr=3e-3, warmup_steps=20, progress=False)
-    result = train("blt", model_cfg, cfg, PatcherConfig("static", static_size=2,
-                                                        max_patch_len=4))
-    model, codec, _ = load_model(result["best_checkpoint"], "blt")
+    _, result, inputs = tiny_blt_run
+    model, codec, state = load_model(result["best_checkpoint"], "blt")
     held_out = [s for s in strings(300, 1, 12) if s not in set(inputs)]
-    preds = predict(model, codec, held_out)
-    accuracy = sum(p == s[::-1] for p, s in zip(preds, held_out)) / len(held_out)
-    assert accuracy >= 0.9, accuracy
-    assert (tmp_path / "ck" / "best_blt_model.pt").is_file()
+    assert accuracy(predict(model, codec, held_out), held_out) >= 0.9
+    assert state["spec"]["model"]["patch_slots"] == 4 + 3  # max_patch_len + a UTF-8 tail
+
+
+def test_evaluate_writes_what_analyze_reads(tiny_char_run, tiny_blt_run, tmp_path):
+    """Both models evaluated by the CLI on the same rows; the report reads those files."""
+    rows = [s for s in strings(120, 2, 12) if len(s) <= 12]
+    test_csv = write_reversal(tmp_path / "test.csv", rows)
+    for mode, run in (("char", tiny_char_run), ("blt", tiny_blt_run)):
+        name = "baseline" if mode == "char" else "blt"
+        assert main(["eval", "--mode", mode, "--checkpoint", run[1]["best_checkpoint"],
+                     "--test_csv", test_csv, "--output_csv",
+                     str(tmp_path / "predictions" / f"predictions_{name}.csv")]) == 0
+    metrics = json.loads((tmp_path / "predictions" / "predictions_blt_metrics.json").read_text())
+    results = analyze(tmp_path / "results", tmp_path / "predictions", tmp_path / "none",
+                      plots=False)
+    assert results["models"]["blt"]["exact_match"] == metrics["exact_match_accuracy"]
+    assert results["comparison"]["rows"] == len(rows)
+    assert (tmp_path / "predictions" / "predictions_baseline.csv").read_text(
+        encoding="utf-8").startswith("input,target,prediction,correct\n")

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from bltlab import patchview
 from bltlab.cli import main
+from bltlab.config import PatcherConfig
+from bltlab.errors import BltlabError
 from bltlab.patching import (
     ByteBatch,
     ByteNgramLM,
     Patcher,
-    PatcherConfig,
     build_patcher,
-    cached_features,
     calibrate,
     ngram_ids,
     window_entropy,
@@ -85,7 +85,7 @@ def test_seed_figures_on_seed_test_csv(seed_test_csv):
 
 LM = ByteNgramLM.fit(TEXTS, context=3)
 ALL_PATCHERS = [
-    Patcher(PatcherConfig("window-entropy")),
+    Patcher(PatcherConfig("window-entropy", threshold=2.0)),
     Patcher(PatcherConfig("window-entropy", threshold=3.0, max_patch_len=4)),
     Patcher(PatcherConfig("entropy-model", threshold=1.0), LM),
     Patcher(PatcherConfig("entropy-model", threshold=0.2, entropy_mode="monotonic",
@@ -136,8 +136,8 @@ def test_entropy_model_file_round_trip(tmp_path):
 
 @pytest.mark.parametrize("mode", ["global", "monotonic"])
 def test_calibration_reaches_the_target(mode):
-    cfg = PatcherConfig("entropy-model", entropy_mode=mode, max_patch_len=0)
-    cfg = calibrate(TEXTS, cfg, 3.0, LM)
+    cfg = PatcherConfig("entropy-model", entropy_mode=mode, max_patch_len=0, target_bpp=3.0)
+    cfg = calibrate(TEXTS, cfg, LM)
     assert abs(Patcher(cfg, LM).segment(TEXTS).bytes_per_patch() - 3.0) < 0.35
     higher = PatcherConfig.from_dict({**cfg.to_dict(), "threshold": cfg.threshold + 0.5})
     assert Patcher(higher, LM).segment(TEXTS).bytes_per_patch() >= 3.0 - 0.35
@@ -169,28 +169,6 @@ def test_html_view_escapes_text(tmp_path):
     assert "&amp;" in page and "<polyline" in page and "t &lt;b&gt;" in page
 
 
-def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
-    path = tmp_path / "x.csv"
-    path.write_text("input,target\nabc,cba\n", encoding="utf-8")
-    patcher = Patcher(PatcherConfig("static", static_size=2))
-    first = cached_features(path, ["abc"], patcher, cache_dir=tmp_path / "cache")
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
-
-    def boom(*a, **k):
-        raise AssertionError("recomputed")
-
-    monkeypatch.setattr(Patcher, "segment", boom)
-    again = cached_features(path, ["abc"], patcher, cache_dir=tmp_path / "cache")
-    assert all((first[k] == again[k]).all() for k in first)
-    monkeypatch.undo()
-    other = Patcher(PatcherConfig("static", static_size=1))
-    assert cached_features(path, ["abc"], other, cache_dir=tmp_path / "cache")["starts"].all()
-    path.write_text("input,target\nabcd,dcba\n", encoding="utf-8")
-    assert len(cached_features(path, ["abcd"], patcher, cache_dir=tmp_path / "cache")
-               ["starts"]) == 4
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
-
-
 def test_cli_patch_json_and_html(tmp_path, capsys):
     path = tmp_path / "t.csv"
     path.write_text('input,target\n"<script>alert(1)</script>",x\nhello there,y\n',
@@ -204,10 +182,17 @@ def test_cli_patch_json_and_html(tmp_path, capsys):
     assert "<script>alert" not in html_path.read_text(encoding="utf-8")
 
 
-def test_build_patcher_calibrates_and_records_threshold():
-    patcher = build_patcher(PatcherConfig("entropy-model", max_patch_len=0), TEXTS, 4.0)
-    assert patcher.cfg.threshold != PatcherConfig().threshold
-    assert abs(patcher.segment(TEXTS).bytes_per_patch() - 4.0) < 0.5
+def test_theta_rule_a_given_threshold_is_kept_an_absent_one_is_calibrated():
+    given = build_patcher(PatcherConfig("entropy-model", threshold=1.5, max_patch_len=0), TEXTS)
+    assert given.cfg.threshold == 1.5
+    calibrated = build_patcher(PatcherConfig("entropy-model", max_patch_len=0, target_bpp=4.0),
+                               TEXTS)
+    bpp = calibrated.segment(TEXTS).bytes_per_patch()
+    assert abs(bpp - 4.0) < 0.5
+    again = Patcher(calibrated.cfg, calibrated.lm).segment(TEXTS)  # the θ stored reproduces it
+    assert again.bytes_per_patch() == bpp
+    with pytest.raises(BltlabError, match="target_bpp 7.9: .* cannot reach it"):
+        build_patcher(PatcherConfig("entropy-model", max_patch_len=8, target_bpp=7.9), TEXTS)
 
 
 def test_a_cut_inside_a_character_moves_to_its_end():

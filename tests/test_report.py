@@ -21,7 +21,8 @@ def fake_run(tmp_path, mode, preds, flops):
         metrics.update(avg_bytes_per_row=12.0, avg_patches_per_row=3.0, bytes_per_patch=4.0)
     write_json(tmp_path / "predictions" / f"predictions_{name}_metrics.json", metrics)
     write_json(tmp_path / "checkpoints" / f"history_{mode}.json", {
-        "model_config": {"d_model": 64}, "train_config": {"lr": 0.002}, "best": {"epoch": 2},
+        "spec": {"mode": mode, "model": {"d_model": 64}, "train": {"lr": 0.002}},
+        "best": {"epoch": 2},
         "epochs": [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "val_exact_match": 0.4 * e,
                     "epoch_seconds": 10.0, "samples_per_s": 300.0} for e in (1, 2)]})
 
@@ -68,8 +69,9 @@ def test_seed_spread_in_the_report(tmp_path, monkeypatch):
 def test_patching_example_png(tmp_path):
     import numpy as np
 
+    from bltlab.config import PatcherConfig
     from bltlab.inputs import ByteCodec
-    from bltlab.patching import Patcher, PatcherConfig
+    from bltlab.patching import Patcher
     from bltlab.report import patch_view, patching_png
 
     codec = ByteCodec(Patcher(PatcherConfig("static", static_size=3)), (1, 2), 64)

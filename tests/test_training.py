@@ -1,6 +1,8 @@
-"""The training loop: accumulation, exact resume, checkpoint fallback, locks, torchrun."""
+"""The training loop: accumulation, schedules, exact resume, checkpoint fallback, locks,
+torchrun."""
 
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -11,40 +13,48 @@ import torch
 
 import bltlab.training as training
 from bltlab.batching import Collate, PairDataset
-from bltlab.checkpoint import load_checkpoint
-from bltlab.data import Pairs, write_pairs
+from bltlab.checkpoint import checkpoint_paths, load_checkpoint, load_latest, previous_path
+from bltlab.config import TrainConfig
+from bltlab.data import Pairs
 from bltlab.errors import BltlabError
 from bltlab.fileio import RunLock
-from bltlab.inputs import fit_codec
-from bltlab.models import CharTransformer, ModelConfig
-from bltlab.training import TrainConfig, train, train_step
-from tests.conftest import strings
+from bltlab.models import CharTransformer
+from bltlab.spec import RunSpec, resolve
+from bltlab.training import lr_factor, train, train_step
+from tests.conftest import strings, write_reversal
 
 MODEL = dict(d_model=32, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
              dim_feedforward=64, max_len=32)
 
 
-def small_run(tmp_path, **overrides):
+def small_run(tmp_path, mode="char", **settings):
     inputs = strings(400, 0, 10)
-    write_pairs(tmp_path / "train.csv", inputs, [s[::-1] for s in inputs])
-    cfg = dict(train_csv=str(tmp_path / "train.csv"), save_dir=str(tmp_path / "ck"), epochs=2,
-               batch_size=16, lr=3e-3, warmup_steps=5, progress=False, save_every_steps=7,
-               tensorboard=False)
-    cfg.update(overrides)
-    return TrainConfig(**cfg)
+    model = MODEL if mode == "char" else {k: v for k, v in MODEL.items()
+                                          if k != "num_encoder_layers"}
+    base = dict(train_csv=write_reversal(tmp_path / "train.csv", inputs),
+                save_dir=str(tmp_path / "ck"), epochs=2, batch_size=16, lr=3e-3,
+                warmup_steps=5, progress_bars=False, save_every_steps=7, tensorboard=False)
+    if mode == "blt":
+        base.update(patcher="static", static_size=3, max_patch_len=3, ngram_buckets=64)
+    return RunSpec.of(mode, **{**model, **base, **settings})
+
+
+def char_batches(n, rows_per_batch):
+    inputs = strings(n, 3, 12)
+    spec, codec = resolve(RunSpec.of("char", **MODEL), inputs)
+    data = PairDataset.build(codec, Pairs(inputs, [s[::-1] for s in inputs]))
+    collate = Collate(codec)
+    return spec, [collate([data[i] for i in range(j, j + rows_per_batch)])
+                  for j in range(0, n, rows_per_batch)]
 
 
 def test_accumulation_gives_the_gradients_of_one_big_batch():
-    inputs = strings(32, 3, 12)
-    codec = fit_codec("char", inputs)
-    data = PairDataset.build(codec, Pairs(inputs, [s[::-1] for s in inputs]))
-    collate = Collate(codec)
-    big = collate([data[i] for i in range(32)])
-    micro = [collate([data[i] for i in range(j, j + 8)]) for j in range(0, 32, 8)]
+    spec, (big,) = char_batches(32, 32)
+    _, micro = char_batches(32, 8)
     grads = []
     for batches in ([big], micro):
         torch.manual_seed(0)
-        model = CharTransformer(ModelConfig(vocab_size=len(codec.vocab), **MODEL))
+        model = CharTransformer(spec.model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
         loss = train_step(model, batches, optimizer, TrainConfig(grad_clip=0),
                           torch.device("cpu"))
@@ -55,10 +65,8 @@ def test_accumulation_gives_the_gradients_of_one_big_batch():
 
 
 def test_batch_too_big_for_memory_is_split_into_the_largest_micro_batches_that_fit():
-    inputs = strings(12, 3, 12)
-    codec = fit_codec("char", inputs)
-    data = PairDataset.build(codec, Pairs(inputs, [s[::-1] for s in inputs]))
-    model = CharTransformer(ModelConfig(vocab_size=len(codec.vocab), **MODEL))
+    spec, (batch,) = char_batches(12, 12)
+    model = CharTransformer(spec.model)
     forward = model.forward
 
     def limited(batch):  # a device that holds 5 rows
@@ -68,8 +76,7 @@ def test_batch_too_big_for_memory_is_split_into_the_largest_micro_batches_that_f
 
     model.forward = limited
     fits = lambda n: training.step_fits(  # noqa: E731
-        model, Collate(codec)([data[i] for i in range(n)]), torch.device("cpu"),
-        training.Precision())
+        model, {k: v[:n] for k, v in batch.items()}, torch.device("cpu"), training.Precision())
     assert training.fit_micro_batch(fits, 12) == 4  # 12, 6 do not fit; 12 / 3 does
     assert training.fit_micro_batch(fits, 5) == 5
     assert all(p.grad is None for p in model.parameters())  # the probes leave no gradients
@@ -77,15 +84,63 @@ def test_batch_too_big_for_memory_is_split_into_the_largest_micro_batches_that_f
         training.fit_micro_batch(lambda n: False, 8)
 
 
-def final_weights(cfg):
-    return load_checkpoint(training.checkpoint_paths(cfg.save_dir, "char")[1], "char")["model"]
+@pytest.mark.parametrize("name, expected", [
+    ("cosine", [0.25, 1.0, 0.5, 0.0]),
+    ("step", [0.25, 1.0, 0.25, 0.125]),
+    ("constant", [0.25, 1.0, 1.0, 1.0]),
+    ("plateau", [0.25, 1.0, 1.0, 1.0])])
+def test_schedules(name, expected):
+    cfg = TrainConfig(lr_scheduler=name, warmup_steps=4)
+    got = [lr_factor(step, 104, cfg) for step in (0, 4, 54, 104)]
+    assert got == pytest.approx(expected, abs=1e-9)
 
 
-def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
-    straight = small_run(tmp_path / "a")
-    train("char", ModelConfig(**MODEL), straight)
+def test_plateau_cuts_and_early_stopping(tmp_path, monkeypatch):
+    scores = iter([0.5, 0.4, 0.4, 0.3, 0.3, 0.9])
 
-    interrupted = small_run(tmp_path / "b")
+    def fake_validate(run):
+        row = {"epoch": run.state.epoch + 1, "step": run.state.step, "train_loss": 1.0,
+               "lr": run.optimizer.param_groups[0]["lr"], "epoch_seconds": 1.0,
+               "samples_per_s": 1.0, "val_loss": 1.0, "val_exact_match": next(scores)}
+        return row
+
+    monkeypatch.setattr(training, "validate", fake_validate)
+    spec = small_run(tmp_path, epochs=6, lr_scheduler="plateau", plateau_patience=2,
+                     plateau_factor=0.5, early_stopping_patience=4, warmup_steps=0)
+    result = train(spec)
+    history = result["history"]
+    assert [e["epoch"] for e in history] == [1, 2, 3, 4, 5]  # stopped: 4 epochs stale
+    assert result["stopped"] and result["best"]["epoch"] == 1
+    lrs = [e["lr"] for e in history]
+    assert lrs[1] == lrs[2] == pytest.approx(3e-3)  # epochs 2-3: one stale epoch, then two
+    assert lrs[3] == pytest.approx(1.5e-3) and lrs[4] == pytest.approx(1.5e-3)
+
+
+def test_fresh_pairs_give_each_epoch_new_rows(tmp_path, monkeypatch):
+    seen = []
+    real = training.generated_pairs
+
+    def recording(n, seed, epoch, data):
+        pairs = real(n, seed, epoch, data)
+        seen.append((epoch, n, pairs.inputs[0]))
+        return pairs
+
+    monkeypatch.setattr(training, "generated_pairs", recording)
+    result = train(small_run(tmp_path, fresh_pairs=True, max_len=256))
+    assert [e for e, _, _ in seen] == [0, 1] and seen[0][1] == 380  # 400 rows - 20 held out
+    assert seen[0][2] != seen[1][2]
+    assert result["spec"]["model"]["vocab_size"] > 40  # the profile's alphabet is in it
+
+
+def final_weights(spec):
+    return load_checkpoint(checkpoint_paths(spec.train.save_dir, spec.mode)[1])["model"]
+
+
+@pytest.mark.parametrize("mode", ["char", "blt"])
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch, mode):
+    straight = small_run(tmp_path / "a", mode)
+    train(straight)
+    interrupted = small_run(tmp_path / "b", mode)
     calls = {"n": 0}
     real_step = training.train_step
 
@@ -97,52 +152,110 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch
 
     monkeypatch.setattr(training, "train_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
-        train("char", ModelConfig(**MODEL), interrupted)
+        train(interrupted)
     monkeypatch.setattr(training, "train_step", real_step)
-    state = load_checkpoint(training.checkpoint_paths(interrupted.save_dir, "char")[1], "char")
-    assert state["progress"]["step"] == 35 and state["progress"]["batch"] == 11  # mid-epoch
-    result = train("char", ModelConfig(**MODEL), interrupted)  # same command: it resumes
+    state = load_checkpoint(checkpoint_paths(interrupted.train.save_dir, mode)[1])
+    assert state["run_state"]["step"] == 35 and state["run_state"]["batch"] == 11  # mid-epoch
+    result = train(interrupted)  # same command: it resumes
     a, b = final_weights(straight), final_weights(interrupted)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    history = json.loads((tmp_path / "b" / "ck" / "history_char.json").read_text())
+    history = json.loads((tmp_path / "b" / "ck" / f"history_{mode}.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2] == [
         e["epoch"] for e in result["history"]]
 
 
+def test_another_configuration_starts_a_new_run_and_fresh_starts_over(tmp_path, capsys):
+    train(small_run(tmp_path, epochs=1))
+    capsys.readouterr()
+    result = train(small_run(tmp_path, epochs=1, lr=1e-3))  # same folder, other spec
+    assert "from another configuration or data: starting a new run" in capsys.readouterr().out
+    assert result["spec"]["train"]["lr"] == 1e-3 and len(result["history"]) == 1
+    saved = load_checkpoint(checkpoint_paths(tmp_path / "ck", "char")[1])
+    assert saved["spec"]["train"]["lr"] == 1e-3
+    train(small_run(tmp_path, epochs=1, lr=1e-3, resume="never"))  # --fresh
+    out = capsys.readouterr().out
+    assert "already complete" not in out and "epoch 1/1" in out
+
+
+def test_resume_path_continues_a_given_checkpoint(tmp_path, capsys):
+    first = small_run(tmp_path / "a", epochs=1)
+    train(first)
+    latest = checkpoint_paths(first.train.save_dir, "char")[1]
+    second = small_run(tmp_path / "b", epochs=2, resume=str(latest))
+    capsys.readouterr()
+    result = train(second)
+    assert "resumed after step 24 (epoch 2, batch 0 of 24)" in capsys.readouterr().out
+    assert [e["epoch"] for e in result["history"]] == [1, 2]
+    with pytest.raises(BltlabError, match="no such checkpoint"):
+        train(small_run(tmp_path / "c", resume=str(tmp_path / "none.pt")))
+    with pytest.raises(BltlabError, match="no latest checkpoint"):
+        train(small_run(tmp_path / "d", resume="latest"))
+
+
 def test_truncated_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
-    cfg = small_run(tmp_path, epochs=1)
-    train("char", ModelConfig(**MODEL), cfg)
-    _, latest, _ = training.checkpoint_paths(cfg.save_dir, "char")
-    previous = training.previous_path(latest)
-    step_before = load_checkpoint(previous, "char")["progress"]["step"]
+    spec = small_run(tmp_path, epochs=1)
+    train(spec)
+    _, latest, _ = checkpoint_paths(spec.train.save_dir, "char")
+    previous = previous_path(latest)
+    step_before = load_checkpoint(previous)["run_state"]["step"]
     latest.write_bytes(latest.read_bytes()[:1000])
-    state, path = training.load_latest(latest, "char")
-    assert path == previous and state["progress"]["step"] == step_before
+    state, path = load_latest(latest, "char")
+    assert path == previous and state["run_state"]["step"] == step_before
     assert "warning" in capsys.readouterr().out
 
 
 def test_a_finished_run_is_not_trained_again(tmp_path, monkeypatch):
-    cfg = small_run(tmp_path, epochs=1, tensorboard=True)
-    train("char", ModelConfig(**MODEL), cfg)
+    spec = small_run(tmp_path, epochs=1, tensorboard=True)
+    train(spec)
     assert list((tmp_path / "ck" / "tensorboard" / "char").glob("events.out.tfevents.*"))
     monkeypatch.setattr(training, "train_step", lambda *a, **k: pytest.fail("trained again"))
-    train("char", ModelConfig(**MODEL), cfg)
+    train(spec)
 
 
-def test_lock_refuses_a_live_run_and_takes_over_a_stale_one(tmp_path):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+def test_lock_refuses_a_live_run_and_notes_a_gone_one(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from bltlab.fileio import RunLock; RunLock(sys.argv[1]).acquire();"
+        " print('held', flush=True); time.sleep(60)"), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
     try:
-        (tmp_path / ".lock").write_text(f"{socket.gethostname()} {sleeper.pid}\n")
-        with pytest.raises(BltlabError, match=f"in use by another run .*{sleeper.pid}"):
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(BltlabError, match=f"in use by another run .*{holder.pid}"):
             RunLock(tmp_path).acquire()
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()
+        holder.wait()
     lock = RunLock(tmp_path)
-    assert "stale" in lock.acquire()  # its process is gone
+    assert "a run that is gone" in lock.acquire()  # killed: the kernel freed its lock
     assert (tmp_path / ".lock").read_text().split() == [socket.gethostname(), str(os.getpid())]
     lock.release()
     assert not (tmp_path / ".lock").exists()
+
+
+def take_lock(folder, barrier, results):
+    barrier.wait()
+    try:
+        RunLock(folder).acquire()
+        results.put("took")
+    except BltlabError:
+        results.put("refused")
+    barrier.wait()  # hold the lock until every process has tried
+
+
+def test_processes_racing_for_a_stale_lock_let_exactly_one_win(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        (folder / ".lock").write_text(f"{socket.gethostname()} 999999999\n")  # a gone run
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=take_lock, args=(folder, barrier, results))
+                 for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        outcomes = sorted(results.get(timeout=5) for _ in procs)
+        assert outcomes == ["refused", "refused", "refused", "took"]
 
 
 def free_port() -> int:
@@ -154,8 +267,8 @@ def free_port() -> int:
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 def test_two_torchrun_processes_follow_one_process_at_the_same_global_batch(tmp_path):
     inputs = strings(400, 0, 10)
-    write_pairs(tmp_path / "train.csv", inputs, [s[::-1] for s in inputs])
-    common = ["train", "--mode", "char", "--train_csv", str(tmp_path / "train.csv"),
+    common = ["train", "--mode", "char", "--train_csv",
+              write_reversal(tmp_path / "train.csv", inputs),
               "--epochs", "2", "--d_model", "32", "--nhead", "2", "--num_encoder_layers", "1",
               "--num_decoder_layers", "1", "--dim_feedforward", "64", "--max_len", "32",
               "--warmup_steps", "5", "--threads", "1", "--no_progress", "--no_tensorboard"]

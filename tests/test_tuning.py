@@ -7,33 +7,55 @@ import sys
 import optuna
 import pytest
 
+from bltlab.cli import main
 from bltlab.errors import BltlabError
-from bltlab.tuning import load_search_space, split
+from bltlab.spec import RunSpec
+from bltlab.tuning import load_search_space
 from tests.conftest import strings
 
 
 def test_default_search_space_loads_for_both_models():
     for mode in ("char", "blt"):
-        space = load_search_space(None, mode)
+        space = load_search_space(None, RunSpec.of(mode))
         assert {"lr", "d_model", "nhead", "dropout", "batch_size"} <= set(space)
-    assert {"target_bpp", "slots"} <= set(load_search_space(None, "blt"))
+    assert {"target_bpp", "slots"} <= set(load_search_space(None, RunSpec.of("blt")))
 
 
-def test_bad_search_space_is_a_one_line_error(tmp_path):
+@pytest.mark.parametrize("entry, message", [
+    ("d_modle: {type: int, low: 1, high: 2}", "char.d_modle: not a setting"),
+    ("lr: {type: float, low: 0.1}", "char.lr: missing high"),
+    ("lr: {type: float, low: 0.1, high: 0.01}", "low 0.1 is above high 0.01"),
+    ("lr: {type: float, low: abc, high: 0.1}", "low and high must be float numbers"),
+    ("nhead: {type: categorical, choices: [0]}", "0 does not make a valid run"),
+    ("d_model: {type: int, low: -8, high: 64}", "-8 does not make a valid run"),
+    ("dropout: {type: categorical, choices: []}", "choices must be a non-empty list"),
+])
+def test_bad_search_space_is_a_one_line_error(tmp_path, entry, message):
     path = tmp_path / "space.yaml"
-    path.write_text("char:\n  d_modle: {type: int, low: 1, high: 2}\n")
-    with pytest.raises(BltlabError, match=r"space.yaml: char.d_modle: not a flag"):
-        load_search_space(path, "char")
-    path.write_text("char:\n  lr: {type: float, low: 0.1}\n")
-    with pytest.raises(BltlabError, match="char.lr: missing high"):
-        load_search_space(path, "char")
+    path.write_text(f"char:\n  {entry}\n")
+    with pytest.raises(BltlabError, match=message) as e:
+        load_search_space(path, RunSpec.of("char"))
+    assert "\n" not in str(e.value)
 
 
-def test_parameters_go_to_their_configs():
-    model, training, patcher = split("blt", {"d_model": 96, "lr": 0.01, "target_bpp": 5.0,
-                                             "max_patch_len": 12})
-    assert model == {"d_model": 96} and training == {"lr": 0.01, "target_bpp": 5.0}
-    assert patcher == {"max_patch_len": 12}
+def test_settings_are_named_as_flags_and_go_to_their_sections():
+    spec = RunSpec.of("blt").with_settings({"d_model": 96, "lr": 0.01, "target_bpp": 5.0,
+                                            "max_patch_len": 12, "entropy_threshold": 1.5})
+    assert spec.model.d_model == 96 and spec.train.lr == 0.01
+    assert (spec.patcher.target_bpp, spec.patcher.max_patch_len) == (5.0, 12)
+    assert spec.patcher.threshold == 1.5
+
+
+@pytest.mark.parametrize("storage, message", [
+    ("notaurl", "not a database URL"),
+    ("sqlite:////proc/foo/x.db", "/proc/foo"),
+    ("postgresql://u:p@localhost/db", "pip install psycopg2-binary"),
+])
+def test_bad_storage_is_one_line_before_any_trial(tmp_path, capsys, storage, message):
+    code = main(["tune", "--mode", "char", "--storage", storage, "--train_csv",
+                 str(tmp_path / "none.csv"), "--output_dir", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 def test_two_workers_share_one_study_without_losing_trials(tmp_path):

@@ -25,8 +25,12 @@ def test_unknown_character_is_unk():
     assert v.encode("abz") == [v.index["a"], v.index["b"], UNK]
 
 
-def test_byte_vocab_reverses_characters_not_bytes():
+def test_byte_targets_keep_each_characters_bytes_in_order():
+    """The reversal target is by code point: its byte ids are not the input's byte ids
+    reversed (that would break every multi-byte character)."""
     v = ByteVocab()
-    text = "é❤️x"
-    assert v.decode(v.encode(text[::-1])) == text[::-1]
+    text = "é❤x"
+    assert v.encode(text[::-1]) != v.encode(text)[::-1]
+    assert v.decode(v.encode(text)[::-1]).count("\ufffd") >= 2  # é and ❤ broken
+    assert v.encode(text[::-1])[1:3] == v.encode("❤")[:2]  # ❤'s lead byte first
     assert len(v.encode("é")) == 2 and len(v) == 260

@@ -67,13 +67,11 @@ class LengthBucketSampler(Sampler[list[int]]):
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0,
-                 pool_batches: int = 50, drop_last: bool = False, rank: int = 0,
-                 world: int = 1):
+                 pool_batches: int = 50, rank: int = 0, world: int = 1):
         self.lengths = torch.as_tensor(lengths)
         self.seed, self.rank, self.world = seed, rank, world
         self.global_batch = batch_size * world
         self.pool = pool_batches * self.global_batch
-        self.drop_last = drop_last
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -88,8 +86,7 @@ class LengthBucketSampler(Sampler[list[int]]):
             pool = pool[torch.argsort(self.lengths[pool], stable=True)]
             for b in range(0, len(pool), self.global_batch):
                 batch = pool[b: b + self.global_batch].tolist()
-                if len(batch) == self.global_batch or not (self.drop_last
-                                                           or len(batch) < self.world):
+                if len(batch) >= self.world:  # every process gets at least one row
                     batches.append(batch)
         perm = torch.randperm(len(batches), generator=g).tolist()
         return [batches[i][self.rank::self.world] for i in perm]
@@ -100,4 +97,4 @@ class LengthBucketSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         """Batches in a whole epoch (whatever `skip` is)."""
         full, rest = divmod(len(self.lengths), self.global_batch)
-        return full + (rest > 0 and not self.drop_last and rest >= self.world)
+        return full + (rest >= self.world and rest > 0)

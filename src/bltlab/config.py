@@ -1,21 +1,288 @@
-"""Dataclass configurations that serialise to JSON-ready dicts and back."""
+"""Every setting of a run, in one frozen dataclass per concern, checked when it is built.
+
+The sections (model, patcher, data, training) make up a `RunSpec` (spec.py). A field's
+`help` metadata is its command-line help; the flag is `--<field name>` unless `flag`
+says otherwise. A value that makes no sense raises a one-line `BltlabError` naming the
+setting, whichever way the config was made (flags, a YAML file, Python, the tuner).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
+
+from bltlab.errors import BltlabError
 
 T = TypeVar("T", bound="Config")
 
+POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+PATCHERS = ("window-entropy", "entropy-model", "space", "static")
+ENTROPY_PATCHERS = ("window-entropy", "entropy-model")
+PROFILES = ("seed", "broad")
+MAX_LOOK = 16  # the farthest look-back or look-ahead of patchers and n-grams (bytes)
+MAX_ENTROPY_BITS = 8.0  # a byte's entropy is at most 8 bits
+
+
+def setting(default: Any, help: str, **argparse: Any) -> Any:
+    """A dataclass field with its command-line help (and argparse extras: choices, flag)."""
+    if isinstance(default, (list, dict)):
+        raise TypeError("mutable defaults: use a tuple")
+    return field(default=default, metadata={"help": help, **argparse})
+
+
+def need(ok: bool, name: str, value: Any, rule: str) -> None:
+    """Raise the one-line error for setting `name` when `ok` is false."""
+    if not ok:
+        raise BltlabError(f"--{name} {value}: {rule}")
+
+
+def one_of(name: str, value: Any, choices: tuple) -> None:
+    need(value in choices, name, value, f"choose one of {', '.join(map(str, choices))}")
+
+
+def at_least(cfg: Any, low: float, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        need(isinstance(value, (int, float)) and value >= low, name, value,
+             f"must be at least {low:g}")
+
 
 class Config:
-    """Mixin for dataclass configs: `to_dict()` and a `from_dict()` that ignores keys it
-    does not know (so older files and other configs' keys load)."""
+    """Mixin for the frozen dataclass configs: `to_dict()`, `from_dict()` (which refuses
+    keys it does not know) and `replace()`."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls: type[T], d: dict[str, Any]) -> T:
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict[str, Any], where: str = "") -> T:
+        unknown = sorted(set(d) - cls.names())
+        if unknown:
+            raise BltlabError(f"{where or cls.__name__}: unknown setting(s) {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self: T, **changes: Any) -> T:
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+
+@dataclass(frozen=True)
+class ModelConfig(Config):
+    """Size and position scheme of the encoder-decoder (the char baseline's)."""
+
+    vocab_size: int = setting(0, "set by resolve(): the codec's vocabulary size", derived=True)
+    d_model: int = setting(64, "width")
+    nhead: int = setting(4, "attention heads")
+    num_encoder_layers: int = setting(2, "char: encoder blocks")
+    num_decoder_layers: int = setting(2, "decoder blocks")
+    dim_feedforward: int = setting(256, "feed-forward width")
+    dropout: float = setting(0.0, "dropout")
+    max_len: int = setting(512, "longest sequence in tokens, EOS included")
+    pos_encoding: str = setting("rope", "position signal", choices=POS_ENCODINGS)
+    from_end: bool = setting(True, "add a distance-to-end position signal")
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "d_model", "nhead", "num_decoder_layers", "dim_feedforward")
+        at_least(self, 0, "vocab_size", "num_encoder_layers")
+        at_least(self, 2, "max_len")
+        need(self.d_model % self.nhead == 0, "nhead", self.nhead,
+             f"must divide --d_model {self.d_model}")
+        need(self.pos_encoding != "rope" or (self.d_model // self.nhead) % 2 == 0, "nhead",
+             self.nhead, f"rope needs an even head width (d_model / nhead = "
+                         f"{self.d_model // self.nhead})")
+        need(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
+        one_of("pos_encoding", self.pos_encoding, POS_ENCODINGS)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.nhead
+
+    @property
+    def max_input(self) -> int:
+        """The longest input in tokens (the output needs one more for EOS)."""
+        return self.max_len - 1
+
+
+@dataclass(frozen=True)
+class BLTConfig(ModelConfig):
+    """The BLT's size: local encoder, pooling, global transformer, decoder."""
+
+    vocab_size: int = setting(260, "set by resolve(): 256 bytes and the specials", derived=True)
+    num_decoder_layers: int = setting(1, "decoder blocks")
+    num_local_layers: int = setting(1, "blt: local encoder blocks")
+    num_global_layers: int = setting(2, "blt: global transformer blocks")
+    global_factor: int = setting(
+        2, "blt: the global transformer is k times as wide as d_model; each patch reaches "
+           "the decoder as k vectors")
+    pooling: str = setting("project", "blt: bytes to patches by in-patch position slots and a "
+                           "linear map (project) or k cross-attention queries (cross)",
+                           choices=("project", "cross"))
+    slots: int = setting(2, "blt, cross pooling: queries per patch")
+    patch_slots: int = setting(0, "set by resolve(): project pooling's in-patch positions "
+                                  "(the patcher's max_patch_len + 3, a split character's tail)",
+                               derived=True)
+    ngram_sizes: tuple[int, ...] = setting((1, 2, 3), "blt: hashed n-gram sizes")
+    ngram_buckets: int = setting(4096, "blt: hash buckets per n")
+    ngram_init_std: float | None = setting(
+        0.0, "blt: initial std of the n-gram tables (0: zeros, so an unseen n-gram adds "
+             "nothing)")
+    decoder_memory: str = setting("patches", "blt: the decoder attends to patch states, or "
+                                  "(an ablation) to byte states", choices=("patches", "bytes"))
+    relative_values: bool = setting(True, "blt with rope: decoder cross-attention also "
+                                          "returns how far the step is past each patch's end")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "ngram_sizes", tuple(self.ngram_sizes))
+        at_least(self, 0, "num_local_layers", "num_global_layers", "patch_slots")
+        at_least(self, 1, "global_factor", "slots", "ngram_buckets")
+        one_of("pooling", self.pooling, ("project", "cross"))
+        one_of("decoder_memory", self.decoder_memory, ("patches", "bytes"))
+        need(len(self.ngram_sizes) > 0 and all(1 <= n <= MAX_LOOK for n in self.ngram_sizes),
+             "ngram_sizes", list(self.ngram_sizes), f"each between 1 and {MAX_LOOK}")
+        need(self.ngram_init_std is None or self.ngram_init_std >= 0, "ngram_init_std",
+             self.ngram_init_std, "must be at least 0")
+
+
+@dataclass(frozen=True)
+class PatcherConfig(Config):
+    """Which patcher and its parameters (BLT only).
+
+    θ rule: an entropy patcher with `threshold` unset is calibrated at resolve() time to
+    `target_bpp` mean bytes/patch on the training inputs; a given `threshold` is used as
+    it is (the seed's rule: window-entropy with threshold 2.0)."""
+
+    patcher: str = setting("entropy-model", "how bytes are cut into patches",
+                           choices=PATCHERS)
+    window: int = setting(10, "window-entropy: window size W in bytes", flag="W")
+    threshold: float | None = setting(
+        None, "entropy patchers: θ in bits; given, it is used as it is (no calibration)",
+        flag="entropy_threshold")
+    target_bpp: float = setting(4.05, "entropy patchers without a threshold: calibrate θ to "
+                                      "this mean bytes/patch on the training inputs")
+    max_patch_len: int = setting(8, "cut patches longer than this (0: no limit; the seed: 15)")
+    entropy_mode: str = setting("global", "entropy-model: H_t > θ (global) or "
+                                "H_t - H_t-1 > θ (monotonic)", choices=("global", "monotonic"))
+    context: int = setting(3, "entropy-model: bytes of context of the byte language model")
+    static_size: int = setting(4, "static: bytes per patch")
+
+    def __post_init__(self) -> None:
+        one_of("patcher", self.patcher, PATCHERS)
+        one_of("entropy_mode", self.entropy_mode, ("global", "monotonic"))
+        need(1 <= self.window <= MAX_LOOK, "W", self.window, f"must be 1 to {MAX_LOOK}")
+        need(0 <= self.context < MAX_LOOK, "context", self.context,
+             f"must be 0 to {MAX_LOOK - 1}")
+        at_least(self, 0, "max_patch_len")
+        at_least(self, 1, "static_size")
+        if self.threshold is not None:
+            low = -MAX_ENTROPY_BITS if self.entropy_mode == "monotonic" else 0.0
+            need(math.isfinite(self.threshold) and low <= self.threshold <= MAX_ENTROPY_BITS,
+                 "entropy_threshold", self.threshold, f"must be {low:g} to {MAX_ENTROPY_BITS:g} "
+                                                      "bits")
+        longest = self.max_patch_len or 64
+        need(not self.calibrated or (math.isfinite(self.target_bpp)
+                                     and 1.0 <= self.target_bpp <= longest),
+             "target_bpp", self.target_bpp, f"must be 1 to {longest} (the longest patch)")
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether resolve() sets θ from `target_bpp` (an entropy patcher with no θ)."""
+        return self.patcher in ENTROPY_PATCHERS and self.threshold is None
+
+    def describe(self) -> str:
+        cap = f" max_len={self.max_patch_len}" if self.max_patch_len else ""
+        theta = (f"θ={self.threshold:.4g}" if self.threshold is not None
+                 else f"θ for {self.target_bpp:g} B/patch")
+        if self.patcher == "window-entropy":
+            return f"window-entropy W={self.window} {theta}{cap}"
+        if self.patcher == "entropy-model":
+            return f"entropy-model {self.entropy_mode} {theta} context={self.context}{cap}"
+        if self.patcher == "static":
+            return f"static k={self.static_size}{cap}"
+        return f"{self.patcher}{cap}"
+
+
+@dataclass(frozen=True)
+class DataConfig(Config):
+    """The training data regime: which rows each epoch sees, and the validation split."""
+
+    train_csv: str = setting("data/train.csv", "training rows (input,target CSV)")
+    profile: str = setting("seed", "the generator's distribution for --fresh_pairs (and "
+                                   "the char vocabulary it needs)", choices=PROFILES)
+    fresh_pairs: bool = setting(False, "each epoch, train on as many newly generated rows "
+                                       "(of --profile) instead of the training rows")
+    fresh_non_ascii: float = setting(0.0, "seed profile, fresh rows: share given one word "
+                                          "with non-ASCII characters (the data's own: ~0.01)")
+    val_fraction: float = setting(0.05, "share of the training CSV held out for validation")
+    skip_bad_rows: bool = setting(False, "skip and count bad CSV rows instead of stopping")
+
+    def __post_init__(self) -> None:
+        one_of("profile", self.profile, PROFILES)
+        need(0.0 <= self.fresh_non_ascii <= 1.0, "fresh_non_ascii", self.fresh_non_ascii,
+             "must be in [0, 1]")
+        need(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction,
+             "must be in (0, 1): validation picks the best checkpoint")
+        need(bool(self.train_csv), "train_csv", repr(self.train_csv), "must name a file")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """Optimisation, schedule, checkpoints and where the run lives."""
+
+    save_dir: str = setting("checkpoints", "where checkpoints and the history go")
+    epochs: int = setting(6, "epochs")
+    batch_size: int = setting(64, "rows per step (per process)")
+    lr: float = setting(2e-3, "peak learning rate")
+    weight_decay: float = setting(0.01, "weight decay of linear layers' matrices")
+    optimizer: str = setting("adamw", "optimizer", choices=("adamw", "adam", "sgd"))
+    beta1: float = setting(0.9, "adam(w): first-moment decay (sgd: momentum)")
+    beta2: float = setting(0.98, "adam(w): second-moment decay")
+    lr_scheduler: str = setting(
+        "cosine", "after warmup: cosine to 0, step (cut by --step_factor at --step_cuts "
+                  "even points), constant, or plateau (cut when validation stalls)",
+        choices=("cosine", "step", "constant", "plateau"))
+    warmup_steps: int = setting(100, "linear warmup steps")
+    step_cuts: int = setting(4, "step schedule: how many cuts over the run")
+    step_factor: float = setting(0.5, "step schedule: factor of each cut")
+    plateau_patience: int = setting(2, "plateau: epochs without improvement before each cut")
+    plateau_factor: float = setting(0.5, "plateau: factor of each cut")
+    grad_clip: float = setting(1.0, "gradient norm clip (0: none)")
+    grad_accum_steps: int = setting(1, "micro-batches per optimiser step")
+    early_stopping_patience: int = setting(0, "stop after N epochs without a better "
+                                              "validation score (0: off)")
+    early_stopping_metric: str = setting(
+        "exact_match", "validation score for early stopping, plateau and the best checkpoint",
+        choices=("exact_match", "loss"))
+    amp: str = setting("auto", "mixed precision: bf16 autocast (fp16 + loss scaling without "
+                               "bf16); auto: on for CUDA", choices=("auto", "on", "off"))
+    compile: bool = setting(False, "torch.compile the model for training")
+    save_every_steps: int = setting(100, "also write the latest checkpoint every N steps "
+                                         "(0: epoch ends only)")
+    tensorboard: bool = setting(True, "write TensorBoard event files")
+    num_workers: int = setting(0, "data loader worker processes")
+    val_batch_size: int = setting(256, "rows per validation batch")
+    seed: int = setting(0, "random seed")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N")
+    resume: str = setting("auto", "auto (continue the same run), latest, never, or a "
+                                  "checkpoint PATH")
+    progress_bars: bool = setting(True, "show progress bars")
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "epochs", "batch_size", "grad_accum_steps", "plateau_patience",
+                 "step_cuts", "val_batch_size")
+        at_least(self, 0, "weight_decay", "warmup_steps", "grad_clip", "save_every_steps",
+                 "early_stopping_patience", "num_workers")
+        need(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be above 0")
+        for name in ("beta1", "beta2"):
+            need(0.0 <= getattr(self, name) < 1.0, name, getattr(self, name), "must be in [0, 1)")
+        for name in ("plateau_factor", "step_factor"):
+            need(0.0 < getattr(self, name) < 1.0, name, getattr(self, name), "must be in (0, 1)")
+        one_of("optimizer", self.optimizer, ("adamw", "adam", "sgd"))
+        one_of("lr_scheduler", self.lr_scheduler, ("cosine", "step", "constant", "plateau"))
+        one_of("early_stopping_metric", self.early_stopping_metric, ("exact_match", "loss"))
+        one_of("amp", self.amp, ("auto", "on", "off"))
+        need(bool(self.resume), "resume", repr(self.resume), "auto, latest, never or a PATH")

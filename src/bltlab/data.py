@@ -1,10 +1,6 @@
 """Reversal data: generate it, describe it, and load it with row-level validation.
 
-Generation mirrors the seed's data (measured on its train.csv): each row has 3-15 words
-drawn uniformly from the 20,000 most frequent English words of `wordfreq` (words with
-characters outside the Basic Multilingual Plane, i.e. emoji, never occur in the seed's
-data and are left out), and with probability 0.3 one single-character symbol
-(punctuation or a digit) is inserted at a uniform position. Words are joined by spaces.
+What the generator draws (the seed's distribution, or the broad one) is in profiles.py.
 """
 
 from __future__ import annotations
@@ -13,49 +9,20 @@ import csv
 import io
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from bltlab import profiles
 from bltlab.errors import BltlabError
-from bltlab.fileio import write_atomic
-
-PUNCTUATION = list(".)?;>@}+/*|\\(^#$%'[=<_:-]!&{")
-SYMBOLS = PUNCTUATION + list("0123456789")
-MIN_WORDS, MAX_WORDS = 3, 15
-SYMBOL_PROB = 0.3
-WORDLIST_SIZE = 20000
-
-
-def wordlist() -> list[str]:
-    """The generator's words: wordfreq's top 20,000 English words within the BMP."""
-    from wordfreq import top_n_list
-
-    return [w for w in top_n_list("en", WORDLIST_SIZE) if all(ord(c) < 0x10000 for c in w)]
+from bltlab.fileio import ensure_dir, write_atomic
 
 
 def reverse(text: str) -> str:
     """The task: reverse by code point (a multi-byte character keeps its bytes in order)."""
     return text[::-1]
-
-
-def generate_inputs(n: int, rng: np.random.Generator, words: list[str],
-                    non_ascii_rate: float = 0.0) -> list[str]:
-    """Draw `n` input strings with the seed data's distribution; with `non_ascii_rate`
-    > 0, that share of rows has one word replaced by a word with non-ASCII characters
-    (of the same word list), to show rare bytes more often than the ~1% of rows."""
-    rare = [w for w in words if not w.isascii()]
-    rows = []
-    for _ in range(n):
-        k = int(rng.integers(MIN_WORDS, MAX_WORDS + 1))
-        tokens = [words[i] for i in rng.integers(0, len(words), size=k)]
-        if non_ascii_rate > 0 and rng.random() < non_ascii_rate:
-            tokens[int(rng.integers(k))] = rare[int(rng.integers(len(rare)))]
-        if rng.random() < SYMBOL_PROB:
-            tokens.insert(int(rng.integers(0, k + 1)), SYMBOLS[int(rng.integers(len(SYMBOLS)))])
-        rows.append(" ".join(tokens))
-    return rows
 
 
 def write_pairs(path: str | Path, inputs: list[str], targets: list[str]) -> None:
@@ -70,16 +37,18 @@ def write_pairs(path: str | Path, inputs: list[str], targets: list[str]) -> None
 
 
 def generate(out_dir: str | Path = "data", seed: int = 0, n_train: int = 10000,
-             n_test: int = 2000) -> tuple[Path, Path]:
-    """Write `train.csv` and `test.csv`; the same seed gives byte-identical files."""
+             n_test: int = 2000, profile: str = "seed") -> tuple[Path, Path]:
+    """Write `train.csv` and `test.csv` of a profile; the same seed gives byte-identical
+    files."""
     if n_train < 1 or n_test < 1:
         raise BltlabError(f"--train and --test must be positive (got {n_train}, {n_test})")
-    words = wordlist()
+    if profile not in profiles.PROFILES:
+        raise BltlabError(f"--profile {profile}: choose one of {', '.join(profiles.PROFILES)}")
+    out = ensure_dir(out_dir, "--out")
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    out = Path(out_dir)
     paths = []
     for name, n, rng in (("train.csv", n_train, train_rng), ("test.csv", n_test, test_rng)):
-        inputs = generate_inputs(n, rng, words)
+        inputs = profiles.draw(profile, n, rng)
         write_pairs(out / name, inputs, [reverse(t) for t in inputs])
         paths.append(out / name)
     return paths[0], paths[1]
@@ -101,7 +70,10 @@ class Pairs:
         return Pairs([self.inputs[i] for i in rows], [self.targets[i] for i in rows], self.path)
 
 
-def _row_problem(row: dict, max_len: int | None, unit: str) -> tuple[str, str] | None:
+TooLong = Callable[[str], "str | None"]
+
+
+def _row_problem(row: dict, too_long: TooLong | None) -> tuple[str, str] | None:
     """(kind, message) for a bad row, None for a good one."""
     for col in ("input", "target"):
         value = row.get(col)
@@ -109,30 +81,42 @@ def _row_problem(row: dict, max_len: int | None, unit: str) -> tuple[str, str] |
             return "empty field", f"empty '{col}' field"
         if any("\udc80" <= c <= "\udcff" for c in value):
             return "not UTF-8", f"'{col}' holds bytes that are not UTF-8"
-        if max_len is not None:
-            size = len(value.encode("utf-8", "surrogateescape")) if unit == "bytes" else len(value)
-            if size > max_len:
-                return "too long", f"'{col}' is {size} {unit} long, over the maximum of {max_len}"
+        why = too_long(value) if too_long else None
+        if why:
+            return "too long", f"'{col}' {why}"
     return None
 
 
-def load_pairs(path: str | Path, max_len: int | None = None, unit: str = "chars",
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A file's text (a byte-order mark dropped; bytes that are not UTF-8 kept as
+    surrogate escapes for the row checks); a missing or unreadable file is one line."""
+    path = Path(path)
+    if path.is_dir():
+        raise BltlabError(f"{path}: is a directory, not a {what}")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise BltlabError(f"{path}: no such file") from None
+    except OSError as e:
+        raise BltlabError(f"{path}: cannot read it ({e.strerror})") from None
+    return raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+
+
+def load_pairs(path: str | Path, too_long: TooLong | None = None,
                skip_bad_rows: bool = False) -> Pairs:
     """Read and validate an `input,target` CSV.
 
     A bad row raises a one-line BltlabError naming the file and the row, unless
     `skip_bad_rows`, in which case it is counted in `Pairs.skipped` by reason.
+    `too_long(text)` says why a field is too long for the model (e.g. a codec's).
     Rows are numbered from 1 after the header; quoted fields may hold commas,
     quotes and newlines.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BltlabError(f"{path}: no such file")
-    raw = path.read_bytes()
-    if not raw.strip():
+    text = read_text(path, "CSV file")
+    if not text.strip():
         raise BltlabError(f"{path}: the file is empty")
-    text = raw.decode("utf-8", errors="surrogateescape")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     header = reader.fieldnames or []
     missing = [c for c in ("input", "target") if c not in header]
     if missing:
@@ -140,7 +124,7 @@ def load_pairs(path: str | Path, max_len: int | None = None, unit: str = "chars"
     pairs = Pairs([], [], str(path))
     try:
         for i, row in enumerate(reader, start=1):
-            problem = _row_problem(row, max_len, unit)
+            problem = _row_problem(row, too_long)
             if problem is None:
                 pairs.inputs.append(row["input"])
                 pairs.targets.append(row["target"])
@@ -150,7 +134,8 @@ def load_pairs(path: str | Path, max_len: int | None = None, unit: str = "chars"
                 raise BltlabError(f"{path}: row {i} (line {reader.line_num}): {problem[1]}"
                                   " (use --skip_bad_rows to skip such rows)")
     except csv.Error as e:
-        raise BltlabError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from None
+        hint = "; a quote that is never closed?" if "end of data" in str(e) else ""
+        raise BltlabError(f"{path}: line {reader.line_num}: malformed CSV ({e}{hint})") from None
     if not pairs.inputs:
         raise BltlabError(f"{path}: no usable rows")
     return pairs

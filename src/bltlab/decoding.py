@@ -9,10 +9,21 @@ stop costing work.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from bltlab.models import Memory
+from bltlab.errors import BltlabError
+from bltlab.models import EncoderDecoder
 from bltlab.vocab import BOS, EOS, PAD
+
+MAX_BEAM = 64  # wider beams cost time and memory for no gain on this task
+
+
+def check_search(beam_width: int, length_penalty: float) -> None:
+    """One-line errors for search settings that make no sense."""
+    if not 1 <= beam_width <= MAX_BEAM:
+        raise BltlabError(f"--beam_width {beam_width}: must be 1 to {MAX_BEAM}")
+    if not -10.0 <= length_penalty <= 10.0:
+        raise BltlabError(f"--length_penalty {length_penalty}: must be -10 to 10")
 
 
 def max_output_len(src_lens: Tensor, limit: int) -> Tensor:
@@ -22,21 +33,6 @@ def max_output_len(src_lens: Tensor, limit: int) -> Tensor:
     over-long output rather than being cut silently.
     """
     return torch.clamp(src_lens + src_lens // 4 + 8, max=limit)
-
-
-def take_rows(obj, idx: Tensor, rows: int):
-    """Keep (or reorder, or repeat) batch rows `idx` of every tensor in `obj` (a tensor,
-    Memory, tuple, list or dict) whose first dimension is the batch of `rows` rows;
-    tensors shared by all rows (e.g. RoPE tables of plain positions) pass through."""
-    if isinstance(obj, Tensor):
-        return obj.index_select(0, idx) if obj.dim() >= 3 and obj.shape[0] == rows else obj
-    if isinstance(obj, Memory):
-        return Memory(*(take_rows(t, idx, rows) for t in (obj.states, obj.mask, obj.rot)))
-    if isinstance(obj, dict):
-        return {k: take_rows(v, idx, rows) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(take_rows(v, idx, rows) for v in obj)
-    return obj
 
 
 def next_logits(logits: Tensor) -> Tensor:
@@ -57,7 +53,7 @@ def until_eos(ids: list[int]) -> list[int]:
 
 
 @torch.no_grad()
-def greedy_decode(model: nn.Module, batch: dict[str, Tensor],
+def greedy_decode(model: EncoderDecoder, batch: dict[str, Tensor],
                   use_cache: bool = True) -> list[list[int]]:
     """Greedy decoding of a padded batch; returns each row's ids up to (not incl.) EOS.
 
@@ -66,18 +62,18 @@ def greedy_decode(model: nn.Module, batch: dict[str, Tensor],
     """
     src_lens = batch["src_lens"]
     rows, device = len(src_lens), src_lens.device
-    budget = max_output_len(src_lens, model.cfg.max_len)
+    budget = max_output_len(src_lens, model.max_len)
     memory = model.encode(batch)
-    cache = model.decoder.new_cache() if use_cache else None
+    cache = model.new_cache() if use_cache else None
     out = torch.full((rows, int(budget.max())), PAD, dtype=torch.long, device=device)
     alive = torch.arange(rows, device=device)  # original row of each batch row
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     ys = torch.full((rows, 1), BOS, dtype=torch.long, device=device)
     for step in range(out.shape[1]):
         if use_cache:
-            logits = model.decoder(ys[:, -1:], memory, cache=cache, start=step)
+            logits = model.decode(ys[:, -1:], memory, cache, start=step)
         else:
-            logits = model.decoder(ys, memory)
+            logits = model.decode(ys, memory)
         nxt = next_logits(logits).argmax(-1).masked_fill(done, PAD)
         out[alive, step] = nxt
         done |= (nxt == EOS) | (step + 1 >= budget[alive])
@@ -85,7 +81,8 @@ def greedy_decode(model: nn.Module, batch: dict[str, Tensor],
             break
         if 4 * int(done.sum()) >= len(alive):  # drop finished rows (in bulk: copies cost)
             keep = (~done).nonzero().squeeze(1)
-            memory, cache = take_rows((memory, cache), keep, len(alive))
+            memory = memory.select(keep)
+            cache = cache.select(keep) if cache is not None else None
             alive, ys, nxt, done = alive[keep], ys[keep], nxt[keep], done[keep]
         ys = torch.cat([ys, nxt[:, None]], dim=1)
     return [until_eos(row) for row in out.tolist()]
@@ -97,7 +94,7 @@ def length_normalised(scores: Tensor, lengths: Tensor, length_penalty: float) ->
 
 
 @torch.no_grad()
-def beam_search(model: nn.Module, batch: dict[str, Tensor], beam_width: int = 5,
+def beam_search(model: EncoderDecoder, batch: dict[str, Tensor], beam_width: int = 5,
                 length_penalty: float = 1.0) -> list[list[int]]:
     """Batched beam search; returns each row's best hypothesis up to (not incl.) EOS.
 
@@ -107,16 +104,13 @@ def beam_search(model: nn.Module, batch: dict[str, Tensor], beam_width: int = 5,
     budget, leaves the batch. Candidates are ranked by log-probability divided by
     length**length_penalty. With beam_width 1 this is greedy decoding.
     """
-    if beam_width < 1:
-        raise ValueError(f"beam_width must be >= 1, got {beam_width}")
     k = beam_width
     src_lens = batch["src_lens"]
     rows, device = len(src_lens), src_lens.device
-    budget = max_output_len(src_lens, model.cfg.max_len)
-    memory = take_rows(model.encode(batch), torch.arange(rows, device=device)
-                       .repeat_interleave(k), rows)
-    cache = model.decoder.new_cache()
-    vocab = model.decoder.embed.num_embeddings
+    budget = max_output_len(src_lens, model.max_len)
+    memory = model.encode(batch).select(torch.arange(rows, device=device).repeat_interleave(k))
+    cache = model.new_cache()
+    vocab = model.vocab_size
     frozen = torch.full((vocab,), float("-inf"), device=device)
     frozen[PAD] = 0.0
     scores = torch.full((rows, k), float("-inf"), device=device)
@@ -128,7 +122,7 @@ def beam_search(model: nn.Module, batch: dict[str, Tensor], beam_width: int = 5,
     results: list[list[int]] = [[] for _ in range(rows)]
     for step in range(int(budget.max())):
         n = len(alive)
-        logits = model.decoder(tokens[:, -1:], memory, cache=cache, start=step)
+        logits = model.decode(tokens[:, -1:], memory, cache, start=step)
         logp = torch.log_softmax(next_logits(logits), dim=-1).view(n, k, vocab)
         logp = torch.where(finished[..., None], frozen, logp)
         total = scores[..., None] + logp  # (n, k, V)
@@ -142,7 +136,7 @@ def beam_search(model: nn.Module, batch: dict[str, Tensor], beam_width: int = 5,
                     | (step + 1 >= budget[alive])[:, None])
         flat = (torch.arange(n, device=device)[:, None] * k + parent).view(-1)
         tokens = torch.cat([tokens[flat], tok.view(-1, 1)], dim=1)
-        cache = take_rows(cache, flat, n * k)
+        cache = cache.select(flat)
         done = finished.all(dim=1)
         if not bool(done.any()):
             continue
@@ -153,13 +147,13 @@ def beam_search(model: nn.Module, batch: dict[str, Tensor], beam_width: int = 5,
             break
         keep = (~done).nonzero().squeeze(1)
         keep_flat = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
-        memory, cache = take_rows((memory, cache), keep_flat, n * k)
+        memory, cache = memory.select(keep_flat), cache.select(keep_flat)
         tokens = tokens[keep_flat]
         alive, scores, lengths, finished = (t[keep] for t in (alive, scores, lengths, finished))
     return results
 
 
-def decode_batch(model: nn.Module, batch: dict[str, Tensor], beam_width: int = 1,
+def decode_batch(model: EncoderDecoder, batch: dict[str, Tensor], beam_width: int = 1,
                  length_penalty: float = 1.0, use_cache: bool = True) -> list[list[int]]:
     """Greedy decoding for beam_width 1 (`use_cache` False: the slow reference), beam
     search otherwise."""
@@ -169,14 +163,17 @@ def decode_batch(model: nn.Module, batch: dict[str, Tensor], beam_width: int = 1
 
 
 @torch.no_grad()
-def predict(model: nn.Module, codec, texts: list[str], batch_size: int = 256,
+def predict(model: EncoderDecoder, codec, texts: list[str], batch_size: int = 256,
             device: str | torch.device = "cpu", beam_width: int = 1,
             length_penalty: float = 1.0, use_cache: bool = True) -> list[str]:
-    """Decode a list of strings, batching rows of similar length together."""
+    """Decode a list of strings, batching rows of similar length together (an empty
+    string reverses to itself without the model)."""
+    check_search(beam_width, length_penalty)
     model.eval()
-    rows = codec.rows(texts)
-    order = sorted(range(len(texts)), key=lambda i: len(rows[i]["src"]))
     out: list[str] = [""] * len(texts)
+    todo = [i for i, t in enumerate(texts) if t]
+    rows = dict(zip(todo, codec.rows([texts[i] for i in todo]) if todo else []))
+    order = sorted(todo, key=lambda i: len(rows[i]["src"]))
     size = max(1, batch_size // beam_width)
     for start in range(0, len(order), size):
         idx = order[start: start + size]

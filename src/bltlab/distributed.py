@@ -32,6 +32,11 @@ class World:
         return self.size > 1
 
 
+def is_main() -> bool:
+    """Whether this process is rank 0 (before or without `init`)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init(device: torch.device) -> World:
     """Join the process group that torchrun describes (if any); CUDA ranks get their GPU."""
     size = int(os.environ.get("WORLD_SIZE", "1"))

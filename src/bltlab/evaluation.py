@@ -12,6 +12,7 @@ Definitions (per row, then averaged over rows):
 from __future__ import annotations
 
 import csv
+import json
 import re
 import time
 from pathlib import Path
@@ -137,9 +138,7 @@ def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: st
              skip_bad_rows: bool = False, beam_width: int = 1, length_penalty: float = 1.0,
              extra: dict | None = None) -> dict:
     """Decode every row of `test_csv`, write the predictions CSV and its metrics JSON."""
-    unit = "bytes" if codec.mode == "blt" else "chars"
-    pairs = load_pairs(test_csv, max_len=model.cfg.max_len - 1, unit=unit,
-                       skip_bad_rows=skip_bad_rows)
+    pairs = load_pairs(test_csv, too_long=codec.too_long, skip_bad_rows=skip_bad_rows)
     t0 = time.perf_counter()
     preds = predict(model, codec, pairs.inputs, batch_size=batch_size, device=device,
                     beam_width=beam_width, length_penalty=length_penalty)
@@ -182,4 +181,7 @@ def format_metrics(m: dict) -> str:
         lines.append(f"forward FLOPs/row   {parts}")
     if "decode_rows_per_s" in m:
         lines.append(f"decode              {m['decode_rows_per_s']:.0f} rows/s")
+    if m.get("skipped_rows"):
+        lines.append(f"skipped rows        {sum(m['skipped_rows'].values())} "
+                     f"{json.dumps(m['skipped_rows'])}")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -14,12 +15,55 @@ from typing import IO, Any
 from bltlab.errors import BltlabError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
+
+
+def ensure_dir(folder: str | os.PathLike, what: str = "") -> Path:
+    """Create `folder` (and its parents); a path that cannot be one is a one-line error."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise BltlabError(f"{what + ' ' if what else ''}{folder}: is a file, not a folder"
+                          ) from None
+    except NotADirectoryError:
+        raise BltlabError(f"{what + ' ' if what else ''}{folder}: a part of it is a file"
+                          ) from None
+    except OSError as e:
+        raise BltlabError(f"{what + ' ' if what else ''}{folder}: cannot create it "
+                          f"({e.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BltlabError(f"{what + ' ' if what else ''}{folder}: not writable")
+    return folder
+
+
+def check_output_file(path: str | os.PathLike, what: str, inputs: tuple = ()) -> Path:
+    """Check before any work that `path` can be written (its folder made), is not a
+    folder and is not one of `inputs`; a one-line error otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise BltlabError(f"{what} {path}: is a folder; give a file name")
+    for other in inputs:
+        if Path(other).exists() and path.exists() and path.samefile(other):
+            raise BltlabError(f"{what} {path}: is also an input; it would be overwritten")
+    ensure_dir(path.parent, what)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`."""
+    """Yield a temporary path beside `path`; on success rename it over `path` (with the
+    permissions a new file gets)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -31,10 +75,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], Any]) -> None:
     """Write a text file atomically through `write(file_object)`."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise BltlabError(f"could not write {path}: {e.strerror}") from None
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -63,41 +110,48 @@ def owner_gone(owner: str) -> bool:
 
 
 class RunLock:
-    """One run per folder: `folder/.lock` holds the owner's host and pid.
+    """One run per folder: an exclusive `flock` on `folder/.lock`, which names its holder.
 
-    Taking a lock held by a live process on this host fails with a one-line error that
-    names it; a lock whose process is gone (a killed run) is stale and taken over. A
-    lock from another host cannot be checked and is respected.
+    The kernel releases the lock when its process ends, however it ends, so a killed
+    run never leaves a lock that blocks the next one, and two runs that start together
+    cannot both take it. Taking a lock held by a live run fails with a one-line error
+    that names it (host and pid).
     """
 
     def __init__(self, folder: str | os.PathLike):
         self.path = Path(folder) / ".lock"
         self.owner = process_owner()
+        self.fd: int | None = None
 
     def acquire(self) -> str | None:
-        """Take the lock; returns a note when a stale lock was taken over."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        note = None
-        for _ in range(2):
+        """Take the lock; returns a note when the file named a run that is gone."""
+        ensure_dir(self.path.parent, "--save_dir")
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self.path.read_text(encoding="utf-8").strip()
-                if not owner_gone(holder):
-                    raise BltlabError(f"{self.path.parent}: in use by another run (host, pid: "
-                                      f"{holder}); wait for it, or use another --save_dir"
-                                      ) from None
-                note = f"{self.path}: took over a stale lock of a run that is gone ({holder})"
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(self.owner + "\n")
-            return note
-        raise BltlabError(f"{self.path}: could not take the lock")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise BltlabError(f"{self.path.parent}: in use by another run (host, pid: "
+                                  f"{holder}); wait for it, or use another --save_dir"
+                                  ) from None
+            if same_file(fd, self.path):  # else a releasing run removed it meanwhile
+                break
+            os.close(fd)
+        previous = os.pread(fd, 256, 0).decode(errors="replace").strip()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (self.owner + "\n").encode(), 0)
+        self.fd = fd
+        if previous and previous != self.owner:
+            return f"{self.path}: took over the lock of a run that is gone ({previous})"
+        return None
 
     def release(self) -> None:
-        if self.path.is_file() and self.path.read_text(encoding="utf-8").strip() == self.owner:
-            self.path.unlink()
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
 
     def __enter__(self) -> RunLock:
         note = self.acquire()
@@ -107,3 +161,10 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False

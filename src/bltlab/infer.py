@@ -1,10 +1,19 @@
-"""Inference on a trained checkpoint: one string, lines from a pipe, or an interactive prompt."""
+"""Inference on a trained checkpoint: one string, lines from a pipe, or an interactive prompt.
+
+Every input line gets exactly one output line, in order. A line the model cannot take
+(too long) gets an empty line and a one-line message on stderr naming its line number;
+bytes that are not UTF-8 read as U+FFFD (for both models), and characters outside a
+char model's vocabulary are named on stderr. Lines are answered as they arrive: those
+that arrive together are decoded together, so a fast pipe still gets batches.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -12,38 +21,46 @@ from typing import TextIO
 import torch
 
 from bltlab.decoding import predict
-from bltlab.errors import BltlabError
+from bltlab.inputs import Codec, as_text
+from bltlab.models import EncoderDecoder
 from bltlab.patchview import bracketed
 
 HISTORY = Path(os.environ.get("BLTLAB_HISTORY", Path.home() / ".bltlab_history"))
 QUIT = {"quit", "exit", ":q"}
+BATCH = 256  # lines decoded together at most
+READ = 1 << 16
 
 
 @dataclass
 class Predictor:
     """A loaded model with its codec and search settings: text in, prediction out."""
 
-    model: torch.nn.Module
-    codec: object
+    model: EncoderDecoder
+    codec: Codec
     beam_width: int = 1
     length_penalty: float = 1.0
     device: str | torch.device = "cpu"
 
-    def check(self, text: str) -> None:
-        size = len(text.encode("utf-8")) if self.codec.mode == "blt" else len(text)
-        unit = "bytes" if self.codec.mode == "blt" else "characters"
-        longest = self.model.cfg.max_len - 1
-        if size > longest:
-            raise BltlabError(f"input is {size} {unit}; this model takes at most {longest}")
+    def problems(self, text: str) -> tuple[str | None, str | None]:
+        """(why the line cannot be answered, a warning) for one input."""
+        why = self.codec.too_long(text)
+        if why:
+            return f"input {why}", None
+        unknown = self.codec.unknown(text) if hasattr(self.codec, "unknown") else []
+        if unknown:
+            shown = " ".join(repr(c) for c in unknown[:10])
+            return None, (f"{len(unknown)} character(s) this model never saw in training "
+                          f"(read as unknown): {shown}")
+        return None, None
 
-    def predict(self, texts: list[str]) -> list[str]:
-        for text in texts:
-            self.check(text)
-        todo = [i for i, t in enumerate(texts) if t]  # an empty input reverses to itself
-        preds = predict(self.model, self.codec, [texts[i] for i in todo], device=self.device,
+    def predict(self, texts: list[str]) -> list[str | None]:
+        """Predictions; None for an input the model cannot take."""
+        texts = [as_text(t) for t in texts]
+        ok = [i for i, t in enumerate(texts) if self.codec.too_long(t) is None]
+        preds = predict(self.model, self.codec, [texts[i] for i in ok], device=self.device,
                         beam_width=self.beam_width, length_penalty=self.length_penalty)
-        out = [""] * len(texts)
-        for i, p in zip(todo, preds):
+        out: list[str | None] = [None] * len(texts)
+        for i, p in zip(ok, preds):
             out[i] = p
         return out
 
@@ -51,34 +68,85 @@ class Predictor:
         """The BLT's patch segmentation of `text` as `[patch][patch]...` (None for char)."""
         if self.codec.mode != "blt" or not text:
             return None
-        seg = self.codec.segment([text])
+        seg = self.codec.segment([as_text(text)])
         n = len(seg.row_patches(0))
-        return f"{bracketed(seg, 0)}  ({n} patches, {len(text.encode()) / n:.2f} bytes/patch)"
+        return f"{bracketed(seg, 0)}  ({n} patches, {len(seg.batch.data) / n:.2f} bytes/patch)"
 
-    def describe(self, text: str, out: TextIO) -> None:
-        """Print the prediction, and for BLT the input's patches."""
+    def describe(self, text: str, out: TextIO, err: TextIO) -> bool:
+        """Print the prediction (and for BLT the input's patches); False if it cannot."""
+        text = as_text(text)
+        why, warning = self.problems(text)
+        if warning:
+            print(f"warning: {warning}", file=err)
+        if why:
+            print(f"error: {why}", file=err)
+            return False
         print(f"prediction: {self.predict([text])[0]}", file=out)
         patches = self.patches(text)
         if patches is not None:
             print(f"patches:    {patches}", file=out)
+        return True
 
 
-def stream(predictor: Predictor, lines: TextIO, out: TextIO, batch: int = 256) -> int:
-    """Predict each line of a pipe, one output line per input line; returns the count."""
-    count, chunk = 0, []
-    for line in lines:
-        chunk.append(line.rstrip("\r\n"))
-        if len(chunk) == batch:
-            count += _flush(predictor, chunk, out)
-            chunk = []
-    return count + _flush(predictor, chunk, out)
+def one_line(text: str) -> str:
+    """A prediction as one output line: a line feed in it (never right: input lines
+    hold none) becomes U+FFFD."""
+    return text.replace("\n", "\ufffd")
 
 
-def _flush(predictor: Predictor, chunk: list[str], out: TextIO) -> int:
-    for p in predictor.predict(chunk):
-        print(p, file=out)
-    out.flush()
-    return len(chunk)
+def decode_line(raw: bytes) -> tuple[str, bool]:
+    """A line's text and whether it was valid UTF-8 (invalid bytes read as U+FFFD)."""
+    try:
+        return raw.decode("utf-8"), True
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace"), False
+
+
+def line_groups(fd: int) -> Iterator[list[bytes]]:
+    """Lines of a file descriptor, in groups: each group holds every complete line that
+    had arrived when the previous group was answered (a slow writer gets its lines
+    answered one at a time, a fast one in batches)."""
+    buffer = b""
+    while True:
+        chunk = os.read(fd, READ)  # waits for the next bytes
+        ended = not chunk
+        buffer += chunk
+        while not ended and select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, READ)
+            ended = not chunk
+            buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        if ended and buffer:
+            lines, buffer = [*lines, buffer], b""
+        if lines:
+            yield [line.removesuffix(b"\r") for line in lines]
+        if ended:
+            return
+
+
+def stream(predictor: Predictor, groups: Iterable[list[bytes]], out: TextIO,
+           err: TextIO) -> int:
+    """Answer each input line with one output line, in order; returns how many lines
+    could not be answered (each got an empty line and a message on stderr)."""
+    failed, number = 0, 0
+    for group in groups:
+        for start in range(0, len(group), BATCH):
+            lines = [decode_line(raw) for raw in group[start: start + BATCH]]
+            preds = predictor.predict([text for text, _ in lines])
+            for (text, valid), pred in zip(lines, preds):
+                number += 1
+                if not valid:
+                    print(f"warning: line {number}: not valid UTF-8 (read with U+FFFD)",
+                          file=err)
+                why, warning = predictor.problems(text)
+                if warning:
+                    print(f"warning: line {number}: {warning}", file=err)
+                if pred is None:
+                    failed += 1
+                    print(f"error: line {number}: {why}", file=err)
+                print(one_line(pred or ""), file=out)
+            out.flush()
+    return failed
 
 
 def interactive(predictor: Predictor, out: TextIO = sys.stdout) -> None:
@@ -88,7 +156,8 @@ def interactive(predictor: Predictor, out: TextIO = sys.stdout) -> None:
     except ImportError:  # not on every platform: the prompt still works without editing
         readline = None
     if readline is not None and HISTORY.is_file():
-        readline.read_history_file(HISTORY)
+        with contextlib.suppress(OSError):
+            readline.read_history_file(HISTORY)
     print(f"bltlab infer ({predictor.codec.mode}, beam width {predictor.beam_width}): "
           "type a string, or quit", file=out)
     try:
@@ -100,12 +169,8 @@ def interactive(predictor: Predictor, out: TextIO = sys.stdout) -> None:
                 break
             if text.strip() in QUIT:
                 break
-            if not text:
-                continue
-            try:
-                predictor.describe(text, out)
-            except BltlabError as e:
-                print(f"error: {e}", file=out)
+            if text:
+                predictor.describe(text, out, out)
     finally:
         if readline is not None:
             with contextlib.suppress(OSError):  # a read-only home: history is a convenience

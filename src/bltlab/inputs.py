@@ -7,6 +7,9 @@ them into tensors, and turns output ids back into text. It is stored in checkpoi
 - `ByteCodec` (BLT): UTF-8 byte ids, hashed n-gram ids per byte, and the patching:
   each byte's patch index and position inside its patch, and per patch its distance
   (in bytes) from its last byte to the end of the input.
+
+A codec also knows its unit (characters or bytes) and the longest input its model
+takes (`max_input`), so every reader of inputs checks lengths the same way.
 """
 
 from __future__ import annotations
@@ -18,24 +21,51 @@ import torch
 from torch import Tensor
 
 from bltlab.batching import pad
-from bltlab.errors import BltlabError
-from bltlab.patching import (
-    ByteNgramLM,
-    Patcher,
-    PatcherConfig,
-    Segmentation,
-    build_patcher,
-    ngram_ids,
-)
+from bltlab.config import PatcherConfig
+from bltlab.patching import ByteNgramLM, Patcher, Segmentation, ngram_ids
 from bltlab.vocab import SPECIALS, ByteVocab, CharVocab, vocab_from_state
 
 Row = dict[str, np.ndarray]
 
 
+def as_text(text: str) -> str:
+    """`text` as valid Unicode: bytes that were not UTF-8 (surrogate escapes) and lone
+    surrogates become U+FFFD, the same for both models."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    raw = b"".join(bytes([ord(c) - 0xDC00]) if 0xDC80 <= ord(c) <= 0xDCFF
+                   else "\ufffd".encode() if 0xD800 <= ord(c) <= 0xDFFF else c.encode()
+                   for c in text)
+    return raw.decode("utf-8", errors="replace")
+
+
 class Codec:
     """Targets are the vocabulary's ids of the target text; outputs decode through it."""
 
+    mode: str
+    unit: str
     vocab: CharVocab | ByteVocab
+    max_input: int | None = None  # the longest input the model takes, in `unit`s
+
+    @staticmethod
+    def length(text: str) -> int:
+        """Length of `text` in this codec's unit."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_length(cls, text: str, limit: int | None) -> str | None:
+        """Why `text` is too long for a model taking `limit` units, or None."""
+        size = cls.length(text)
+        if limit is not None and size > limit:
+            return f"is {size} {cls.unit} long; the model takes at most {limit}"
+        return None
+
+    def too_long(self, text: str) -> str | None:
+        """Why `text` is too long for this codec's model, or None."""
+        return self.check_length(text, self.max_input)
 
     def target(self, text: str) -> list[int]:
         return self.vocab.encode(text)
@@ -45,10 +75,18 @@ class Codec:
 
 
 class CharCodec(Codec):
-    mode = "char"
+    mode, unit = "char", "characters"
 
-    def __init__(self, vocab: CharVocab):
-        self.vocab = vocab
+    def __init__(self, vocab: CharVocab, max_input: int | None = None):
+        self.vocab, self.max_input = vocab, max_input
+
+    @staticmethod
+    def length(text: str) -> int:
+        return len(text)
+
+    def unknown(self, text: str) -> list[str]:
+        """The characters of `text` outside the vocabulary (read as UNK), in order."""
+        return list(dict.fromkeys(c for c in text if c not in self.vocab.index))
 
     def rows(self, texts: Sequence[str]) -> list[Row]:
         return [{"src": np.asarray(self.vocab.encode(t), dtype=np.int64)} for t in texts]
@@ -62,12 +100,17 @@ class CharCodec(Codec):
 
 
 class ByteCodec(Codec):
-    mode = "blt"
+    mode, unit = "blt", "bytes"
 
     def __init__(self, patcher: Patcher, ngram_sizes: Sequence[int] = (1, 2, 3),
-                 ngram_buckets: int = 4096):
+                 ngram_buckets: int = 4096, max_input: int | None = None):
         self.vocab, self.patcher = ByteVocab(), patcher
         self.ngram_sizes, self.ngram_buckets = tuple(ngram_sizes), ngram_buckets
+        self.max_input = max_input
+
+    @staticmethod
+    def length(text: str) -> int:
+        return len(text.encode("utf-8", "surrogatepass"))
 
     def segment(self, texts: Sequence[str]) -> Segmentation:
         return self.patcher.segment(texts)
@@ -81,7 +124,8 @@ class ByteCodec(Codec):
         patch = seg.patch_ids()
         idx = np.arange(len(batch.data))
         in_patch = idx - np.maximum.accumulate(np.where(seg.starts, idx, 0))
-        last = np.flatnonzero(np.append(seg.starts[1:], True))  # last byte of every patch
+        # the last byte of every patch (no patch at all when every row is empty)
+        last = np.flatnonzero(np.append(seg.starts[1:], len(seg.starts) > 0))
         to_end = (batch.offsets[1:][batch.row_ids[last]] - 1 - last) if len(last) else last
         patch_bounds = np.concatenate([[0], np.cumsum(seg.patches_per_row())])
         out = []
@@ -117,23 +161,13 @@ class ByteCodec(Codec):
                 "entropy_model": lm.state_dict() if lm is not None else None}
 
 
-def fit_codec(mode: str, texts: Sequence[str], patcher_cfg: PatcherConfig | None = None,
-              target_bpp: float | None = None, ngram_sizes: Sequence[int] = (1, 2, 3),
-              ngram_buckets: int = 4096) -> CharCodec | ByteCodec:
-    """A codec built from training inputs: the character set, or the fitted (and
-    calibrated) patcher."""
-    if mode == "char":
-        return CharCodec(CharVocab.build(texts))
-    if mode == "blt":
-        cfg = patcher_cfg or PatcherConfig()
-        calibrate = target_bpp if cfg.patcher in ("window-entropy", "entropy-model") else None
-        return ByteCodec(build_patcher(cfg, texts, calibrate), ngram_sizes, ngram_buckets)
-    raise BltlabError(f"--mode {mode!r}: choose char or blt")
+CODECS: dict[str, type[Codec]] = {"char": CharCodec, "blt": ByteCodec}
 
 
-def codec_from_state(state: dict) -> CharCodec | ByteCodec:
+def codec_from_state(state: dict, max_input: int | None = None) -> CharCodec | ByteCodec:
+    """Rebuild a codec stored in a checkpoint."""
     if state["mode"] == "char":
-        return CharCodec(vocab_from_state(state["vocab"]))
+        return CharCodec(vocab_from_state(state["vocab"]), max_input)
     lm = ByteNgramLM.from_state(state["entropy_model"]) if state["entropy_model"] else None
     return ByteCodec(Patcher(PatcherConfig.from_dict(state["patcher"]), lm),
-                     state["ngram_sizes"], state["ngram_buckets"])
+                     state["ngram_sizes"], state["ngram_buckets"], max_input)

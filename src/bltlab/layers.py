@@ -1,7 +1,8 @@
 """Building blocks shared by both models: position signals, attention, pre-norm blocks.
 
 Attention always goes through `F.scaled_dot_product_attention`; masks are boolean
-(True = may attend) and broadcast as (B, 1, Tq, Tk).
+(True = may attend) and broadcast as (B, 1, Tq, Tk). Settings are checked by the
+configs (bltlab.config) before a model is built.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 Rotary = tuple[Tensor, Tensor]
 
 
@@ -50,8 +50,6 @@ class PositionSignal(nn.Module):
     def __init__(self, kind: str, d_model: int, head_dim: int, max_len: int,
                  project: bool = False):
         super().__init__()
-        if kind not in POS_ENCODINGS:
-            raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, got {kind!r}")
         self.kind, self.d_model, self.head_dim = kind, d_model, head_dim
         self.table = nn.Embedding(max_len, d_model) if kind == "learned" else None
         self.proj = nn.Linear(d_model, d_model, bias=False) if project else None
@@ -81,8 +79,6 @@ class Attention(nn.Module):
     def __init__(self, d_model: int, nhead: int, dropout: float, cross: bool = False,
                  relative_values: bool = False):
         super().__init__()
-        if d_model % nhead:
-            raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
         self.nhead, self.dropout, self.cross = nhead, dropout, cross
         if cross:
             self.q = nn.Linear(d_model, d_model)
@@ -171,6 +167,25 @@ class Block(nn.Module):
             x = x + self.drop(self.cross_attn(self.ln_cross(x), memory, mask=memory_mask,
                                               rot_q=rot, rot_k=rot_mem, cache=cross_cache))
         return x + self.mlp(self.ln_mlp(x))
+
+
+class KVCache:
+    """Keys and values of incremental decoding, one dict per decoder block: "self" (this
+    row's output steps so far) and "cross" (the memory's, computed at the first step).
+    Every tensor in it is per row (batch first), so `select` can keep, reorder or repeat
+    rows."""
+
+    def __init__(self, blocks: int):
+        self.blocks: list[dict[str, dict[str, Tensor]]] = [{} for _ in range(blocks)]
+
+    def __getitem__(self, i: int) -> dict:
+        return self.blocks[i]
+
+    def select(self, rows: Tensor) -> KVCache:
+        out = KVCache(0)
+        out.blocks = [{part: {name: t.index_select(0, rows) for name, t in kv.items()}
+                       for part, kv in block.items()} for block in self.blocks]
+        return out
 
 
 def key_padding_mask(lengths: Tensor, size: int) -> Tensor:

@@ -1,44 +1,37 @@
-"""Models: the character-level encoder-decoder baseline and the decoder BLT shares with it.
+"""Models: the character-level encoder-decoder baseline and the BLT, sharing a decoder.
 
-Every model implements `encode(src, src_lens) -> Memory` and
-`decoder(tokens, memory) -> logits`, which is all training and decoding use.
+Both are an `EncoderDecoder`: `encode(batch) -> Memory`, `decode(tokens, memory, cache,
+start) -> logits`, `new_cache()`, `max_len` and `vocab_size` are all that training and
+decoding use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bltlab.config import Config
-from bltlab.layers import Attention, Block, PositionSignal, Rotary, key_padding_mask
-
-
-@dataclass
-class ModelConfig(Config):
-    """Size and position scheme of an encoder-decoder; serialised into checkpoints."""
-
-    vocab_size: int = 0
-    d_model: int = 64
-    nhead: int = 4
-    num_encoder_layers: int = 2
-    num_decoder_layers: int = 2
-    dim_feedforward: int = 256
-    dropout: float = 0.0
-    max_len: int = 512
-    pos_encoding: str = "rope"
-    from_end: bool = True
+from bltlab.config import BLTConfig, ModelConfig
+from bltlab.layers import Attention, Block, KVCache, PositionSignal, Rotary, key_padding_mask
 
 
 @dataclass
 class Memory:
-    """What the decoder cross-attends to: states (B, S, C), their mask, their RoPE tables."""
+    """What the decoder cross-attends to, every tensor per row (batch first): states
+    (B, S, C), their mask (B, 1, 1, S) or None, their RoPE tables (B, 1, S, hd/2) or None."""
 
     states: Tensor
     mask: Tensor | None
     rot: Rotary | None
+
+    def select(self, rows: Tensor) -> Memory:
+        """Keep, reorder or repeat rows."""
+        return Memory(self.states.index_select(0, rows),
+                      None if self.mask is None else self.mask.index_select(0, rows),
+                      None if self.rot is None else tuple(t.index_select(0, rows)
+                                                          for t in self.rot))
 
 
 def init_weights(module: nn.Module) -> None:
@@ -61,6 +54,11 @@ def positions(lengths: Tensor, size: int) -> tuple[Tensor, Tensor]:
     """Positions 0..size-1, and each row's distance from every position to its end."""
     pos = torch.arange(size, device=lengths.device)
     return pos, (lengths[:, None] - 1 - pos).clamp(min=0)
+
+
+def per_row(pos: Tensor, rows: int) -> Tensor:
+    """Positions shared by all rows (T,) as (rows, T); per-row ones pass through."""
+    return pos.expand(rows, -1) if pos.dim() == 1 else pos
 
 
 def add_positions(x: Tensor, pos: Tensor, to_end: Tensor, signal: PositionSignal,
@@ -89,7 +87,7 @@ class Decoder(nn.Module):
             for _ in range(cfg.num_decoder_layers))
         self.ln = nn.LayerNorm(cfg.d_model)
 
-    def forward(self, tokens: Tensor, memory: Memory, cache: list[dict] | None = None,
+    def forward(self, tokens: Tensor, memory: Memory, cache: KVCache | None = None,
                 start: int = 0) -> Tensor:
         """Logits for `tokens` at positions start.. ; with `cache` (one dict per block,
         filled as it goes) only the new tokens are fed, one step at a time."""
@@ -105,12 +103,40 @@ class Decoder(nn.Module):
                       cache=cache[i] if cache is not None else None)
         return F.linear(self.ln(x), self.embed.weight)
 
-    def new_cache(self) -> list[dict]:
+
+class EncoderDecoder(nn.Module):
+    """What both models share: a `Decoder` over `encode(batch)`'s memory."""
+
+    cfg: ModelConfig
+    decoder: Decoder
+
+    def encode(self, batch: dict[str, Tensor]) -> Memory:
+        raise NotImplementedError
+
+    def decode(self, tokens: Tensor, memory: Memory, cache: KVCache | None = None,
+               start: int = 0) -> Tensor:
+        """Logits for `tokens` at positions start.. (with `cache`: only the new tokens)."""
+        return self.decoder(tokens, memory, cache, start)
+
+    def new_cache(self) -> KVCache:
         """An empty key/value cache for incremental decoding."""
-        return [{} for _ in self.blocks]
+        return KVCache(len(self.decoder.blocks))
+
+    @property
+    def max_len(self) -> int:
+        """The longest sequence the model takes, in tokens, EOS included."""
+        return self.cfg.max_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Teacher-forced logits for `batch["tgt_in"]`."""
+        return self.decode(batch["tgt_in"], self.encode(batch))
 
 
-class CharTransformer(nn.Module):
+class CharTransformer(EncoderDecoder):
     """Character-level encoder-decoder Transformer (the baseline).
 
     With `from_end`, each input position also carries its distance to the end of the
@@ -145,33 +171,11 @@ class CharTransformer(nn.Module):
         rot = self.pos.rotary(pos)
         for block in self.encoder:
             x = block(x, mask=mask, rot=rot)
-        return Memory(self.ln_enc(x), mask, self.pos.rotary(to_end if self.cfg.from_end else pos))
-
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Teacher-forced logits for `batch["tgt_in"]`."""
-        return self.decoder(batch["tgt_in"], self.encode(batch))
+        keys = per_row(to_end if self.cfg.from_end else pos, len(src))
+        return Memory(self.ln_enc(x), mask, self.pos.rotary(keys))
 
 
-@dataclass
-class BLTConfig(ModelConfig):
-    """The BLT's size: local encoder, pooling, global transformer, decoder."""
-
-    vocab_size: int = 260
-    num_decoder_layers: int = 1
-    num_local_layers: int = 1
-    num_global_layers: int = 2
-    global_factor: int = 2  # global width = k·d_model; each patch reaches the decoder as k vectors
-    pooling: str = "project"  # project: in-patch position slots + linear; cross: k queries
-    slots: int = 2  # cross pooling: query slots per patch
-    max_patch_len: int = 15  # project pooling: position slots; the longest patch allowed
-    ngram_sizes: list[int] = field(default_factory=lambda: [1, 2, 3])
-    ngram_buckets: int = 4096
-    ngram_init_std: float | None = 0.0  # 0: zeros (an unseen n-gram adds nothing); None: d**-0.5
-    decoder_memory: str = "patches"  # patches, or bytes (the hourglass ablation)
-    relative_values: bool = True  # decoder cross-attention also returns (t − key position)
-
-
-class BLT(nn.Module):
+class BLT(EncoderDecoder):
     """Byte Latent Transformer encoder-decoder.
 
     Bytes (+ hashed n-gram embeddings, summed) -> local encoder over bytes -> pooling
@@ -190,15 +194,8 @@ class BLT(nn.Module):
 
     def __init__(self, cfg: BLTConfig):
         super().__init__()
-        if cfg.pooling not in ("project", "cross"):
-            raise ValueError(f"pooling must be project or cross, got {cfg.pooling!r}")
-        if cfg.decoder_memory not in ("patches", "bytes"):
-            raise ValueError(f"decoder_memory must be patches or bytes, got "
-                             f"{cfg.decoder_memory!r}")
-        if cfg.global_factor < 1:
-            raise ValueError(f"global_factor must be at least 1, got {cfg.global_factor}")
-        self.cfg, self.k = cfg, cfg.global_factor
-        wide = self.k * cfg.d_model
+        self.cfg, self.factor = cfg, cfg.global_factor
+        wide = self.factor * cfg.d_model
         d, head_dim = cfg.d_model, cfg.d_model // cfg.nhead
         block = lambda: Block(d, cfg.nhead, cfg.dim_feedforward, cfg.dropout)  # noqa: E731
         self.embed = nn.Embedding(cfg.vocab_size, d)
@@ -209,14 +206,14 @@ class BLT(nn.Module):
         self.local = nn.ModuleList(block() for _ in range(cfg.num_local_layers))
         self.ln_local = nn.LayerNorm(d)
         if cfg.pooling == "project":
-            self.pool = nn.Linear(cfg.max_patch_len * d, wide)
+            self.pool = nn.Linear(cfg.patch_slots * d, wide)
         else:
             self.slot_embed = nn.Parameter(torch.zeros(cfg.slots, d))
             self.ln_pool = nn.LayerNorm(d)
             self.pool_attn = Attention(d, cfg.nhead, cfg.dropout, cross=True)
             self.pool = nn.Linear(cfg.slots * d, wide)
         self.global_blocks = nn.ModuleList(  # same head size as the byte layers
-            Block(wide, cfg.nhead * self.k, cfg.dim_feedforward * self.k, cfg.dropout)
+            Block(wide, cfg.nhead * self.factor, cfg.dim_feedforward * self.factor, cfg.dropout)
             for _ in range(cfg.num_global_layers))
         self.ln_global = nn.LayerNorm(wide)
         self.decoder = Decoder(cfg, self.embed)
@@ -235,29 +232,27 @@ class BLT(nn.Module):
         """Each byte into slot (its patch, its in-patch position); a patch's slots,
         concatenated in order, go through one linear map."""
         b, size, d = x.shape
-        if int(batch["in_patch"].max()) >= self.cfg.max_patch_len:
-            raise ValueError(f"a patch is longer than max_patch_len={self.cfg.max_patch_len}")
         rows = torch.arange(b, device=x.device)[:, None].expand(b, size)
-        slots = x.new_zeros(b, n + 1, self.cfg.max_patch_len, d)  # patch n: padding
+        slots = x.new_zeros(b, n + 1, self.cfg.patch_slots, d)  # patch n: padding
         slots = slots.index_put((rows, batch["patch"], batch["in_patch"]), x)
         return self.pool(slots[:, :n].flatten(2))
 
     def pool_cross(self, x: Tensor, batch: dict[str, Tensor], n: int) -> Tensor:
-        """k query slots per patch, started from the mean of its bytes, attend only to
+        """q query slots per patch, started from the mean of its bytes, attend only to
         the bytes of their own patch; their outputs, concatenated, are linearly mapped."""
         b, size, d = x.shape
-        k = self.cfg.slots
+        q = self.cfg.slots
         patch = batch["patch"]
         sums = x.new_zeros(b, n + 1, d).scatter_add(1, patch[..., None].expand(b, size, d), x)
         counts = torch.zeros(b, n + 1, device=x.device).scatter_add(
             1, patch, torch.ones_like(patch, dtype=x.dtype))
         mean = sums[:, :n] / counts[:, :n, None].clamp(min=1)
-        queries = (mean[:, :, None, :] + self.slot_embed).reshape(b, n * k, d)
-        query_patch = torch.arange(n, device=x.device).repeat_interleave(k)
+        queries = (mean[:, :, None, :] + self.slot_embed).reshape(b, n * q, d)
+        query_patch = torch.arange(n, device=x.device).repeat_interleave(q)
         mask = query_patch[None, :, None] == patch[:, None, :]  # (B, n*k, T)
         mask = mask | ~mask.any(-1, keepdim=True)  # padding patches: attend anywhere, unused
         out = queries + self.pool_attn(self.ln_pool(queries), x, mask=mask[:, None])
-        return self.pool(out.reshape(b, n, k * d))
+        return self.pool(out.reshape(b, n, q * d))
 
     def encode(self, batch: dict[str, Tensor]) -> Memory:
         src_lens, size = batch["src_lens"], batch["src"].shape[1]
@@ -273,7 +268,7 @@ class BLT(nn.Module):
         pooled = (self.pool_project if self.cfg.pooling == "project" else self.pool_cross)(
             x, batch, n)
         patch_pos, patch_to_end = torch.arange(n, device=x.device), batch["patch_to_end"]
-        b, k, d = x.shape[0], self.k, self.cfg.d_model
+        b, k, d = x.shape[0], self.factor, self.cfg.d_model
         h = add_positions(pooled.view(b, n, k, d), patch_pos[:, None],
                           patch_to_end[..., None], self.pos, end_signal).view(b, n, k * d)
         patch_mask = key_padding_mask(batch["n_patches"], n)
@@ -283,27 +278,18 @@ class BLT(nn.Module):
         if self.cfg.decoder_memory == "bytes":  # hourglass ablation: back to bytes
             per_patch = h.view(b, n, k, d).sum(2)
             gathered = per_patch.gather(1, batch["patch"].clamp(max=n - 1)[..., None].expand_as(x))
-            keys = to_end if self.cfg.from_end else pos
+            keys = per_row(to_end if self.cfg.from_end else pos, b)
             return Memory(x + gathered, byte_mask, self.pos.rotary(keys))
         keys = (patch_to_end if self.cfg.from_end else patch_pos[None].expand(b, n))
         slots_mask = key_padding_mask(batch["n_patches"] * k, n * k)
         return Memory(h.view(b, n * k, d), slots_mask,
                       self.pos.rotary(keys.repeat_interleave(k, dim=1)))
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.decoder(batch["tgt_in"], self.encode(batch))
 
 
-CONFIGS = {"char": ModelConfig, "blt": BLTConfig}
-
-
-def build_model(mode: str, cfg: ModelConfig) -> nn.Module:
-    """The model for a mode: 'char' (the baseline) or 'blt'."""
-    if mode == "char":
-        return CharTransformer(cfg)
-    if mode == "blt":
-        return BLT(cfg)
-    raise ValueError(f"unknown mode {mode!r}")
+def build_model(cfg: ModelConfig) -> EncoderDecoder:
+    """The model a (resolved) config describes: a BLT for a BLTConfig, else the baseline."""
+    return BLT(cfg) if isinstance(cfg, BLTConfig) else CharTransformer(cfg)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -15,8 +15,6 @@ Patchers:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bltlab.config import Config
+from bltlab.config import ENTROPY_PATCHERS, MAX_ENTROPY_BITS, MAX_LOOK, PatcherConfig
 from bltlab.errors import BltlabError
 from bltlab.fileio import atomic_path
 
-PATCHERS = ("window-entropy", "entropy-model", "space", "static")
+UTF8_TAIL = 3  # a cut inside a UTF-8 character moves to its end: up to 3 bytes more
 SPACE_BYTES = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)
 PAD_BYTE = 256  # stands for "no byte" (before a row's start, after its end)
 
@@ -43,7 +41,7 @@ class ByteBatch:
     GAP positions.
     """
 
-    GAP = 16  # the farthest look-back or look-ahead: windows, contexts and n-grams
+    GAP = MAX_LOOK  # the farthest look-back or look-ahead: windows, contexts and n-grams
 
     def __init__(self, data: np.ndarray, offsets: np.ndarray):
         self.data, self.offsets = data, offsets
@@ -81,31 +79,6 @@ class ByteBatch:
         return np.minimum(self.padded[self.where - k], PAD_BYTE)
 
 
-@dataclass
-class PatcherConfig(Config):
-    """Which patcher and its parameters; serialised with the model and the cache key."""
-
-    patcher: str = "entropy-model"
-    window: int = 10  # window-entropy: W
-    threshold: float = 2.0  # entropy patchers: θ (bits)
-    max_patch_len: int = 8  # cut longer patches (0: no limit); window-entropy's max_len (seed: 15)
-    entropy_mode: str = "global"  # entropy-model: global | monotonic
-    context: int = 3  # entropy-model: bytes of context of the byte LM
-    static_size: int = 4  # static: k
-
-    def describe(self) -> str:
-        cap = f" max_len={self.max_patch_len}" if self.max_patch_len else ""
-        if self.patcher == "window-entropy":
-            return (f"window-entropy W={self.window} θ={self.threshold:g} "
-                    f"max_len={self.max_patch_len}")
-        if self.patcher == "entropy-model":
-            return (f"entropy-model {self.entropy_mode} θ={self.threshold:.4g} "
-                    f"context={self.context}{cap}")
-        if self.patcher == "static":
-            return f"static k={self.static_size}{cap}"
-        return f"{self.patcher}{cap}"
-
-
 # ---------------------------------------------------------------- window entropy (the seed)
 
 
@@ -140,7 +113,7 @@ def window_counts(batch: ByteBatch, window: int) -> tuple[np.ndarray, np.ndarray
             count += 1
             product *= count
         halves.append(product[batch.where])
-    real = (padded < 256).view(np.uint8)
+    real = (padded < PAD_BYTE).view(np.uint8)
     n = np.zeros(starts, np.uint8)
     for j in range(window):
         n += real[j:j + starts]
@@ -283,18 +256,13 @@ class ByteNgramLM:
             raise BltlabError(f"{path}: unreadable entropy model ({type(e).__name__})") from None
 
 
-def entropy_model_starts(batch: ByteBatch, cfg: PatcherConfig, lm: ByteNgramLM,
-                         entropy: np.ndarray | None = None) -> np.ndarray:
+def entropy_model_starts(batch: ByteBatch, cfg: PatcherConfig, lm: ByteNgramLM) -> np.ndarray:
     """Global: a patch starts at byte t when H_t > θ. Monotonic: when H_t − H_{t−1} > θ."""
-    h = lm.entropy(batch) if entropy is None else entropy
+    h = lm.entropy(batch)
     if cfg.entropy_mode == "global":
-        starts = h > cfg.threshold
-    elif cfg.entropy_mode == "monotonic":
-        prev = np.concatenate([[np.inf], h[:-1]])  # a row's first byte starts a patch anyway
-        starts = (h - prev) > cfg.threshold
-    else:
-        raise BltlabError(f"--entropy_mode {cfg.entropy_mode!r}: choose global or monotonic")
-    return starts
+        return h > cfg.threshold
+    prev = np.concatenate([[np.inf], h[:-1]])  # a row's first byte starts a patch anyway
+    return (h - prev) > cfg.threshold
 
 
 # ---------------------------------------------------------------- space and static
@@ -309,8 +277,6 @@ def space_starts(batch: ByteBatch) -> np.ndarray:
 
 
 def static_starts(batch: ByteBatch, k: int) -> np.ndarray:
-    if k < 1:
-        raise BltlabError(f"--static_size must be at least 1 (got {k})")
     return batch.position_in_row() % k == 0
 
 
@@ -334,11 +300,10 @@ def utf8_safe(batch: ByteBatch, starts: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Segmentation:
-    """Patch starts of a batch of rows, with the per-byte entropy the patcher used."""
+    """Patch starts of a batch of rows."""
 
     batch: ByteBatch
     starts: np.ndarray  # bool per byte
-    entropy: np.ndarray | None = None
 
     def _count_before(self) -> np.ndarray:
         """Patch starts before each byte position 0..N (inclusive prefix sums)."""
@@ -367,13 +332,15 @@ class Patcher:
     """A configured patcher; `entropy-model` needs a fitted `ByteNgramLM`."""
 
     def __init__(self, cfg: PatcherConfig, lm: ByteNgramLM | None = None):
-        if cfg.patcher not in PATCHERS:
-            raise BltlabError(f"--patcher {cfg.patcher!r}: choose one of {', '.join(PATCHERS)}")
         if cfg.patcher == "entropy-model" and lm is None:
             raise BltlabError("the entropy-model patcher needs a fitted byte language model")
+        if cfg.calibrated:
+            raise BltlabError(f"--patcher {cfg.patcher} needs a threshold: give "
+                              "--entropy_threshold, or build it with build_patcher()")
         self.cfg, self.lm = cfg, lm
 
     def entropy(self, batch: ByteBatch) -> np.ndarray | None:
+        """The per-byte entropy the rule compares with θ (None for rules without one)."""
         if self.cfg.patcher == "window-entropy":
             return window_entropy(batch, self.cfg.window)
         if self.cfg.patcher == "entropy-model":
@@ -395,27 +362,43 @@ class Patcher:
             starts |= runs_cut_every(starts | batch.row_starts(), cfg.max_patch_len)
         return Segmentation(batch, utf8_safe(batch, starts))
 
+    def threshold_level(self) -> float | None:
+        """The level to draw under an entropy curve: θ for the global rules, None where θ
+        is not a level of H (monotonic) or there is no entropy."""
+        monotonic = self.cfg.patcher == "entropy-model" and self.cfg.entropy_mode == "monotonic"
+        return None if self.cfg.patcher not in ENTROPY_PATCHERS or monotonic else self.cfg.threshold
 
-def calibrate(texts: Sequence[str], cfg: PatcherConfig, target: float,
-              lm: ByteNgramLM | None = None, iters: int = 40) -> PatcherConfig:
-    """The threshold θ whose mean bytes/patch on `texts` is closest to `target`, by
-    bisection (bytes/patch never falls as θ rises). Returns a copy of `cfg` with it."""
-    if cfg.patcher not in ("window-entropy", "entropy-model"):
-        raise BltlabError(f"calibration applies to the entropy patchers, not {cfg.patcher!r}")
+
+def patch_slots(cfg: PatcherConfig) -> int:
+    """In-patch positions a patch of this patcher can need: its longest patch, plus the
+    tail of a character a cut would have split."""
+    return cfg.max_patch_len + UTF8_TAIL
+
+
+CALIBRATION_TOLERANCE = 0.05  # relative: a target the rule cannot get this close to is refused
+
+
+def calibrate(texts: Sequence[str], cfg: PatcherConfig, lm: ByteNgramLM | None = None,
+              iters: int = 40) -> PatcherConfig:
+    """The threshold θ whose mean bytes/patch on `texts` is closest to `cfg.target_bpp`,
+    by bisection (bytes/patch never falls as θ rises). Returns a copy of `cfg` with it."""
     batch = ByteBatch.from_texts(texts)
-    lo, hi = (-8.0, 8.0) if cfg.entropy_mode == "monotonic" else (0.0, 8.0)
-    best = None
+    global_rule = cfg.patcher == "window-entropy" or cfg.entropy_mode == "global"
+    lo, hi = (0.0 if global_rule else -MAX_ENTROPY_BITS), MAX_ENTROPY_BITS
+    best = (lo, 0.0)
     for _ in range(iters):
         mid = (lo + hi) / 2
-        trial = PatcherConfig.from_dict({**cfg.to_dict(), "threshold": mid})
-        bpp = Patcher(trial, lm).segment(batch).bytes_per_patch()
-        if best is None or abs(bpp - target) < abs(best[1] - target):
+        bpp = Patcher(cfg.replace(threshold=mid), lm).segment(batch).bytes_per_patch()
+        if abs(bpp - cfg.target_bpp) < abs(best[1] - cfg.target_bpp):
             best = (mid, bpp)
-        if bpp < target:
+        if bpp < cfg.target_bpp:
             lo = mid
         else:
             hi = mid
-    return PatcherConfig.from_dict({**cfg.to_dict(), "threshold": round(best[0], 6)})
+    if abs(best[1] - cfg.target_bpp) > CALIBRATION_TOLERANCE * cfg.target_bpp:
+        raise BltlabError(f"--target_bpp {cfg.target_bpp:g}: {cfg.describe()} cannot reach it "
+                          f"on the training inputs (closest: {best[1]:.2f} bytes/patch)")
+    return cfg.replace(threshold=round(best[0], 6))
 
 
 # ---------------------------------------------------------------- hashed n-grams
@@ -451,49 +434,15 @@ def ngram_ids(batch: ByteBatch, ns: Sequence[int] = (1, 2, 3), buckets: int = 40
 # ---------------------------------------------------------------- building and caching
 
 
-def build_patcher(cfg: PatcherConfig, train_texts: Sequence[str] | None = None,
-                  target_bpp: float | None = None) -> Patcher:
-    """A ready patcher: fits the byte LM for `entropy-model` on `train_texts`, and with
-    `target_bpp` calibrates θ on them (the θ found is stored in the returned config)."""
+def build_patcher(cfg: PatcherConfig, train_texts: Sequence[str] | None = None) -> Patcher:
+    """A ready patcher: fits the byte LM for `entropy-model` on `train_texts` and, when
+    `cfg` has no θ, calibrates it on them (the θ found is in the returned config)."""
     lm = None
+    needs_text = cfg.patcher == "entropy-model" or cfg.calibrated
+    if needs_text and not train_texts:
+        raise BltlabError(f"{cfg.describe()} needs training text (--train_csv) to fit on")
     if cfg.patcher == "entropy-model":
-        if not train_texts:
-            raise BltlabError("the entropy-model patcher needs training text (--train_csv)")
         lm = ByteNgramLM.fit(train_texts, cfg.context)
-    if target_bpp is not None:
-        if not train_texts:
-            raise BltlabError("--target_bpp needs training text (--train_csv) to calibrate on")
-        cfg = calibrate(train_texts, cfg, target_bpp, lm)
+    if cfg.calibrated:
+        cfg = calibrate(train_texts, cfg, lm)
     return Patcher(cfg, lm)
-
-
-def fingerprint(patcher: Patcher) -> str:
-    """A digest of everything that decides the segmentation."""
-    digest = hashlib.sha256(json.dumps(patcher.cfg.to_dict(), sort_keys=True).encode())
-    if patcher.lm is not None:
-        for array in (*patcher.lm.keys, *patcher.lm.entropies):
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-def cached_features(path: str | Path, texts: Sequence[str], patcher: Patcher,
-                    ns: Sequence[int] = (1, 2, 3), buckets: int = 4096,
-                    cache_dir: str | Path = "data/processed") -> dict[str, np.ndarray]:
-    """Patch starts and n-gram ids of a CSV's `texts`, computed once and reused.
-
-    The cache key covers the file's content, the patcher (config and byte LM) and the
-    hashing settings, so changing any of them computes afresh.
-    """
-    digest = hashlib.sha256(Path(path).read_bytes())
-    digest.update(fingerprint(patcher).encode())
-    digest.update(json.dumps([list(ns), buckets]).encode())
-    target = Path(cache_dir) / f"{Path(path).stem}_{digest.hexdigest()[:20]}.npz"
-    if target.is_file():
-        with np.load(target, allow_pickle=False) as f:
-            return dict(f)
-    batch = ByteBatch.from_texts(texts)
-    features = {"starts": patcher.segment(batch).starts, "offsets": batch.offsets,
-                "ngrams": ngram_ids(batch, ns, buckets)}
-    with atomic_path(target) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **features)
-    return features

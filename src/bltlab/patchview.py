@@ -4,6 +4,9 @@ per-byte entropy curve under coloured patches (as in the BLT paper's figure)."""
 from __future__ import annotations
 
 import html
+import json
+import sys
+import unicodedata
 
 import numpy as np
 
@@ -51,9 +54,21 @@ def format_stats(name: str, s: dict) -> str:
     return "\n".join(lines)
 
 
+KEEP_FORMAT = {"\u200c", "\u200d"}  # zero-width (non-)joiners: parts of emoji and scripts
+
+
+def printable(text: str) -> str:
+    """`text` with control and invisible format characters (ESC, bidi overrides...)
+    escaped, so printing it cannot drive the terminal."""
+    return "".join(c.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(c) in ("Cc", "Cf") and c not in KEEP_FORMAT else c
+                   for c in text)
+
+
 def bracketed(seg: Segmentation, row: int) -> str:
-    """`[patch][patch]...` for one row."""
-    return "".join(f"[{p.decode('utf-8', errors='replace')}]" for p in seg.row_patches(row))
+    """`[patch][patch]...` for one row (control characters escaped)."""
+    return "".join(f"[{printable(p.decode('utf-8', errors='replace'))}]"
+                   for p in seg.row_patches(row))
 
 
 def _entropy_svg(values: np.ndarray, threshold: float | None, width_per_byte: float = 9.0,
@@ -103,3 +118,43 @@ table {{ border-collapse: collapse; }} td, th {{ padding: 2px 8px; border: 1px s
 {body}
 </body></html>
 """
+
+
+def show_patches(text: str | None, file: str | None, train_csv: str, patchers: list[str],
+                 settings: dict, as_json: bool, html_path: str | None, html_rows: int,
+                 skip_bad_rows: bool) -> None:
+    """`bltlab patch`: each patcher's cut of a string or a CSV's inputs, as brackets,
+    statistics, JSON and/or an HTML view with the entropy curve."""
+    from bltlab.config import PatcherConfig
+    from bltlab.data import load_pairs
+    from bltlab.fileio import check_output_file, write_atomic
+    from bltlab.patching import build_patcher
+    from bltlab.spec import flag_names
+
+    if html_path:
+        check_output_file(html_path, "--html")
+    texts = [text] if text is not None else load_pairs(file, skip_bad_rows=skip_bad_rows).inputs
+    names = flag_names(PatcherConfig)
+    results, sections = {}, []
+    for name in patchers:
+        cfg = PatcherConfig(patcher=name, **{names[k]: v for k, v in settings.items()})
+        needs_train = cfg.patcher == "entropy-model" or cfg.calibrated
+        patcher = build_patcher(cfg, load_pairs(train_csv).inputs if needs_train else None)
+        seg = patcher.segment(texts)
+        label = patcher.cfg.describe()
+        results[label] = {**stats(seg), "config": patcher.cfg.to_dict()}
+        if text is not None and not as_json:
+            print(f"{label}\n  {bracketed(seg, 0)}  ({len(seg.row_patches(0))} patches, "
+                  f"{seg.bytes_per_patch():.2f} B/patch)")
+        elif not as_json:
+            print(format_stats(label, results[label]))
+        if html_path:
+            entropy, level = patcher.entropy(seg.batch), patcher.threshold_level()
+            sections.append((label, "".join(row_html(seg, r, entropy, level)
+                                            for r in range(min(len(texts), html_rows)))))
+    if as_json:
+        print(json.dumps(next(iter(results.values())) if len(results) == 1 else results,
+                         indent=2, ensure_ascii=False))
+    if html_path:
+        write_atomic(html_path, lambda f: f.write(page("bltlab patches", sections)))
+        print(f"wrote {html_path}", file=sys.stderr if as_json else sys.stdout)

@@ -111,7 +111,7 @@ def model_summary(mode: str, run: dict) -> dict:
             "epochs": len(epochs), "best_epoch": hist["best"]["epoch"],
             "seconds": round(sum(e["epoch_seconds"] for e in epochs), 1),
             "samples_per_s": round(float(np.median([e["samples_per_s"] for e in epochs])), 1),
-            "model_config": hist["model_config"], "train_config": hist["train_config"]}
+            "spec": hist["spec"]}
     return out
 
 
@@ -191,14 +191,7 @@ def figure_png(fig, path: Path, dpi: int) -> Path:
     return path
 
 
-def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Path,
-               dpi: int) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = {}
+def plot_training_curves(plt, runs: dict):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for mode, run in runs.items():
         if not run["history"]:
@@ -214,8 +207,10 @@ def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Pat
     axes[1].set(xlabel="epoch", ylabel="%", title="Validation exact match")
     for ax in axes:
         ax.legend()
-    out["training_curves"] = figure_png(fig, predictions_dir / "training_curves.png", dpi)
+    return fig
 
+
+def plot_accuracy(plt, models: dict):
     fig, ax = plt.subplots(figsize=(9, 4))
     groups = sorted({k for m in models.values() for k in m["accuracy_by_length"]},
                     key=lambda k: int(k.split("-")[0].rstrip("+")))
@@ -228,16 +223,18 @@ def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Pat
     ax.set_xticks(np.arange(len(labels)) + width * (len(models) - 1) / 2, labels)
     ax.set(ylabel="exact match %", title="Exact match by input length", ylim=(0, 101))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(models))
-    out["accuracy_analysis"] = figure_png(fig, predictions_dir / "accuracy_analysis.png", dpi)
+    return fig
 
+
+def plot_detailed(plt, models: dict):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     names = ["exact_match", "character_accuracy", "one_minus_cer"]
+    width = 0.8 / len(models)
     for i, (mode, m) in enumerate(models.items()):
         axes[0].bar(np.arange(3) + i * width, [100 * m[k] for k in names], width,
                     label=NAMES[mode])
-        flops = m.get("forward_flops_per_row") or {}
         bottom = 0.0
-        for part, value in flops.items():
+        for part, value in (m.get("forward_flops_per_row") or {}).items():
             if part != "total":
                 axes[1].bar(i, value / 1e6, bottom=bottom, label=f"{NAMES[mode]}: {part}")
                 bottom += value / 1e6
@@ -249,34 +246,57 @@ def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Pat
     axes[1].set_xticks(range(len(models)), [NAMES[m] for m in models])
     axes[1].set(ylabel="MFLOPs per row (forward)", title="Forward FLOPs by part")
     axes[1].legend(fontsize=7)
-    out["detailed_metrics"] = figure_png(fig, predictions_dir / "detailed_metrics.png", dpi)
+    return fig
 
+
+def plot_patcher_frontier(plt, points: dict):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, p in points.items():
+        ax.scatter(p["bytes_per_patch"], 100 * p["exact_match"])
+        ax.annotate(name, (p["bytes_per_patch"], 100 * p["exact_match"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set(xlabel="bytes per patch (test set)", ylabel="exact match %",
+           title="BLT: accuracy vs compression, by patcher")
+    return fig
+
+
+def plot_tuning(plt, tuned: dict):
+    params = sorted({p for t in tuned.values() for tr in t["trials"] for p in tr["params"]})
+    fig, axes = plt.subplots(1, len(params), figsize=(3 * len(params), 3), squeeze=False)
+    for ax, p in zip(axes[0], params):
+        for mode, t in tuned.items():
+            pts = [(tr["params"][p], 100 * tr["value"]) for tr in t["trials"]
+                   if tr["value"] is not None and p in tr["params"]]
+            if pts:
+                ax.scatter(*zip(*pts), s=12, label=NAMES[mode])
+        ax.set(title=p, ylabel="val exact match %")
+    axes[0][0].legend()
+    return fig
+
+
+def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Path,
+               dpi: int) -> dict[str, Path]:
+    """The report's plots, each written as a PNG; returns name -> path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {"training_curves": figure_png(plot_training_curves(plt, runs),
+                                         predictions_dir / "training_curves.png", dpi),
+           "accuracy_analysis": figure_png(plot_accuracy(plt, models),
+                                           predictions_dir / "accuracy_analysis.png", dpi),
+           "detailed_metrics": figure_png(plot_detailed(plt, models),
+                                          predictions_dir / "detailed_metrics.png", dpi)}
     ablation = results_dir / "ablation_patchers.json"
     if ablation.is_file():
         points = json.loads(ablation.read_text(encoding="utf-8"))
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for name, p in points.items():
-            ax.scatter(p["bytes_per_patch"], 100 * p["exact_match"])
-            ax.annotate(name, (p["bytes_per_patch"], 100 * p["exact_match"]), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
-        ax.set(xlabel="bytes per patch (test set)", ylabel="exact match %",
-               title="BLT: accuracy vs compression, by patcher")
-        out["patcher_frontier"] = figure_png(fig, results_dir / "patcher_frontier.png", dpi)
-
+        out["patcher_frontier"] = figure_png(plot_patcher_frontier(plt, points),
+                                             results_dir / "patcher_frontier.png", dpi)
     tuned = {m: r["tuning"] for m, r in runs.items() if r.get("tuning")}
     if tuned:
-        params = sorted({p for t in tuned.values() for tr in t["trials"] for p in tr["params"]})
-        fig, axes = plt.subplots(1, len(params), figsize=(3 * len(params), 3), squeeze=False)
-        for ax, p in zip(axes[0], params):
-            for mode, t in tuned.items():
-                pts = [(tr["params"][p], 100 * tr["value"]) for tr in t["trials"]
-                       if tr["value"] is not None and p in tr["params"]]
-                if pts:
-                    ax.scatter(*zip(*pts), s=12, label=NAMES[mode])
-            ax.set(title=p, ylabel="val exact match %")
-        axes[0][0].legend()
         out["hyperparameter_analysis"] = figure_png(
-            fig, results_dir / "hyperparameter_analysis.png", dpi)
+            plot_tuning(plt, tuned), results_dir / "hyperparameter_analysis.png", dpi)
     return out
 
 
@@ -286,14 +306,11 @@ def blt_patches(blt_checkpoint: str | None, texts: list[str]):
     None without a checkpoint."""
     if not blt_checkpoint or not Path(blt_checkpoint).is_file():
         return None
-    from bltlab.training import load_model
+    from bltlab.checkpoint import load_model
 
     _, codec, _ = load_model(blt_checkpoint, "blt")
     seg = codec.segment(texts)
-    entropy = codec.patcher.entropy(seg.batch)
-    level = (codec.patcher.cfg.threshold if entropy is not None
-             and codec.patcher.cfg.entropy_mode == "global" else None)
-    return seg, entropy, level
+    return seg, codec.patcher.entropy(seg.batch), codec.patcher.threshold_level()
 
 
 def patch_view(patches) -> str:
@@ -363,29 +380,32 @@ HEADER = ["model", "exact match [Wilson 95%]", "char. accuracy", "1 - CER", "avg
           "non-ASCII rows", "positions/row", "forward FLOPs/row"]
 
 
+def paired_rows(comp: dict) -> list[list[str]]:
+    """The paired statistics as (test, value, interval / p) rows."""
+    mc, em, ce = (comp["mcnemar_exact"], comp["exact_match_difference_blt_minus_char"],
+                  comp["cer_difference_blt_minus_char"])
+    return [["McNemar exact test", f"only BLT right {mc['only_a_correct']}, only baseline "
+                                   f"right {mc['only_b_correct']}", f"p = {mc['p_value']:.4g}"],
+            ["exact match, BLT - baseline", f"{100 * em['mean_difference']:+.2f} points",
+             f"95% bootstrap CI [{100 * em['ci_low']:+.2f}, {100 * em['ci_high']:+.2f}]"],
+            ["CER, BLT - baseline", f"{100 * ce['mean_difference']:+.3f} points",
+             f"95% CI [{100 * ce['ci_low']:+.3f}, {100 * ce['ci_high']:+.3f}]"]]
+
+
 def text_report(results: dict) -> str:
     lines = ["bltlab experimental report", "=" * 26, ""]
     for row in headline_rows(results["models"]):
         lines.append("  ".join(f"{h}: {c}" for h, c in zip(HEADER, row)))
     comp = results["comparison"]
     if comp:
-        mc, em, ce = (comp["mcnemar_exact"], comp["exact_match_difference_blt_minus_char"],
-                      comp["cer_difference_blt_minus_char"])
-        lines += ["", f"Paired comparison on {comp['rows']} rows:",
-                  f"  McNemar exact test: only BLT right {mc['only_a_correct']}, only baseline "
-                  f"right {mc['only_b_correct']}, p = {mc['p_value']:.4g}",
-                  f"  exact match BLT - baseline: {100 * em['mean_difference']:+.2f} points, "
-                  f"95% bootstrap CI [{100 * em['ci_low']:+.2f}, {100 * em['ci_high']:+.2f}]",
-                  f"  CER BLT - baseline: {100 * ce['mean_difference']:+.3f} points, "
-                  f"95% CI [{100 * ce['ci_low']:+.3f}, {100 * ce['ci_high']:+.3f}]"]
+        lines += ["", f"Paired comparison on {comp['rows']} rows:"]
+        lines += [f"  {test}: {value}, {interval}" for test, value, interval in paired_rows(comp)]
     for mode, m in results["models"].items():
         lines += ["", f"{NAMES[mode]}: hyperparameters"]
         tr = m.get("training")
         if tr:
-            lines.append(f"  model: {json.dumps(tr['model_config'])}")
-            lines.append(f"  training: {json.dumps(tr['train_config'])}")
-        if "patcher" in m:
-            lines.append(f"  patcher: {json.dumps(m['patcher'])}")
+            lines += [f"  {section}: {json.dumps(values, ensure_ascii=False)}"
+                      for section, values in tr["spec"].items() if isinstance(values, dict)]
     for mode, spread in (results.get("seeds") or {}).items():
         lines += ["", f"{NAMES[mode]} over seeds {spread['seeds']} (mean ± std):"]
         lines += [f"  {k}: {v['mean']:.4f} ± {v['std']:.4f} (n={v['n']})"
@@ -400,17 +420,8 @@ def html_report(results: dict, plots: dict[str, Path], patches: str) -> str:
     sections = [("Results", table(headline_rows(results["models"]), HEADER))]
     comp = results["comparison"]
     if comp:
-        mc = comp["mcnemar_exact"]
-        em = comp["exact_match_difference_blt_minus_char"]
-        ce = comp["cer_difference_blt_minus_char"]
-        sections.append(("Paired statistics", table([
-            ["McNemar exact test", f"only BLT right {mc['only_a_correct']}, only baseline right "
-                                   f"{mc['only_b_correct']}", f"p = {mc['p_value']:.4g}"],
-            ["exact match, BLT - baseline", f"{100 * em['mean_difference']:+.2f} points",
-             f"95% CI [{100 * em['ci_low']:+.2f}, {100 * em['ci_high']:+.2f}]"],
-            ["CER, BLT - baseline", f"{100 * ce['mean_difference']:+.3f} points",
-             f"95% CI [{100 * ce['ci_low']:+.3f}, {100 * ce['ci_high']:+.3f}]"]],
-            ["test", "value", "interval / p"])))
+        sections.append(("Paired statistics", table(paired_rows(comp),
+                                                    ["test", "value", "interval / p"])))
     for mode, spread in (results.get("seeds") or {}).items():
         sections.append((f"{NAMES[mode]} over seeds {spread['seeds']}", table(
             [[k, f"{v['mean']:.4f} ± {v['std']:.4f}", v["n"]] for k, v in spread.items()
@@ -426,9 +437,9 @@ def html_report(results: dict, plots: dict[str, Path], patches: str) -> str:
     for mode, m in results["models"].items():
         tr = m.get("training")
         if tr:
-            rows = [[k, json.dumps(v)] for k, v in {**tr["model_config"],
-                                                    **tr["train_config"]}.items()]
-            rows += [["patcher", json.dumps(m["patcher"])]] if "patcher" in m else []
+            rows = [[f"{section}.{k}", json.dumps(v, ensure_ascii=False)]
+                    for section, values in tr["spec"].items() if isinstance(values, dict)
+                    for k, v in values.items()]
             sections.append((f"{NAMES[mode]}: hyperparameters", table(rows, ["name", "value"])))
     return page("bltlab report", sections)
 

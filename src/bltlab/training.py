@@ -1,75 +1,51 @@
 """One training loop for every model: AdamW, warmup + schedule, clipping, bucketed batches,
-validation exact match each epoch, atomic best/latest checkpoints and a history JSON."""
+validation exact match each epoch, atomic best/latest checkpoints and a history JSON.
+
+`train(spec)` runs it in named parts: `setup` (rows, resume, codec, model, optimizer),
+then per epoch `run_epoch` (the steps), `validate` and `end_epoch` (best checkpoint,
+schedule cuts, early stopping, latest checkpoint, history, the epoch's line).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import math
 import os
 import random
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from bltlab import distributed
+from bltlab import distributed, profiles
 from bltlab.batching import Collate, LengthBucketSampler, PairDataset
-from bltlab.checkpoint import load_checkpoint, save_checkpoint
-from bltlab.config import Config
-from bltlab.data import Pairs, generate_inputs, load_pairs, reverse, wordlist
+from bltlab.checkpoint import (
+    checkpoint_paths,
+    find_resume,
+    save_checkpoint,
+    save_latest,
+)
+from bltlab.config import Config, DataConfig, TrainConfig
+from bltlab.data import Pairs, load_pairs, reverse
 from bltlab.decoding import predict
 from bltlab.distributed import World
 from bltlab.errors import BltlabError
-from bltlab.fileio import RunLock, write_json
-from bltlab.inputs import codec_from_state, fit_codec
-from bltlab.models import CONFIGS, ModelConfig, build_model, count_parameters
-from bltlab.patching import PatcherConfig
+from bltlab.fileio import RunLock, ensure_dir, write_json
+from bltlab.inputs import CODECS, Codec, codec_from_state
+from bltlab.models import EncoderDecoder, build_model, count_parameters
+from bltlab.spec import RunSpec, resolve
 from bltlab.vocab import PAD
-
-
-@dataclass
-class TrainConfig(Config):
-    """Everything about a run except the model's shape; serialised into checkpoints."""
-
-    train_csv: str = "data/train.csv"
-    save_dir: str = "checkpoints"
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    optimizer: str = "adamw"
-    lr_scheduler: str = "cosine"  # cosine, step, constant, plateau
-    warmup_steps: int = 100
-    plateau_patience: int = 2  # plateau: epochs without improvement before each lr cut
-    plateau_factor: float = 0.5
-    grad_clip: float = 1.0
-    grad_accum_steps: int = 1
-    val_fraction: float = 0.05
-    early_stopping_patience: int = 0
-    early_stopping_metric: str = "exact_match"  # or loss (validation)
-    use_amp: bool = False  # the seed's flag: --amp on
-    amp: str = "auto"  # auto (on for CUDA, off on CPU), on, off
-    compile: bool = False
-    save_every_steps: int = 100
-    tensorboard: bool = True
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    skip_bad_rows: bool = False
-    resume: str = "auto"  # auto: continue the same run if save_dir has one; latest; never; PATH
-    target_bpp: float | None = 4.05  # blt: calibrate the entropy patchers to this (on train;
-    # 4.05 there gives ≥ 4.0 on held-out text)
-    fresh_pairs: bool = False  # each epoch: as many newly generated rows instead
-    fresh_non_ascii: float = 0.0  # share of fresh rows given a word with non-ASCII characters
-    progress: bool = True
 
 
 def pick_device(name: str) -> torch.device:
@@ -77,7 +53,10 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise BltlabError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise BltlabError(f"--device {name}: not a device (auto, cpu, cuda, cuda:N)") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -88,7 +67,7 @@ def seed_everything(seed: int) -> None:
 
 def split_validation(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
     """Hold out a seeded random `fraction` of the training rows for validation."""
-    n_val = max(1, round(fraction * len(pairs))) if fraction > 0 else 0
+    n_val = max(1, round(fraction * len(pairs)))
     if n_val >= len(pairs):
         raise BltlabError(f"{pairs.path}: {len(pairs)} rows are too few for a validation split")
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -107,29 +86,23 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     rest = [p for p in model.parameters() if id(p) not in decayed]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": rest, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.98))
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
-    raise BltlabError(f"--optimizer {cfg.optimizer!r}: choose adamw, adam or sgd")
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.beta1)
+    adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return adam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine to zero, a halving every quarter (step), or constant
-    (constant and plateau; plateau's cuts come from the validation score, in Progress)."""
+    """Linear warmup, then cosine to zero, `step_cuts` even cuts by `step_factor` (step),
+    or constant (constant and plateau; plateau's cuts come from validation, in RunState)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    frac = min((step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps), 1.0)
     if cfg.lr_scheduler == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 0.5 * (1 + math.cos(math.pi * frac))
     if cfg.lr_scheduler == "step":
-        return 0.5 ** int(4 * min(progress, 0.999))
-    if cfg.lr_scheduler in ("constant", "plateau"):
-        return 1.0
-    raise BltlabError(f"--lr_scheduler {cfg.lr_scheduler!r}: choose cosine, step, constant "
-                      "or plateau")
+        return cfg.step_factor ** min(int(cfg.step_cuts * frac), cfg.step_cuts - 1)
+    return 1.0
 
 
 @dataclass
@@ -143,15 +116,18 @@ class Precision:
 
 def pick_precision(cfg: TrainConfig, device: torch.device) -> Precision:
     """--amp on/off, or auto: on for CUDA; off on CPU, where bf16 autocast measured slower
-    at the study's width (see README)."""
-    if cfg.amp not in ("auto", "on", "off"):
-        raise BltlabError(f"--amp {cfg.amp!r}: choose auto, on or off")
-    on = cfg.use_amp or cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
-    if not on:
+    at the study's width (see docs/results.md)."""
+    if not (cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")):
         return Precision()
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return Precision(True, torch.float16, torch.amp.GradScaler("cuda"))
     return Precision(True, torch.bfloat16)
+
+
+def token_loss(logits: Tensor, batch: dict[str, Tensor], reduction: str = "sum") -> Tensor:
+    """Cross-entropy of the target tokens (PAD ignored)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(),
+                           ignore_index=PAD, reduction=reduction)
 
 
 def train_step(model: nn.Module, micro_batches: list[dict], optimizer: torch.optim.Optimizer,
@@ -177,8 +153,7 @@ def train_step(model: nn.Module, micro_batches: list[dict], optimizer: torch.opt
         with sync:
             with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
                 logits = model(batch)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(),
-                                   ignore_index=PAD, reduction="sum")
+            loss = token_loss(logits, batch)
             scaled = loss * (world.size / tokens)
             (precision.scaler.scale(scaled) if precision.scaler else scaled).backward()
         loss_sum += loss.item()
@@ -202,8 +177,7 @@ def step_fits(model: nn.Module, batch: dict, device: torch.device,
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
             logits = model(batch)
-        F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(),
-                        ignore_index=PAD).backward()
+        token_loss(logits, batch, "mean").backward()
         return True
     except torch.OutOfMemoryError:
         return False
@@ -228,60 +202,27 @@ def validation_loss(model: nn.Module, loader: DataLoader, device: torch.device) 
     total, count = 0.0, 0
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(batch)
-        total += F.cross_entropy(logits.flatten(0, 1), batch["tgt_out"].flatten(),
-                                 ignore_index=PAD, reduction="sum").item()
+        total += token_loss(model(batch), batch).item()
         count += int((batch["tgt_out"] != PAD).sum())
     return total / count
 
 
-def exact_match(model: nn.Module, codec, pairs: Pairs, device: torch.device) -> float:
-    preds = predict(model, codec, pairs.inputs, device=device)
+def exact_match(model: EncoderDecoder, codec: Codec, pairs: Pairs, device: torch.device,
+                batch_size: int = 256) -> float:
+    preds = predict(model, codec, pairs.inputs, batch_size, device=device)
     return sum(p == t for p, t in zip(preds, pairs.targets)) / len(pairs)
 
 
-def fresh_pairs(n: int, seed: int, epoch: int, non_ascii_rate: float = 0.0) -> Pairs:
-    """`n` newly generated reversal rows for one epoch (the distribution of
-    `bltlab data generate`, optionally with more non-ASCII rows; a stream of its own
-    per seed and epoch)."""
+def generated_pairs(n: int, seed: int, epoch: int, data: DataConfig) -> Pairs:
+    """`n` newly generated reversal rows of `data.profile` for one epoch (a stream of its
+    own per seed and epoch)."""
     rng = np.random.default_rng([seed, epoch, 0x5EED])
-    inputs = generate_inputs(n, rng, wordlist(), non_ascii_rate)
+    inputs = profiles.draw(data.profile, n, rng, data.fresh_non_ascii)
     return Pairs(inputs, [reverse(t) for t in inputs], f"generated (epoch {epoch + 1})")
 
 
-def checkpoint_paths(save_dir: str | Path, mode: str) -> tuple[Path, Path, Path]:
-    """best_<mode>_model.pt, latest_<mode>_model.pt, history_<mode>.json."""
-    d = Path(save_dir)
-    return d / f"best_{mode}_model.pt", d / f"latest_{mode}_model.pt", d / f"history_{mode}.json"
-
-
-def load_model(path: str | Path, mode: str | None = None,
-               device: str | torch.device = "cpu") -> tuple[nn.Module, object, dict]:
-    """Model, codec and checkpoint dict from a checkpoint file."""
-    state = load_checkpoint(path, mode)
-    cfg = CONFIGS[state["mode"]].from_dict(state["model_config"])
-    model = build_model(state["mode"], cfg)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), codec_from_state(state["codec"]), state
-
-
-def make_codec(mode: str, model_cfg: ModelConfig, cfg: TrainConfig, texts: list[str],
-               patcher_cfg: PatcherConfig | None):
-    """The codec for a run; for BLT it also sizes the model's patch slots."""
-    if mode != "blt":
-        return fit_codec(mode, texts)
-    patcher_cfg = patcher_cfg or PatcherConfig()
-    if model_cfg.pooling == "project":
-        if patcher_cfg.max_patch_len <= 0:
-            raise BltlabError("--pooling project needs --max_patch_len > 0 (the slots per patch)")
-        # a cut that falls inside a UTF-8 character moves to its end: up to 3 bytes more
-        model_cfg.max_patch_len = patcher_cfg.max_patch_len + 3
-    return fit_codec(mode, texts, patcher_cfg, cfg.target_bpp, model_cfg.ngram_sizes,
-                     model_cfg.ngram_buckets)
-
-
 @dataclass
-class Progress(Config):
+class RunState(Config):
     """Where a run stands; saved in every latest checkpoint so a resume continues exactly."""
 
     epoch: int = 0  # epochs completed
@@ -295,306 +236,349 @@ class Progress(Config):
     finished: bool = False  # all epochs done, or stopped early
 
 
-def previous_path(latest: Path) -> Path:
-    """Where the latest checkpoint before the newest one is kept."""
-    return latest.with_name(latest.stem + ".prev.pt")
-
-
-def save_latest(path: Path, state: dict) -> None:
-    """Write the latest checkpoint atomically, keeping the one before as a fallback."""
-    if path.exists():
-        os.replace(path, previous_path(path))
-    save_checkpoint(path, state)
-
-
-def load_latest(path: Path, mode: str) -> tuple[dict, Path] | None:
-    """The newest readable resumable checkpoint: `path`, else (with a warning) the one
-    before it; None when there is none."""
-    for candidate in (path, previous_path(path)):
-        if not candidate.exists():
-            continue
-        try:
-            state = load_checkpoint(candidate, mode)
-        except BltlabError as e:
-            print(f"warning: {e}; trying the checkpoint before it")
-            continue
-        if "optimizer" not in state or "progress" not in state:
-            raise BltlabError(f"{candidate}: cannot resume from it (not a latest checkpoint)")
-        return state, candidate
-    return None
-
-
-def run_key(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
-            patcher_cfg: PatcherConfig | None, data_sha: str) -> dict:
-    """What makes two runs the same run: a checkpoint resumes only a run with this key."""
-    volatile = {"resume", "progress", "num_workers", "device", "save_dir"}
-    return {"mode": mode, "model": model_cfg.to_dict(),
-            "train": {k: v for k, v in cfg.to_dict().items() if k not in volatile},
-            "patcher": patcher_cfg.to_dict() if patcher_cfg else None, "data": data_sha}
+def score(row: dict, metric: str) -> tuple:
+    """Validation score, higher is better: exact match (loss breaks ties), or -loss."""
+    if metric == "exact_match":
+        return (row.get("val_exact_match", 0.0), -row.get("val_loss", 0.0))
+    return (-row.get("val_loss", 0.0),)
 
 
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def find_resume(cfg: TrainConfig, mode: str, latest_path: Path, key: dict) -> dict | None:
-    """The checkpoint to continue from: --resume PATH; --resume (the save dir's latest,
-    which must exist); by default the save dir's latest when it is of the same run."""
-    if cfg.resume not in ("auto", "latest", "never"):
-        found = load_latest(Path(cfg.resume), mode)
-        if found is None:
-            raise BltlabError(f"--resume {cfg.resume}: no such checkpoint")
-        return found[0]
-    found = None if cfg.resume == "never" else load_latest(latest_path, mode)
-    if found is None:
-        if cfg.resume == "latest":
-            raise BltlabError(f"--resume: no latest checkpoint in {cfg.save_dir}")
+@dataclass
+class Rows:
+    """A run's data: validation rows and the training rows, encoded."""
+
+    train: Pairs
+    val: Pairs
+    train_set: PairDataset
+    val_loader: DataLoader
+    collate: Collate
+
+
+@dataclass
+class Run:
+    """A training run set up: what the epoch loop reads and updates."""
+
+    spec: RunSpec  # resolved
+    codec: Codec
+    model: EncoderDecoder
+    net: nn.Module  # the model as trained: wrapped by DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    device: torch.device
+    world: World
+    rows: Rows
+    micro: int  # rows per micro-batch
+    accum: int  # micro-batches per step
+    steps_per_epoch: int
+    key: dict  # the run's identity (resume key)
+    state: RunState = field(default_factory=RunState)
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"val_exact_match": -1.0, "val_loss": math.inf,
+                                                "epoch": 0})
+    writer: Any = None
+
+    def say(self, *args: Any, **kwargs: Any) -> None:
+        if self.world.main:
+            print(*args, **kwargs)
+
+    @property
+    def paths(self) -> tuple[Path, Path, Path]:
+        return checkpoint_paths(self.spec.train.save_dir, self.spec.mode)
+
+    @property
+    def total_steps(self) -> int:
+        return self.spec.train.epochs * self.steps_per_epoch
+
+
+def load_rows(spec: RunSpec) -> tuple[Pairs, Pairs]:
+    """The training CSV's rows (checked against the model's longest input), split."""
+    too_long = functools.partial(CODECS[spec.mode].check_length, limit=spec.model.max_input)
+    pairs = load_pairs(spec.data.train_csv, too_long=too_long,
+                       skip_bad_rows=spec.data.skip_bad_rows)
+    if pairs.skipped and distributed.is_main():
+        print(f"{spec.data.train_csv}: skipped {sum(pairs.skipped.values())} bad rows "
+              f"{pairs.skipped}")
+    not_reversed = sum(reverse(x) != t for x, t in zip(pairs.inputs, pairs.targets))
+    if not_reversed and distributed.is_main():
+        print(f"warning: {spec.data.train_csv}: {not_reversed} of {len(pairs)} targets are not "
+              "their input reversed")
+    return split_validation(pairs, spec.data.val_fraction, spec.train.seed)
+
+
+def codec_and_spec(spec: RunSpec, state: dict | None, train: Pairs) -> tuple[RunSpec, Codec]:
+    """Resolve the spec on the training inputs, or take the resumed checkpoint's model,
+    patcher and codec (its training and data settings stay this run's)."""
+    if state is None:
+        return resolve(spec, train.inputs)
+    saved = RunSpec.from_dict(state["spec"])
+    spec = dataclasses.replace(spec, model=saved.model, patcher=saved.patcher)
+    return spec, codec_from_state(state["codec"], spec.model.max_input)
+
+
+def encode_rows(spec: RunSpec, codec: Codec, train: Pairs, val: Pairs) -> Rows:
+    collate = Collate(codec)
+    val_set = PairDataset.build(codec, val)
+    val_loader = DataLoader(val_set, collate_fn=collate, batch_sampler=LengthBucketSampler(
+        val_set.lengths(), spec.train.val_batch_size, 0))
+    return Rows(train, val, PairDataset.build(codec, train), val_loader, collate)
+
+
+def micro_batch(spec: RunSpec, model: nn.Module, rows: Rows, device: torch.device,
+                precision: Precision) -> int:
+    """Rows per micro-batch: the batch size, split on CUDA when it does not fit."""
+    if device.type != "cuda":
+        return spec.train.batch_size
+    lengths = rows.train_set.lengths()
+    longest = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return fit_micro_batch(lambda n: step_fits(
+        model, rows.collate([rows.train_set[i] for i in longest[-n:]]), device, precision),
+        spec.train.batch_size)
+
+
+def setup(spec: RunSpec, device: torch.device, world: World) -> Run:
+    """Everything the epoch loop needs: rows, codec, model, optimizer, resumed state."""
+    seed_everything(spec.train.seed)
+    train, val = load_rows(spec)
+    key = spec.identity(file_sha256(spec.data.train_csv))
+    if world.main:
+        for tmp in Path(spec.train.save_dir).glob(".*.tmp"):  # left by a run killed mid-write
+            tmp.unlink()
+    state = find_resume(spec.train.resume, spec.train.save_dir, spec.mode, key)
+    spec, codec = codec_and_spec(spec, state, train)
+    rows = encode_rows(spec, codec, train, val)
+    model = build_model(spec.model).to(device)
+    precision = pick_precision(spec.train, device)
+    micro = micro_batch(spec, model, rows, device, precision)
+    accum = spec.train.grad_accum_steps * (spec.train.batch_size // micro)
+    steps = len(LengthBucketSampler(rows.train_set.lengths(), micro, world=world.size)) // accum
+    if steps == 0:
+        raise BltlabError(f"{spec.data.train_csv}: too few rows for one step of {micro} x "
+                          f"{accum} accumulation x {world.size} processes")
+    run = Run(spec, codec, model, model, make_optimizer(model, spec.train), precision, device,
+              world, rows, micro, accum, steps, key)
+    if state is not None:
+        restore(run, state)
+    run.net = wrap(run)
+    return run
+
+
+def restore(run: Run, state: dict) -> None:
+    """Continue from a latest checkpoint: weights, optimizer, RNG, position, history."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.precision.scaler and "scaler" in state:
+        run.precision.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if run.device.type == "cuda" and "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"])
+    run.history, run.best = state["history"], state["best"]
+    run.state = RunState.from_dict(state["run_state"])
+    if run.spec.train.resume != "auto" and run.state.epoch < run.spec.train.epochs:
+        run.state.finished = False  # continued on purpose, for more epochs
+    if run.state.finished:
+        run.say(f"{run.spec.train.save_dir}: this run is already complete "
+                f"({run.state.epoch} epochs)")
+    else:
+        run.say(f"resumed after step {run.state.step} (epoch {run.state.epoch + 1}, "
+                f"batch {run.state.batch} of {run.steps_per_epoch})")
+
+
+def wrap(run: Run) -> nn.Module:
+    """The model as trained: DDP across processes, torch.compile when asked."""
+    net: nn.Module = run.model
+    if run.world.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[run.world.local_rank] if run.device.type == "cuda" else None)
+    if run.spec.train.compile:
+        net = torch.compile(net, dynamic=True)  # batch shapes vary: compile once
+    return net
+
+
+def epoch_batches(run: Run, epoch: int, skip_steps: int) -> Iterator[list[dict]]:
+    """The epoch's steps (each a list of micro-batches), from step `skip_steps` on."""
+    dataset = run.rows.train_set
+    if run.spec.data.fresh_pairs:
+        dataset = PairDataset.build(run.codec, generated_pairs(
+            len(run.rows.train), run.spec.train.seed, epoch, run.spec.data))
+    sampler = LengthBucketSampler(dataset.lengths(), run.micro, run.spec.train.seed,
+                                  rank=run.world.rank, world=run.world.size)
+    sampler.set_epoch(epoch, skip_steps * run.accum)
+    loader = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=run.rows.collate,
+                             num_workers=run.spec.train.num_workers))
+    for _ in range(skip_steps, run.steps_per_epoch):  # a last partial group is left out
+        yield [next(loader) for _ in range(run.accum)]
+
+
+def base_state(run: Run) -> dict:
+    """What every checkpoint of the run holds besides its weights."""
+    return {"mode": run.spec.mode, "spec": run.spec.to_dict(), "codec": run.codec.to_state()}
+
+
+def save_resumable(run: Run) -> None:
+    """Write the latest checkpoint (rank 0): everything an exact resume needs."""
+    if not run.world.main:
+        return
+    rng = {"torch": torch.get_rng_state()}
+    if run.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state()
+    extra = {"scaler": run.precision.scaler.state_dict()} if run.precision.scaler else {}
+    save_latest(run.paths[1], {**base_state(run), "model": run.model.state_dict(),
+                               "optimizer": run.optimizer.state_dict(), "rng": rng,
+                               "run_state": run.state.to_dict(), "history": run.history,
+                               "best": run.best, "run_key": run.key, **extra})
+
+
+def run_epoch(run: Run) -> None:
+    """The optimiser steps of the current epoch (from where a resume left it)."""
+    s, cfg, epoch = run.state, run.spec.train, run.state.epoch
+    run.net.train()
+    t0 = time.perf_counter() - s.seconds
+    bar = tqdm(epoch_batches(run, epoch, s.batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               total=run.steps_per_epoch, initial=s.batch, leave=False, dynamic_ncols=True,
+               disable=None if cfg.progress_bars and run.world.main else True)
+    for micro_batches in bar:
+        for group in run.optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(s.step, run.total_steps, cfg) * s.lr_scale
+        loss = train_step(run.net, micro_batches, run.optimizer, cfg, run.device,
+                          run.precision, run.world)
+        s.step, s.batch = s.step + 1, s.batch + 1
+        s.seen += sum(b["src"].shape[0] for b in micro_batches) * run.world.size
+        s.loss_sum += loss
+        s.seconds = time.perf_counter() - t0
+        bar.set_postfix(loss=f"{loss:.4f}", sps=f"{s.seen / s.seconds:.0f}")
+        if run.writer:
+            run.writer.add_scalar("train/loss", loss, s.step)
+            run.writer.add_scalar("train/lr", run.optimizer.param_groups[0]["lr"], s.step)
+        if (cfg.save_every_steps and s.step % cfg.save_every_steps == 0
+                and s.batch < run.steps_per_epoch):
+            save_resumable(run)
+
+
+def validate(run: Run) -> dict:
+    """The epoch's history row: training loss, lr, speed, validation loss and exact match."""
+    s = run.state
+    return {"epoch": s.epoch + 1, "step": s.step, "train_loss": s.loss_sum / run.steps_per_epoch,
+            "lr": run.optimizer.param_groups[0]["lr"], "epoch_seconds": round(s.seconds, 2),
+            "samples_per_s": round(s.seen / s.seconds, 1),
+            "val_loss": validation_loss(run.model, run.rows.val_loader, run.device),
+            "val_exact_match": exact_match(run.model, run.codec, run.rows.val, run.device,
+                                           run.spec.train.val_batch_size)}
+
+
+def keep_best(run: Run, row: dict) -> bool:
+    """Save the best checkpoint when `row` beats it; plateau cuts when it does not."""
+    cfg = run.spec.train
+    improved = run.best["epoch"] == 0 or (
+        score(row, cfg.early_stopping_metric) > score(run.best, cfg.early_stopping_metric))
+    if improved:
+        run.best = {"val_exact_match": row["val_exact_match"], "val_loss": row["val_loss"],
+                    "epoch": row["epoch"]}
+        if run.world.main:
+            save_checkpoint(run.paths[0], {**base_state(run), "model": run.model.state_dict(),
+                                           "epoch": row["epoch"], "metrics": row})
+        run.state.stale = 0
+    else:
+        run.state.stale += 1
+        if cfg.lr_scheduler == "plateau" and run.state.stale % cfg.plateau_patience == 0:
+            run.state.lr_scale *= cfg.plateau_factor
+    return improved
+
+
+def end_epoch(run: Run, row: dict, epoch_callback: Callable[[dict], bool] | None) -> None:
+    """Best checkpoint, early stopping, latest checkpoint, history and the epoch's line."""
+    cfg = run.spec.train
+    run.history.append(row)
+    improved = keep_best(run, row)
+    stopped_early = bool(cfg.early_stopping_patience
+                         and run.state.stale >= cfg.early_stopping_patience)
+    stop = bool(epoch_callback and epoch_callback(row)) or stopped_early
+    s = run.state
+    run.state = RunState(epoch=s.epoch + 1, step=s.step, stale=s.stale, lr_scale=s.lr_scale,
+                         finished=stop or s.epoch + 1 == cfg.epochs)
+    save_resumable(run)
+    if run.world.main:
+        write_json(run.paths[2], {"mode": run.spec.mode, "spec": run.spec.to_dict(),
+                                  "epochs": run.history, "best": run.best})
+    log_epoch(run, row, improved)
+    if stopped_early:
+        run.say(f"early stopping: validation {cfg.early_stopping_metric} has not improved "
+                f"for {run.state.stale} epochs")
+
+
+def log_epoch(run: Run, row: dict, improved: bool) -> None:
+    if run.writer:
+        for name in ("val_exact_match", "val_loss", "samples_per_s", "train_loss"):
+            run.writer.add_scalar(f"epoch/{name}", row[name], run.state.step)
+        run.writer.flush()
+    run.say(f"epoch {row['epoch']}/{run.spec.train.epochs}  loss {row['train_loss']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_exact {100 * row['val_exact_match']:.2f}%  "
+            f"lr {row['lr']:.2e}  {row['samples_per_s']:.0f} samples/s  "
+            f"{row['epoch_seconds']:.0f}s" + ("  *" if improved else ""), flush=True)
+
+
+def tensorboard_writer(run: Run):
+    """TensorBoard event files in <save_dir>/tensorboard/<mode> (None when off); a resumed
+    run drops the events logged after its checkpoint."""
+    if not run.spec.train.tensorboard or not run.world.main:
         return None
-    state, path = found
-    if cfg.resume == "auto" and state.get("run_key") != key:
-        print(f"{path} is from another configuration or data: starting a new run")
-        return None
-    return state
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(Path(run.spec.train.save_dir) / "tensorboard" / run.spec.mode),
+                         purge_step=run.state.step + 1)
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig, progress: Progress) -> float:
-    return cfg.lr * lr_factor(step, total, cfg) * progress.lr_scale
+def describe(run: Run) -> str:
+    return (f"{run.spec.mode}: {count_parameters(run.model):,} parameters, "
+            f"{len(run.rows.train)} train / {len(run.rows.val)} val rows, "
+            f"{run.steps_per_epoch} steps per epoch (batch {run.micro} x {run.accum} "
+            f"accumulation x {run.world.size} processes), device {run.device}"
+            + (f", autocast {str(run.precision.dtype).removeprefix('torch.')}"
+               if run.precision.enabled else ""))
 
 
-def score(row: dict, metric: str) -> tuple:
-    """Validation score, higher is better: exact match (loss breaks ties), or -loss."""
-    if metric == "exact_match":
-        return (row.get("val_exact_match", 0.0), -row.get("val_loss", 0.0))
-    if metric == "loss":
-        return (-row.get("val_loss", 0.0),)
-    raise BltlabError(f"--early_stopping_metric {metric!r}: choose exact_match or loss")
+def announce(run: Run) -> None:
+    """The run's first lines (patches for a BLT) and, on rank 0, its entropy model file."""
+    if run.spec.mode == "blt":
+        seg = run.codec.segment(run.rows.train.inputs)
+        run.say(f"patches: {run.spec.patcher.describe()}, {seg.bytes_per_patch():.2f} "
+                "bytes/patch on the training inputs")
+        if run.codec.patcher.lm is not None and run.world.main:
+            run.codec.patcher.lm.save(Path(run.spec.train.save_dir) / "entropy_model.pt")
+    run.say(describe(run))
 
 
-def check_config(cfg: TrainConfig) -> None:
-    if not 0.0 <= cfg.fresh_non_ascii <= 1.0:
-        raise BltlabError(f"--fresh_non_ascii {cfg.fresh_non_ascii}: must be between 0 and 1")
-    for name in ("epochs", "batch_size", "grad_accum_steps"):
-        if getattr(cfg, name) < 1:
-            raise BltlabError(f"--{name} {getattr(cfg, name)}: must be at least 1")
-    score({}, cfg.early_stopping_metric)
-    lr_factor(cfg.warmup_steps, 1, cfg)
-
-
-def train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
-          patcher_cfg: PatcherConfig | None = None,
-          epoch_callback: Callable[[dict], bool] | None = None) -> dict:
+def train(spec: RunSpec, epoch_callback: Callable[[dict], bool] | None = None) -> dict:
     """Train a model (on every process torchrun started); returns the best checkpoint's
     path, its validation scores and the history. `epoch_callback(row)` sees each epoch's
     history row and returns True to stop the run there (e.g. a pruned tuning trial)."""
-    check_config(cfg)
-    device = pick_device(cfg.device)
+    device = pick_device(spec.train.device)
     world = distributed.init(device)
     try:
-        with RunLock(cfg.save_dir) if world.main else contextlib.nullcontext():
-            return _train(mode, model_cfg, cfg, patcher_cfg, device, world, epoch_callback)
+        if world.main:
+            ensure_dir(spec.train.save_dir, "--save_dir")
+        with RunLock(spec.train.save_dir) if world.main else contextlib.nullcontext():
+            return train_loop(setup(spec, device, world), epoch_callback)
     finally:
         distributed.shutdown(world)
 
 
-def _train(mode: str, model_cfg: ModelConfig, cfg: TrainConfig,
-           patcher_cfg: PatcherConfig | None, device: torch.device, world: World,
-           epoch_callback: Callable[[dict], bool] | None) -> dict:
-    say = print if world.main else (lambda *a, **k: None)
-    seed_everything(cfg.seed)
-    unit = "bytes" if mode == "blt" else "chars"
-    pairs = load_pairs(cfg.train_csv, max_len=model_cfg.max_len - 1, unit=unit,
-                       skip_bad_rows=cfg.skip_bad_rows)
-    if pairs.skipped:
-        say(f"{cfg.train_csv}: skipped {sum(pairs.skipped.values())} bad rows {pairs.skipped}")
-    train_pairs, val_pairs = split_validation(pairs, cfg.val_fraction, cfg.seed)
-    best_path, latest_path, history_path = checkpoint_paths(cfg.save_dir, mode)
-    if world.main:
-        for tmp in Path(cfg.save_dir).glob(".*.tmp"):  # left by a run killed mid-write
-            tmp.unlink()
-    key = run_key(mode, model_cfg, cfg, patcher_cfg, file_sha256(cfg.train_csv))
-    state = find_resume(cfg, mode, latest_path, key)
-    if state is not None:
-        codec = codec_from_state(state["codec"])
-        model_cfg = CONFIGS[mode].from_dict(state["model_config"])
-    else:
-        codec = make_codec(mode, model_cfg, cfg, train_pairs.inputs, patcher_cfg)
-    model_cfg.vocab_size = len(codec.vocab)
-    if mode == "blt":
-        seg = codec.segment(train_pairs.inputs)
-        say(f"patches: {codec.patcher.cfg.describe()}, {seg.bytes_per_patch():.2f} "
-            "bytes/patch on the training inputs")
-        if codec.patcher.lm is not None and world.main:
-            codec.patcher.lm.save(Path(cfg.save_dir) / "entropy_model.pt")
-
-    collate = Collate(codec)
-    train_set = PairDataset.build(codec, train_pairs)
-    model = build_model(mode, model_cfg).to(device)
-    precision = pick_precision(cfg, device)
-    micro = cfg.batch_size
-    if device.type == "cuda":  # split the batch into micro-batches if it does not fit
-        longest = sorted(range(len(train_set)), key=train_set.lengths().__getitem__)
-        micro = fit_micro_batch(lambda n: step_fits(
-            model, collate([train_set[i] for i in longest[-n:]]), device, precision),
-            cfg.batch_size)
-        if micro < cfg.batch_size:
-            say(f"batch {cfg.batch_size} does not fit in {device}'s memory: "
-                f"{cfg.batch_size // micro} micro-batches of {micro}")
-    optimizer = make_optimizer(model, cfg)
-    sampler_args = {"batch_size": micro, "seed": cfg.seed, "rank": world.rank,
-                    "world": world.size}
-    accum = cfg.grad_accum_steps * (cfg.batch_size // micro)
-    steps_per_epoch = len(LengthBucketSampler(train_set.lengths(), **sampler_args)) // accum
-    if steps_per_epoch == 0:
-        raise BltlabError(f"{cfg.train_csv}: too few rows for one step of {micro} x "
-                          f"{accum} accumulation x {world.size} processes")
-
-    def epoch_batches(epoch: int, skip_steps: int):
-        dataset = (PairDataset.build(codec, fresh_pairs(len(train_pairs), cfg.seed, epoch,
-                                                           cfg.fresh_non_ascii))
-                   if cfg.fresh_pairs else train_set)
-        sampler = LengthBucketSampler(dataset.lengths(), **sampler_args)
-        sampler.set_epoch(epoch, skip_steps * accum)
-        loader = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                                 num_workers=cfg.num_workers))
-        for _ in range(skip_steps, steps_per_epoch):  # a last partial group is left out
-            yield [next(loader) for _ in range(accum)]
-
-    val_set = PairDataset.build(codec, val_pairs) if len(val_pairs) else None
-    val_loader = (DataLoader(val_set, batch_sampler=LengthBucketSampler(
-        val_set.lengths(), 256, 0), collate_fn=collate) if val_set else None)
-
-    total_steps = cfg.epochs * steps_per_epoch
-    history: list[dict] = []
-    best = {"val_exact_match": -1.0, "val_loss": math.inf, "epoch": 0}
-    progress = Progress()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if precision.scaler and "scaler" in state:
-            precision.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
-        history, best = state["history"], state["best"]
-        progress = Progress.from_dict(state["progress"])
-        if progress.finished:
-            say(f"{cfg.save_dir}: this run is already complete ({progress.epoch} epochs)")
-        else:
-            say(f"resumed after step {progress.step} (epoch {progress.epoch + 1}, "
-                f"batch {progress.batch} of {steps_per_epoch})")
-    net = model
-    if world.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[world.local_rank] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net, dynamic=True)  # batch shapes vary: compile once
-    writer = tensorboard_writer(cfg, mode, progress.step) if world.main else None
-
-    say(f"{mode}: {count_parameters(model):,} parameters, {len(train_set)} train / "
-        f"{len(val_pairs)} val rows, {steps_per_epoch} steps per epoch (batch "
-        f"{micro} x {accum} accumulation x {world.size} processes), device {device}"
-        + (f", autocast {str(precision.dtype).removeprefix('torch.')}"
-           if precision.enabled else ""))
-    base_state = {"mode": mode, "model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
-                  "codec": codec.to_state()}
-
-    def save_resumable() -> None:
-        if not world.main:
-            return
-        rng = {"torch": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state()
-        extra = {"scaler": precision.scaler.state_dict()} if precision.scaler else {}
-        save_latest(latest_path, {**base_state, "model": model.state_dict(),
-                                  "optimizer": optimizer.state_dict(), "rng": rng,
-                                  "progress": progress.to_dict(), "history": history,
-                                  "best": best, "run_key": key, **extra})
-
-    while progress.epoch < cfg.epochs and not progress.finished:
-        epoch = progress.epoch
-        net.train()
-        t0 = time.perf_counter() - progress.seconds
-        bar = tqdm(epoch_batches(epoch, progress.batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   total=steps_per_epoch, initial=progress.batch, leave=False,
-                   disable=None if cfg.progress and world.main else True, dynamic_ncols=True)
-        for micro_batches in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(progress.step, total_steps, cfg, progress)
-            loss = train_step(net, micro_batches, optimizer, cfg, device, precision, world)
-            progress.step, progress.batch = progress.step + 1, progress.batch + 1
-            progress.seen += sum(b["src"].shape[0] for b in micro_batches) * world.size
-            progress.loss_sum += loss
-            progress.seconds = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{loss:.4f}", sps=f"{progress.seen / progress.seconds:.0f}")
-            if writer:
-                writer.add_scalar("train/loss", loss, progress.step)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], progress.step)
-            if (cfg.save_every_steps and progress.step % cfg.save_every_steps == 0
-                    and progress.batch < steps_per_epoch):
-                save_resumable()
-        row = {"epoch": epoch + 1, "step": progress.step,
-               "train_loss": progress.loss_sum / steps_per_epoch,
-               "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": round(progress.seconds, 2),
-               "samples_per_s": round(progress.seen / progress.seconds, 1)}
-        if val_loader is not None:
-            row["val_loss"] = validation_loss(model, val_loader, device)
-            row["val_exact_match"] = exact_match(model, codec, val_pairs, device)
-        history.append(row)
-        improved = val_loader is None or best["epoch"] == 0 or (
-            score(row, cfg.early_stopping_metric) > score(best, cfg.early_stopping_metric))
-        if improved:
-            best = {"val_exact_match": row.get("val_exact_match", 0.0),
-                    "val_loss": row.get("val_loss", 0.0), "epoch": epoch + 1}
-            if world.main:
-                save_checkpoint(best_path, {**base_state, "model": model.state_dict(),
-                                            "epoch": epoch + 1, "metrics": row})
-            progress.stale = 0
-        else:
-            progress.stale += 1
-            if cfg.lr_scheduler == "plateau" and progress.stale % cfg.plateau_patience == 0:
-                progress.lr_scale *= cfg.plateau_factor
-        stopped_early = bool(cfg.early_stopping_patience
-                             and progress.stale >= cfg.early_stopping_patience)
-        stopped_by_callback = bool(epoch_callback and epoch_callback(row))
-        stop = stopped_early or stopped_by_callback
-        progress = Progress(epoch=epoch + 1, step=progress.step, stale=progress.stale,
-                            lr_scale=progress.lr_scale,
-                            finished=stop or epoch + 1 == cfg.epochs)
-        save_resumable()
-        if world.main:
-            write_json(history_path, {"mode": mode, "model_config": model_cfg.to_dict(),
-                                      "train_config": asdict(cfg), "epochs": history,
-                                      "best": best})
-        if writer:
-            for name in ("val_exact_match", "val_loss", "samples_per_s", "train_loss"):
-                if name in row:
-                    writer.add_scalar(f"epoch/{name}", row[name], progress.step)
-            writer.flush()
-        say(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
-            f"val_loss {row.get('val_loss', float('nan')):.4f}  "
-            f"val_exact {100 * row.get('val_exact_match', float('nan')):.2f}%  "
-            f"lr {row['lr']:.2e}  {row['samples_per_s']:.0f} samples/s  "
-            f"{row['epoch_seconds']:.0f}s" + ("  *" if improved else ""), flush=True)
-        if stopped_early:
-            say(f"early stopping: validation {cfg.early_stopping_metric} has not improved "
-                f"for {progress.stale} epochs")
-    if writer:
-        writer.close()
-    say(f"best checkpoint: {best_path} (epoch {best['epoch']}, "
-        f"val exact match {100 * best['val_exact_match']:.2f}%)")
-    return {"best_checkpoint": str(best_path), "best": best, "history": history,
-            "parameters": count_parameters(model),
-            "stopped": progress.finished and progress.epoch < cfg.epochs}
-
-
-def tensorboard_writer(cfg: TrainConfig, mode: str, step: int):
-    """TensorBoard event files in <save_dir>/tensorboard/<mode> (None with --no_tensorboard);
-    a resumed run drops the events logged after its checkpoint."""
-    if not cfg.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(Path(cfg.save_dir) / "tensorboard" / mode), purge_step=step + 1)
+def train_loop(run: Run, epoch_callback: Callable[[dict], bool] | None) -> dict:
+    announce(run)
+    run.writer = tensorboard_writer(run)
+    while not run.state.finished:
+        run_epoch(run)
+        end_epoch(run, validate(run), epoch_callback)
+    if run.writer:
+        run.writer.close()
+    run.say(f"best checkpoint: {run.paths[0]} (epoch {run.best['epoch']}, "
+            f"val exact match {100 * run.best['val_exact_match']:.2f}%)")
+    return {"best_checkpoint": str(run.paths[0]), "best": run.best, "history": run.history,
+            "parameters": count_parameters(run.model), "spec": run.spec.to_dict(),
+            "stopped": run.state.epoch < run.spec.train.epochs}
 
 
 def default_threads() -> int:

@@ -11,10 +11,13 @@ can share one study through `--storage postgresql://...`.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import fcntl
 import json
 import random
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,47 +25,79 @@ import optuna
 import sqlalchemy
 import yaml
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from bltlab.errors import BltlabError
-from bltlab.fileio import owner_gone, process_owner, write_json
-from bltlab.models import CONFIGS
-from bltlab.patching import PatcherConfig
-from bltlab.training import TrainConfig, train
+from bltlab.fileio import check_output_file, ensure_dir, owner_gone, process_owner, write_json
+from bltlab.spec import RunSpec, locate
+from bltlab.training import train
 
 DEFAULT_SPACE = Path(__file__).with_name("resources") / "search_space.yaml"
 KINDS = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+HEARTBEAT_S = 30  # a trial whose worker sends none for 90 s is failed and retried
+# the heartbeat and retry API works across optuna 3.4-4.x; its experimental and
+# deprecation notices are not the user's business
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"optuna\..*|bltlab\.tuning")
+DRIVERS = {"postgresql": "psycopg2-binary", "mysql": "mysqlclient"}  # the default drivers
 
 
-def load_search_space(path: str | Path | None, mode: str) -> dict[str, dict]:
-    """The `mode` section of a search-space file, checked entry by entry."""
-    path = Path(path) if path else DEFAULT_SPACE
+def read_space_file(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
         spaces = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as e:
         raise BltlabError(f"{path}: cannot read the search space ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    if not isinstance(spaces, dict) or not isinstance(spaces.get(mode), dict):
+    if not isinstance(spaces, dict):
+        raise BltlabError(f"{path}: a search space is a mapping with char and blt sections")
+    return spaces
+
+
+def check_entry(base: RunSpec, name: str, spec: Any, where: str) -> None:
+    """A search-space entry's shape, and that each value it can take makes a valid spec."""
+    if not isinstance(spec, dict) or spec.get("type") not in KINDS:
+        raise BltlabError(f"{where}: needs type float, int or categorical")
+    missing = [k for k in KINDS[spec["type"]] if k not in spec]
+    if missing:
+        raise BltlabError(f"{where}: missing {', '.join(missing)}")
+    if spec["type"] == "categorical":
+        values = spec["choices"]
+        if not isinstance(values, list) or not values:
+            raise BltlabError(f"{where}: choices must be a non-empty list")
+    else:
+        values = [spec["low"], spec["high"]]
+        number = int if spec["type"] == "int" else (int, float)
+        if not all(isinstance(v, number) and not isinstance(v, bool) for v in values):
+            raise BltlabError(f"{where}: low and high must be {spec['type']} numbers")
+        if values[0] > values[1]:
+            raise BltlabError(f"{where}: low {values[0]} is above high {values[1]}")
+    for value in [*values, *spec.get("grid", [])]:
+        try:
+            base.with_settings({name: value}, where)
+        except BltlabError as e:
+            raise BltlabError(f"{where}: {value!r} does not make a valid run ({e})") from None
+
+
+def load_search_space(path: str | Path | None, base: RunSpec) -> dict[str, dict]:
+    """The `base.mode` section of a search-space file, checked entry by entry: keys name
+    settings as flags do (`d_model`, `entropy_threshold`), and every value they can
+    take must make a valid run on its own."""
+    path = Path(path) if path else DEFAULT_SPACE
+    spaces = read_space_file(path)
+    mode = base.mode
+    if not isinstance(spaces.get(mode), dict):
         raise BltlabError(f"{path}: no '{mode}' section")
-    known = known_flags(mode)
     for name, spec in spaces[mode].items():
         where = f"{path}: {mode}.{name}"
-        if name not in known:
-            raise BltlabError(f"{where}: not a flag of `bltlab train --mode {mode}`")
-        if not isinstance(spec, dict) or spec.get("type") not in KINDS:
-            raise BltlabError(f"{where}: needs type float, int or categorical")
-        missing = [k for k in KINDS[spec["type"]] if k not in spec]
-        if missing:
-            raise BltlabError(f"{where}: missing {', '.join(missing)}")
+        try:
+            locate(mode, name, where)
+        except BltlabError:
+            raise BltlabError(f"{where}: not a setting of `bltlab train --mode {mode}`"
+                              ) from None
+        check_entry(base, name, spec, where)
     return spaces[mode]
-
-
-def known_flags(mode: str) -> set[str]:
-    return {f.name for cls in (CONFIGS[mode], TrainConfig, PatcherConfig)
-            for f in dataclasses.fields(cls)}
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict]) -> dict[str, Any]:
@@ -91,25 +126,12 @@ def grid(space: dict[str, dict]) -> dict[str, list]:
     return out
 
 
-def split(mode: str, params: dict[str, Any]) -> tuple[dict, dict, dict]:
-    """Parameters for the model config, the training config and the patcher config (a
-    name in several, like max_patch_len, goes to the patcher, which sizes the model)."""
-    parts: list[dict] = []
-    for cls in (PatcherConfig, TrainConfig, CONFIGS[mode]):
-        names = {f.name for f in dataclasses.fields(cls)}
-        parts.append({k: v for k, v in params.items() if k in names and
-                      not any(k in p for p in parts)})
-    patcher, training, model = parts
-    return model, training, patcher
-
-
-def objective(mode: str, space: dict, base: TrainConfig, tune_epochs: int, runs_dir: Path):
+def objective(base: RunSpec, space: dict, tune_epochs: int, runs_dir: Path):
     def run_trial(trial: optuna.Trial) -> float:
-        params = suggest(trial, space)
-        model_over, train_over, patcher_over = split(mode, params)
-        model_cfg = CONFIGS[mode](**model_over)
-        if model_cfg.d_model % model_cfg.nhead:
-            raise optuna.TrialPruned(f"d_model {model_cfg.d_model} % nhead {model_cfg.nhead}")
+        try:
+            spec = base.with_settings(suggest(trial, space), f"trial {trial.number}")
+        except BltlabError as e:  # e.g. a d_model that nhead does not divide
+            raise optuna.TrialPruned(str(e)) from None
         # a retried trial (its worker died) resumes the first attempt's checkpoints
         trial.set_user_attr("worker", process_owner())
         frozen = next(t for t in trial.study.get_trials(deepcopy=False)
@@ -117,17 +139,16 @@ def objective(mode: str, space: dict, base: TrainConfig, tune_epochs: int, runs_
         number = frozen.user_attrs.get("retry_of",
                                        RetryFailedTrialCallback.retried_trial_number(frozen))
         number = trial.number if number is None else number
-        cfg = dataclasses.replace(base, **train_over, epochs=tune_epochs, progress=False,
-                                  tensorboard=False,
-                                  save_dir=str(runs_dir / mode / f"trial_{number:04d}"))
+        save_dir = runs_dir / base.mode / f"trial_{number:04d}"
+        spec = spec.with_settings({"epochs": tune_epochs, "progress_bars": False,
+                                   "tensorboard": False, "save_dir": str(save_dir)})
 
         def report(row: dict) -> bool:
-            trial.report(row.get("val_exact_match", 0.0), row["epoch"])
+            trial.report(row["val_exact_match"], row["epoch"])
             return trial.should_prune()
 
-        result = train(mode, model_cfg, cfg, PatcherConfig(**patcher_over) if mode == "blt"
-                       else None, report)
-        trial.set_user_attr("save_dir", cfg.save_dir)
+        result = train(spec, report)
+        trial.set_user_attr("save_dir", str(save_dir))
         if result["stopped"] and trial.should_prune():
             raise optuna.TrialPruned()
         return result["best"]["val_exact_match"]
@@ -135,34 +156,92 @@ def objective(mode: str, space: dict, base: TrainConfig, tune_epochs: int, runs_
     return run_trial
 
 
-def tune(mode: str, base: TrainConfig, tune_epochs: int = 3, max_trials: int = 20,
-         sampler: str = "tpe", search_space: str | Path | None = None,
-         storage: str | None = None, out_dir: str | Path = "results",
-         runs_dir: str | Path = "checkpoints/tuning") -> dict:
+def tune(base: RunSpec, tune_epochs: int = 3, max_trials: int = 20, sampler: str = "tpe",
+         search_space: str | Path | None = None, storage: str | None = None,
+         out_dir: str | Path = "results", runs_dir: str | Path = "checkpoints/tuning") -> dict:
     """Run (or continue) the study `bltlab-<mode>` until it has `max_trials` finished
-    trials; write and return `results/hyperparameter_tuning_<mode>.json`."""
-    space = load_search_space(search_space, mode)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    url = storage or f"sqlite:///{out_dir / 'tuning.db'}"
-    db = open_storage(url)
+    trials of `base` with the search space's settings; write and return
+    `results/hyperparameter_tuning_<mode>.json`."""
+    mode = base.mode
     if sampler not in ("tpe", "grid"):
         raise BltlabError(f"--sampler {sampler!r}: choose tpe or grid")
+    for name, value in (("tune_epochs", tune_epochs), ("max_tune_combinations", max_trials)):
+        if value < 1:
+            raise BltlabError(f"--{name} {value}: must be at least 1")
+    space = load_search_space(search_space, base)
+    out_dir = ensure_dir(out_dir, "--output_dir")
+    url = storage or f"sqlite:///{out_dir / 'tuning.db'}"
+    db = open_storage(url)
     study = retry(lambda: optuna.create_study(
         study_name=f"bltlab-{mode}", storage=db, direction="maximize", load_if_exists=True,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)))
     # a worker joining (or resuming) a study draws its own stream: seed + trials so far
-    seed = base.seed + len(study.get_trials(deepcopy=False))
+    seed = base.train.seed + len(study.get_trials(deepcopy=False))
     study.sampler = (optuna.samplers.TPESampler(seed=seed) if sampler == "tpe"
                      else optuna.samplers.GridSampler(grid(space), seed=seed))
     requeue_dead_trials(study, db)
-    busy = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
-    if len(study.get_trials(deepcopy=False, states=busy)) < max_trials:
-        study.optimize(objective(mode, space, base, tune_epochs, Path(runs_dir)),
-                       n_trials=max_trials, callbacks=[MaxTrialsCallback(max_trials, busy)],
-                       catch=(BltlabError,))
+    work(study, db, objective(base, space, tune_epochs, Path(runs_dir)), max_trials,
+         trial_gate(url))
     return write_results(study, mode, out_dir / f"hyperparameter_tuning_{mode}.json",
                          sampler, tune_epochs, url)
+
+
+def trial_gate(url: str):
+    """A lock that makes "count the trials, then start one" atomic among this machine's
+    workers on an SQLite study (the usual case); other databases get none, so workers
+    that finish at the same instant may start one trial more than asked."""
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return contextlib.nullcontext
+    path = Path(parsed.database).with_suffix(".lock")
+
+    @contextlib.contextmanager
+    def gate():
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    return gate
+
+
+@contextlib.contextmanager
+def heartbeat(db: RDBStorage, trial_id: int, interval: float = HEARTBEAT_S):
+    """Record the trial's heartbeat while it runs, so a worker that dies is noticed."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            db.record_heartbeat(trial_id)
+
+    db.record_heartbeat(trial_id)
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def work(study: optuna.Study, db: RDBStorage, run_trial, max_trials: int, gate) -> None:
+    """Start trials until the study holds `max_trials` finished, running or waiting ones
+    (all workers together); a trial whose settings or data fail is failed, not fatal."""
+    busy = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+    study_id = db.get_study_id_from_name(study.study_name)
+    while True:
+        optuna.storages.fail_stale_trials(study)  # dead workers elsewhere: queued again
+        with gate():
+            if len(study.get_trials(deepcopy=False, states=busy)) >= max_trials:
+                return
+            trial = study.ask()
+        with heartbeat(db, db.get_trial_id_from_study_id_trial_number(study_id, trial.number)):
+            try:
+                study.tell(trial, run_trial(trial))
+            except optuna.TrialPruned:
+                study.tell(trial, state=TrialState.PRUNED)
+            except BltlabError as e:
+                print(f"trial {trial.number} failed: {e}")
+                study.tell(trial, state=TrialState.FAIL)
 
 
 def requeue_dead_trials(study: optuna.Study, db: RDBStorage) -> None:
@@ -191,11 +270,41 @@ def retry(make, attempts: int = 6):
             time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
 
 
+def driver_package(url: sqlalchemy.engine.URL, module: str | None) -> str:
+    """The package to install for a URL whose driver is missing."""
+    if "+" not in url.drivername and url.get_backend_name() in DRIVERS:
+        return DRIVERS[url.get_backend_name()]
+    return module or url.drivername
+
+
+def check_storage(url: str) -> None:
+    """A one-line error, before any trial, for a URL that is not a database, a missing
+    driver, or an SQLite file that cannot be written."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+        parsed.get_dialect().import_dbapi()
+    except sqlalchemy.exc.ArgumentError:
+        raise BltlabError(f"--storage {url}: not a database URL (e.g. sqlite:///results/"
+                          "tuning.db, postgresql://user:pw@host/db)") from None
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise BltlabError(f"--storage {url}: no database kind {parsed.drivername!r}") from None
+    except ImportError as e:
+        raise BltlabError(f"--storage {url}: its driver is not installed (pip install "
+                          f"{driver_package(parsed, e.name)})") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        check_output_file(parsed.database, "--storage")
+
+
 def open_storage(url: str) -> RDBStorage:
     """The study database; a trial whose worker died (no heartbeat for 90 s) is failed
     and retried with the same parameters."""
-    return retry(lambda: RDBStorage(url, heartbeat_interval=30, grace_period=90,
-                                    failed_trial_callback=RetryFailedTrialCallback(2)))
+    check_storage(url)
+    try:
+        return retry(lambda: RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=90,
+                                        failed_trial_callback=RetryFailedTrialCallback(2)))
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        first = str(e.orig if getattr(e, "orig", None) else e).splitlines()[0]
+        raise BltlabError(f"--storage {url}: cannot open the database ({first})") from None
 
 
 def write_results(study: optuna.Study, mode: str, path: Path, sampler: str,

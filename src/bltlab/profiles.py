@@ -1,0 +1,252 @@
+"""What the data generator draws: the seed's row distribution, a broad one, and the
+held-out robustness sets.
+
+- `seed`: the seed data's distribution (3-16 lowercase English words, ~1% non-ASCII).
+- `broad`: what a person may type. Lengths from 1 to `MAX_CHARS` characters with real
+  mass at both ends; lower, sentence, title, upper and mixed case; every printable ASCII
+  character (comma, quotes and backslash included), numbers and tabs; words of other
+  languages from wordfreq's own word lists (Latin with diacritics, Greek, Arabic,
+  Hebrew, Devanagari, Chinese, Japanese, Korean) and emoji drawn from Unicode ranges,
+  multi-code-point ones included. Cyrillic is left out on purpose (`HELD_OUT`): it is
+  the unseen script the robustness sets test.
+
+Every draw is a pure function of a numpy Generator, so a seed gives the same rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import string
+from collections.abc import Callable
+
+import numpy as np
+
+PUNCTUATION = list(".)?;>@}+/*|\\(^#$%'[=<_:-]!&{")
+SYMBOLS = PUNCTUATION + list("0123456789")
+MIN_WORDS, MAX_WORDS = 3, 15
+SYMBOL_PROB = 0.3
+WORDLIST_SIZE = 20000
+
+MAX_CHARS = 320  # broad rows: at most this many characters (twice the seed's longest, +)
+MAX_BYTES = 500  # ... and this many UTF-8 bytes (models take 511 by default)
+OTHER_LANGUAGES = {"de": 2000, "fr": 2000, "es": 2000, "pt": 2000, "pl": 2000, "tr": 2000,
+                   "vi": 1000, "el": 2000, "ar": 2000, "he": 2000, "hi": 1000, "zh": 500,
+                   "ja": 500, "ko": 500}  # language: how many of its top words
+HELD_OUT = {"ru": 2000, "uk": 2000, "bg": 2000}  # Cyrillic: never in broad training rows
+ASCII = string.printable[:95] + "\t"  # printable ASCII 32-126, and tab
+BROAD_KINDS = {"seed": 0.25, "text": 0.40, "short": 0.15, "chars": 0.10, "long": 0.10}
+CASES = {"lower": 0.4, "sentence": 0.25, "title": 0.15, "upper": 0.1, "mixed": 0.1}
+WRAPS = ('"{}"', "'{}'", "({})", "[{}]", "{{{}}}", "<{}>", "`{}`", "*{}*")
+TRAILING = list(",.;:!?") + ["...", "'s", "%"]
+SEPARATORS = {" ": 0.86, "\t": 0.03, "  ": 0.03, " - ": 0.03, "/": 0.02, " | ": 0.01,
+              "_": 0.02}
+# emoji from Unicode ranges: pictographs, emoticons, people (for skin tones and ZWJ
+# families), symbols that take the emoji presentation selector, regional indicators
+PICTOGRAPHS = [*range(0x1F300, 0x1F5FF + 1), *range(0x1F600, 0x1F64F + 1),
+               *range(0x1F680, 0x1F6C5 + 1), *range(0x1F90C, 0x1F9FF + 1)]
+PEOPLE = list(range(0x1F466, 0x1F469 + 1)) + list(range(0x1F46E, 0x1F478 + 1))
+SKIN_TONES = range(0x1F3FB, 0x1F3FF + 1)
+SYMBOLS_VS16 = list(range(0x2600, 0x26FF + 1)) + list(range(0x2700, 0x27BF + 1))
+REGIONAL = range(0x1F1E6, 0x1F1FF + 1)
+ZWJ, VS16 = "\u200d", "\ufe0f"
+
+
+@functools.cache
+def wordlist() -> list[str]:
+    """The seed generator's words: wordfreq's top 20,000 English words within the BMP."""
+    from wordfreq import top_n_list
+
+    return [w for w in top_n_list("en", WORDLIST_SIZE) if all(ord(c) < 0x10000 for c in w)]
+
+
+@functools.cache
+def language_words(lang: str, n: int) -> list[str]:
+    """wordfreq's top `n` words of a language (shipped with the package: no download)."""
+    from wordfreq import top_n_list
+
+    return top_n_list(lang, n)
+
+
+def choice(rng: np.random.Generator, items: list | tuple | str):
+    return items[int(rng.integers(len(items)))]
+
+
+def weighted(rng: np.random.Generator, table: dict):
+    keys = list(table)
+    return keys[int(rng.choice(len(keys), p=np.array(list(table.values())) / sum(table.values())))]
+
+
+# ---------------------------------------------------------------- the seed profile
+
+
+def seed_row(rng: np.random.Generator, words: list[str], rare: list[str],
+             non_ascii_rate: float = 0.0) -> str:
+    """One row of the seed's distribution: 3-15 words and, in 30% of rows, a symbol."""
+    k = int(rng.integers(MIN_WORDS, MAX_WORDS + 1))
+    tokens = [words[i] for i in rng.integers(0, len(words), size=k)]
+    if non_ascii_rate > 0 and rng.random() < non_ascii_rate:
+        tokens[int(rng.integers(k))] = rare[int(rng.integers(len(rare)))]
+    if rng.random() < SYMBOL_PROB:
+        tokens.insert(int(rng.integers(0, k + 1)), SYMBOLS[int(rng.integers(len(SYMBOLS)))])
+    return " ".join(tokens)
+
+
+def seed_inputs(n: int, rng: np.random.Generator, non_ascii_rate: float = 0.0) -> list[str]:
+    """`n` rows of the seed's distribution; with `non_ascii_rate` > 0 that share of rows
+    has one word replaced by a word with non-ASCII characters (of the same list)."""
+    words = wordlist()
+    rare = [w for w in words if not w.isascii()]
+    return [seed_row(rng, words, rare, non_ascii_rate) for _ in range(n)]
+
+
+# ---------------------------------------------------------------- the broad profile
+
+
+def emoji(rng: np.random.Generator) -> str:
+    """One emoji: a pictograph, a person with a skin tone, a ZWJ family, a symbol with
+    the emoji presentation selector, or a flag (two regional indicators)."""
+    kind = rng.random()
+    if kind < 0.5:
+        return chr(choice(rng, PICTOGRAPHS))
+    if kind < 0.65:
+        return chr(choice(rng, PEOPLE)) + chr(choice(rng, SKIN_TONES))
+    if kind < 0.8:
+        return ZWJ.join(chr(choice(rng, PEOPLE)) for _ in range(int(rng.integers(2, 5))))
+    if kind < 0.9:
+        return chr(choice(rng, SYMBOLS_VS16)) + VS16
+    return chr(choice(rng, REGIONAL)) + chr(choice(rng, REGIONAL))
+
+
+def number(rng: np.random.Generator) -> str:
+    digits = "".join(choice(rng, string.digits) for _ in range(int(rng.integers(1, 8))))
+    if rng.random() < 0.2:
+        digits += "." + "".join(choice(rng, string.digits) for _ in range(int(rng.integers(1, 4))))
+    return ("-" if rng.random() < 0.05 else "") + digits
+
+
+def word(rng: np.random.Generator, languages: dict[str, int]) -> str:
+    """A word: English (most often), another language, a number, an emoji or a symbol."""
+    r = rng.random()
+    if r < 0.72:
+        return choice(rng, wordlist())
+    if r < 0.88:
+        lang = choice(rng, list(languages))
+        return choice(rng, language_words(lang, languages[lang]))
+    if r < 0.93:
+        return number(rng)
+    if r < 0.96:
+        return emoji(rng)
+    return choice(rng, string.punctuation)
+
+
+def cased(rng: np.random.Generator, words: list[str], style: str) -> list[str]:
+    if style == "sentence":
+        return [words[0][:1].upper() + words[0][1:], *words[1:]] if words else words
+    if style == "title":
+        return [w[:1].upper() + w[1:] for w in words]
+    if style == "upper":
+        return [w.upper() for w in words]
+    if style == "mixed":
+        return [choice(rng, (w.lower(), w.upper(), w.capitalize(), w)) for w in words]
+    return words
+
+
+def decorated(rng: np.random.Generator, w: str) -> str:
+    """Sometimes a word gets trailing punctuation or quotes and brackets around it."""
+    r = rng.random()
+    if r < 0.12:
+        return w + choice(rng, TRAILING)
+    if r < 0.18:
+        return choice(rng, WRAPS).format(w)
+    return w
+
+
+def text(rng: np.random.Generator, n_words: int, languages: dict[str, int]) -> str:
+    """Words in one case style, some decorated, joined by (mostly) single spaces."""
+    words = cased(rng, [word(rng, languages) for _ in range(n_words)], weighted(rng, CASES))
+    words = [decorated(rng, w) for w in words]
+    out = words[0]
+    for w in words[1:]:
+        out += weighted(rng, SEPARATORS) + w
+    if rng.random() < 0.3:
+        out += choice(rng, ".!?")
+    return out
+
+
+def random_chars(rng: np.random.Generator, n: int, languages: dict[str, int]) -> str:
+    """`n` characters: printable ASCII and tab (80%) or characters of the given
+    languages' words and emoji (20%)."""
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.8:
+            out.append(choice(rng, ASCII))
+        else:
+            w = word(rng, languages)
+            out.append(choice(rng, w) if rng.random() < 0.9 else emoji(rng))
+    return "".join(out)
+
+
+def fit(text_: str, max_chars: int = MAX_CHARS, max_bytes: int = MAX_BYTES) -> str:
+    """Cut `text_` to at most `max_chars` characters and `max_bytes` UTF-8 bytes."""
+    text_ = text_[:max_chars]
+    while len(text_.encode("utf-8")) > max_bytes:
+        text_ = text_[:-1]
+    return text_ or "a"
+
+
+def broad_row(rng: np.random.Generator, languages: dict[str, int] = OTHER_LANGUAGES,
+              non_ascii_rate: float = 0.0) -> str:
+    """One row of the broad profile (see the module docstring)."""
+    kind = weighted(rng, BROAD_KINDS)
+    if kind == "seed":
+        words = wordlist()
+        return seed_row(rng, words, [])
+    if kind == "text":
+        return fit(text(rng, int(rng.integers(1, 21)), languages))
+    if kind == "long":
+        return fit(text(rng, int(rng.integers(20, 70)), languages))
+    if kind == "short":
+        if rng.random() < 0.5:
+            return random_chars(rng, int(rng.integers(1, 11)), languages)
+        return fit(text(rng, 1, languages), max_chars=int(rng.integers(1, 11)))
+    return fit(random_chars(rng, int(rng.integers(1, MAX_CHARS + 1)), languages))
+
+
+def broad_inputs(n: int, rng: np.random.Generator, non_ascii_rate: float = 0.0) -> list[str]:
+    """`n` rows of the broad profile (`non_ascii_rate` is ignored: broad rows hold
+    other scripts by design)."""
+    return [broad_row(rng) for _ in range(n)]
+
+
+@functools.cache
+def broad_alphabet() -> frozenset[str]:
+    """Every character a broad row can hold (a char model's vocabulary for fresh rows)."""
+    chars = set(ASCII) | set("".join(wordlist()))
+    for lang, n in OTHER_LANGUAGES.items():
+        chars |= set("".join(language_words(lang, n)))
+    for group in (PICTOGRAPHS, PEOPLE, SKIN_TONES, SYMBOLS_VS16, REGIONAL):
+        chars |= {chr(c) for c in group}
+    chars |= {ZWJ, VS16}
+    chars |= {c.upper() for c in chars} | {c.title() for c in chars}
+    return frozenset(c for piece in chars for c in piece)
+
+
+@functools.cache
+def seed_alphabet() -> frozenset[str]:
+    """Every character a seed-profile row can hold."""
+    return frozenset("".join(wordlist())) | frozenset(SYMBOLS) | {" "}
+
+
+PROFILES: dict[str, Callable[..., list[str]]] = {"seed": seed_inputs, "broad": broad_inputs}
+ALPHABETS = {"seed": seed_alphabet, "broad": broad_alphabet}
+
+
+def alphabet(profile: str) -> frozenset[str]:
+    """Every character rows of `profile` can hold (a char model's vocabulary for them)."""
+    return ALPHABETS[profile]()
+
+
+def draw(profile: str, n: int, rng: np.random.Generator, non_ascii_rate: float = 0.0
+         ) -> list[str]:
+    """`n` input strings of a profile."""
+    return PROFILES[profile](n, rng, non_ascii_rate)

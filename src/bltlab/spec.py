@@ -1,0 +1,214 @@
+"""The run specification: one frozen object that says everything a training run does.
+
+A `RunSpec` holds the mode and its four sections (model, patcher, data, train). It is
+built in layers: the mode's recipe (`RECIPES`, what the README reports), then a YAML or
+JSON file (`--config run.yaml`), then flags; each layer names settings by field name
+(`epochs`), flag (`entropy_threshold`) or section and field (`train.epochs`).
+
+`resolve()` then fits what depends on the training inputs: the char vocabulary, or
+the BLT's patcher (the byte LM, θ calibrated when not given), `vocab_size` and the
+pooling's `patch_slots`. Checkpoints and results folders store the resolved spec; a
+run's identity (the resume key) is the spec before resolving plus the training data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bltlab import profiles
+from bltlab.config import (
+    BLTConfig,
+    Config,
+    DataConfig,
+    ModelConfig,
+    PatcherConfig,
+    TrainConfig,
+    need,
+    one_of,
+)
+from bltlab.errors import BltlabError
+from bltlab.inputs import ByteCodec, CharCodec, Codec
+from bltlab.patching import build_patcher, patch_slots
+from bltlab.vocab import ByteVocab, CharVocab
+
+MODES = ("char", "blt")
+MODEL_CONFIGS = {"char": ModelConfig, "blt": BLTConfig}
+# The recipes the README reports, per mode (only what differs from the dataclass defaults).
+RECIPES: dict[str, dict[str, Any]] = {
+    "char": {},
+    "blt": {"epochs": 45, "fresh_pairs": True, "fresh_non_ascii": 0.05},
+}
+# Settings that say where or how a run is watched, not what it computes: not part of its
+# identity, so changing them continues the same run.
+VOLATILE = {"save_dir", "resume", "progress_bars", "num_workers", "device", "tensorboard"}
+
+
+def sections(mode: str) -> dict[str, type[Config]]:
+    """The section classes of a mode's spec, by section name."""
+    out: dict[str, type[Config]] = {"model": MODEL_CONFIGS[mode], "data": DataConfig,
+                                    "train": TrainConfig}
+    if mode == "blt":
+        out["patcher"] = PatcherConfig
+    return out
+
+
+def flag_names(cls: type[Config]) -> dict[str, str]:
+    """flag -> field name for a section (a field's flag is its name unless it says)."""
+    return {f.metadata.get("flag", f.name): f.name for f in fields(cls)}  # type: ignore
+
+
+@dataclass(frozen=True)
+class RunSpec(Config):
+    """Everything a training run does: mode, model, patcher (BLT), data and training."""
+
+    mode: str = "char"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    patcher: PatcherConfig | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        one_of("mode", self.mode, MODES)
+        need(isinstance(self.model, MODEL_CONFIGS[self.mode]), "mode", self.mode,
+             f"needs a {MODEL_CONFIGS[self.mode].__name__}")
+        need((self.patcher is not None) == (self.mode == "blt"), "mode", self.mode,
+             "a patcher belongs to --mode blt (and only to it)")
+        if self.mode == "blt" and self.model.pooling == "project":
+            need(self.patcher.max_patch_len > 0, "max_patch_len", 0,
+                 "--pooling project needs a longest patch (its in-patch position slots)")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "") -> RunSpec:
+        mode = d.get("mode", "char")
+        one_of("mode", mode, MODES)
+        parts = {"mode": mode}
+        for name, section in sections(mode).items():
+            parts[name] = section.from_dict(d.get(name) or {}, where=f"{where or 'spec'} {name}")
+        unknown = sorted(k for k, v in d.items() if k not in {"mode", *sections(mode)}
+                         and not (k == "patcher" and v is None))
+        if unknown:
+            raise BltlabError(f"{where or 'spec'}: unknown section(s) {', '.join(unknown)}")
+        return cls(**parts)
+
+    @classmethod
+    def of(cls, mode: str = "char", **settings: Any) -> RunSpec:
+        """A spec from the dataclass defaults (no recipe) and `settings` by name: the
+        Python API's short form, e.g. `RunSpec.of("blt", epochs=3, d_model=32)`."""
+        one_of("mode", mode, MODES)
+        base = cls(mode=mode, model=MODEL_CONFIGS[mode](),
+                   patcher=PatcherConfig() if mode == "blt" else None)
+        return base.with_settings(settings, "RunSpec.of")
+
+    def with_settings(self, settings: dict[str, Any], where: str = "settings") -> RunSpec:
+        """A copy with `settings` applied: keys are field names, flags or section.field."""
+        d = self.to_dict()
+        for key, value in settings.items():
+            section, name = locate(self.mode, key, where)
+            d[section][name] = value
+        return RunSpec.from_dict(d, where)
+
+    def identity(self, data_sha256: str) -> dict:
+        """What makes two runs the same run: the spec (less VOLATILE) and the data."""
+        d = self.to_dict()
+        d["train"] = {k: v for k, v in d["train"].items() if k not in VOLATILE}
+        return {**d, "data_sha256": data_sha256}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False,
+                              allow_unicode=True)
+
+
+def locate(mode: str, key: str, where: str) -> tuple[str, str]:
+    """(section, field) of a setting named by field, flag or section.field."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        cls = sections(mode).get(section)
+        if cls is None or name not in flag_names(cls):
+            raise BltlabError(f"{where}: {key}: no such setting for --mode {mode}")
+        return section, flag_names(cls)[name]
+    found = [(s, flag_names(cls)[key]) for s, cls in sections(mode).items()
+             if key in flag_names(cls)]
+    if not found:
+        other = [m for m in MODES if m != mode and any(key in flag_names(c)
+                                                        for c in sections(m).values())]
+        hint = f" (a setting of --mode {other[0]})" if other else ""
+        raise BltlabError(f"{where}: {key}: no such setting for --mode {mode}{hint}")
+    if len(found) > 1:
+        raise BltlabError(f"{where}: {key} is in sections {[s for s, _ in found]}: write "
+                          "section.name")
+    return found[0]
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """The nested settings of a YAML or JSON run file (sections, or flat names)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except OSError as e:
+        raise BltlabError(f"{path}: cannot read the run file ({e.strerror})") from None
+    except (ValueError, yaml.YAMLError) as e:
+        raise BltlabError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
+                          f"({str(e).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise BltlabError(f"{path}: a run file is a mapping of settings")
+    return loaded
+
+
+def flatten(settings: dict[str, Any], mode: str) -> dict[str, Any]:
+    """Nested sections ({train: {epochs: 3}}) as section.field keys; flat keys kept."""
+    out = {}
+    for key, value in settings.items():
+        if key in sections(mode) and isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        elif key != "mode":
+            out[key] = value
+    return out
+
+
+def build_spec(mode: str | None = None, config: str | Path | None = None,
+               settings: dict[str, Any] | None = None) -> RunSpec:
+    """The mode's recipe, then the run file `config`, then `settings` (e.g. flags)."""
+    from_file = read_spec_file(config) if config else {}
+    mode = mode or from_file.get("mode") or "char"
+    spec = RunSpec.of(mode, **RECIPES[mode])
+    if from_file:
+        spec = spec.with_settings(flatten(from_file, mode), str(config))
+    return spec.with_settings(settings or {}, "flags")
+
+
+def resolve(spec: RunSpec, train_inputs: Sequence[str]) -> tuple[RunSpec, Codec]:
+    """Fit what the spec leaves to the data: the char vocabulary (the training inputs,
+    and the profile's alphabet when rows are generated), or the BLT's patcher (byte LM,
+    θ calibrated when not given); then `vocab_size` and the pooling's `patch_slots`."""
+    if spec.mode == "char":
+        texts = list(train_inputs)
+        if spec.data.fresh_pairs:
+            texts.append("".join(sorted(profiles.alphabet(spec.data.profile))))
+        codec = CharCodec(CharVocab.build(texts), spec.model.max_input)
+        model = spec.model.replace(vocab_size=len(codec.vocab))
+        return dataclasses.replace(spec, model=model), codec
+    patcher = build_patcher(spec.patcher, train_inputs)
+    slots = patch_slots(patcher.cfg) if spec.model.pooling == "project" else 0
+    model = spec.model.replace(vocab_size=len(ByteVocab()), patch_slots=slots)
+    codec = ByteCodec(patcher, model.ngram_sizes, model.ngram_buckets, model.max_input)
+    return dataclasses.replace(spec, model=model, patcher=patcher.cfg), codec
+
+
+def settings_for(mode: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that exist for `mode` (flags shared by a two-mode command)."""
+    out = {}
+    for key, value in settings.items():
+        try:
+            locate(mode, key, "")
+        except BltlabError:
+            continue
+        out[key] = value
+    return out

@@ -1,0 +1,44 @@
+"""`bltlab run` end to end on tiny checkpoints, and the metrics it reports."""
+
+import shutil
+
+import pytest
+
+from bltlab.cli import main
+from bltlab.evaluation import compute_metrics
+from bltlab.pipeline import RunOptions, run
+from tests.conftest import strings, write_reversal
+
+
+def test_compute_metrics_by_hand():
+    m = compute_metrics(["ab", "abcd", "é"], ["ba", "dcba", "é"], ["ba", "dcb", "x"])
+    assert m["exact_match_accuracy"] == pytest.approx(1 / 3)
+    assert m["character_accuracy"] == pytest.approx((1 + 3 / 4 + 0) / 3)
+    assert m["one_minus_cer"] == pytest.approx(1 - 2 / 7)  # edits 0 + 1 + 1 over 7 characters
+    assert (m["avg_edit_distance"], m["max_edit_distance"]) == (pytest.approx(2 / 3), 1)
+    assert m["avg_length_diff"] == pytest.approx(1 / 3)
+    assert m["accuracy_by_length"] == {"0-20": {"accuracy": pytest.approx(1 / 3), "count": 3}}
+    assert m["non_ascii"] == {"accuracy": 0.0, "count": 1}
+
+
+def test_run_evaluates_once_and_skips_an_up_to_date_evaluation(
+        tiny_char_run, tiny_blt_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rows = strings(60, 5, 12)
+    write_reversal(tmp_path / "data" / "train.csv", rows)
+    write_reversal(tmp_path / "data" / "test.csv", rows)
+    (tmp_path / "checkpoints").mkdir()
+    for mode, fixture in (("char", tiny_char_run), ("blt", tiny_blt_run)):
+        shutil.copy(fixture[1]["best_checkpoint"], tmp_path / "checkpoints")
+        shutil.copy(fixture[0] / "ck" / f"history_{mode}.json", tmp_path / "checkpoints")
+    opts = RunOptions(skip_train=True, progress_bars=False)
+    first = run(opts)
+    assert "up to date" not in capsys.readouterr().out
+    metrics = tmp_path / "predictions" / "predictions_blt_metrics.json"
+    stamp = metrics.stat().st_mtime_ns
+    second = run(opts)
+    out = capsys.readouterr().out
+    assert out.count("is up to date") == 2 and metrics.stat().st_mtime_ns == stamp
+    assert first["blt"]["exact_match_accuracy"] == second["blt"]["exact_match_accuracy"]
+    assert (tmp_path / "results" / "report.html").is_file()
+    assert main(["analyze", "--no_plots"]) == 0
