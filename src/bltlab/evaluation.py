@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import time
 from pathlib import Path
 
@@ -98,39 +97,16 @@ def patch_metrics(codec, inputs: list[str]) -> dict:
             "patcher": codec.patcher.cfg.to_dict()}
 
 
-PARTS = {"blt": {"local_encoder": ("local", "ln_local", "pool", "ln_pool", "pool_attn"),
-                 "global": ("global_blocks", "ln_global"), "decoder": ("decoder",)},
-         "char": {"encoder": ("encoder", "ln_enc"), "decoder": ("decoder",)}}
+def flop_metrics(model, codec, inputs: list[str], targets: list[str]) -> dict:
+    """Mean FLOPs per row on real positions only (bltlab.flops), by part: a teacher-forced
+    forward pass, and cached greedy decoding of the right answer (+ EOS)."""
+    from bltlab.flops import FlopModel, row_lengths
 
-
-@torch.no_grad()
-def measure_flops(model: torch.nn.Module, codec, inputs: list[str], targets: list[str],
-                  batch_size: int = 256) -> dict[str, float]:
-    """Forward FLOPs per row of each part of the model, counted by
-    `torch.utils.flop_counter.FlopCounterMode` over teacher-forced forward passes on
-    the given rows. Attention runs on the math backend meanwhile, whose matrix
-    products the counter sees (its fused CPU kernels are not counted)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from bltlab.batching import Collate
-
-    model.eval()
-    collate = Collate(codec)
-    rows = list(zip(codec.rows(inputs), [codec.target(t) for t in targets]))
-    root = type(model).__name__
-    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        for start in range(0, len(rows), batch_size):
-            model(collate(rows[start: start + batch_size]))
-    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
-
-    def part_flops(modules: tuple[str, ...]) -> int:  # a module, or a ModuleList's items
-        pattern = re.compile(rf"{root}\.({'|'.join(modules)})(\.\d+)?")
-        return sum(v for name, v in counts.items() if pattern.fullmatch(name))
-
-    out = {part: part_flops(modules) / len(rows) for part, modules in PARTS[codec.mode].items()}
-    out["total"] = counter.get_total_flops() / len(rows)
-    return {k: round(v) for k, v in out.items()}
+    flops = FlopModel.fit(model.cfg)
+    L, T, n = row_lengths(codec, inputs, targets)
+    return {"forward_flops_per_row": flops.per_row("forward", L, T, n),
+            "inference_flops_per_row": flops.per_row("infer", L, T, n),
+            "flop_polynomial": flops.to_dict()}
 
 
 def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: str | Path,
@@ -146,8 +122,7 @@ def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: st
     metrics = compute_metrics(pairs.inputs, pairs.targets, preds)
     if codec.mode == "blt":
         metrics.update(patch_metrics(codec, pairs.inputs))
-    metrics["forward_flops_per_row"] = measure_flops(model, codec, pairs.inputs, pairs.targets,
-                                                     batch_size)
+    metrics.update(flop_metrics(model, codec, pairs.inputs, pairs.targets))
     metrics.update({"parameters": sum(p.numel() for p in model.parameters()),
                     "beam_width": beam_width, "length_penalty": length_penalty,
                     "decode_rows_per_s": round(len(pairs) / seconds, 1),
@@ -176,9 +151,10 @@ def format_metrics(m: dict) -> str:
         lines.append(f"patches             {m['bytes_per_patch']:.2f} bytes/patch, "
                      f"{m['avg_patches_per_row']:.1f} patches for "
                      f"{m['avg_bytes_per_row']:.1f} bytes per row")
-    if "forward_flops_per_row" in m:
-        parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in m["forward_flops_per_row"].items())
-        lines.append(f"forward FLOPs/row   {parts}")
+    for kind in ("forward", "inference"):
+        if f"{kind}_flops_per_row" in m:
+            parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in m[f"{kind}_flops_per_row"].items())
+            lines.append(f"{kind + ' FLOPs/row':<20}{parts}")
     if "decode_rows_per_s" in m:
         lines.append(f"decode              {m['decode_rows_per_s']:.0f} rows/s")
     if m.get("skipped_rows"):

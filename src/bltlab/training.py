@@ -42,6 +42,7 @@ from bltlab.decoding import predict
 from bltlab.distributed import World
 from bltlab.errors import BltlabError
 from bltlab.fileio import RunLock, ensure_dir, write_json
+from bltlab.flops import FlopModel, batch_lengths
 from bltlab.inputs import CODECS, Codec, codec_from_state
 from bltlab.models import EncoderDecoder, build_model, count_parameters
 from bltlab.spec import RunSpec, resolve
@@ -233,6 +234,7 @@ class RunState(Config):
     loss_sum: float = 0.0  # the current epoch so far: summed step losses, rows, seconds
     seen: int = 0
     seconds: float = 0.0
+    train_flops: float = 0.0  # the whole run so far: forward + backward, real positions only
     finished: bool = False  # all epochs done, or stopped early
 
 
@@ -275,6 +277,7 @@ class Run:
     accum: int  # micro-batches per step
     steps_per_epoch: int
     key: dict  # the run's identity (resume key)
+    flops: FlopModel  # FLOPs of a row from its lengths
     state: RunState = field(default_factory=RunState)
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_exact_match": -1.0, "val_loss": math.inf,
@@ -358,8 +361,9 @@ def setup(spec: RunSpec, device: torch.device, world: World) -> Run:
     if steps == 0:
         raise BltlabError(f"{spec.data.train_csv}: too few rows for one step of {micro} x "
                           f"{accum} accumulation x {world.size} processes")
+    flop_model = FlopModel.fit(spec.model)
     run = Run(spec, codec, model, model, make_optimizer(model, spec.train), precision, device,
-              world, rows, micro, accum, steps, key)
+              world, rows, micro, accum, steps, key, flop_model)
     if state is not None:
         restore(run, state)
     run.net = wrap(run)
@@ -446,6 +450,7 @@ def run_epoch(run: Run) -> None:
         loss = train_step(run.net, micro_batches, run.optimizer, cfg, run.device,
                           run.precision, run.world)
         s.step, s.batch = s.step + 1, s.batch + 1
+        s.train_flops += step_flops(run, micro_batches)
         s.seen += sum(b["src"].shape[0] for b in micro_batches) * run.world.size
         s.loss_sum += loss
         s.seconds = time.perf_counter() - t0
@@ -458,12 +463,19 @@ def run_epoch(run: Run) -> None:
             save_resumable(run)
 
 
+def step_flops(run: Run, micro_batches: list[dict]) -> float:
+    """Training FLOPs of one step on all processes (real positions only)."""
+    local = sum(float(run.flops.cost("train", *batch_lengths(b))["total"].sum())
+                for b in micro_batches)
+    return distributed.total(local, run.world, run.device)
+
+
 def validate(run: Run) -> dict:
     """The epoch's history row: training loss, lr, speed, validation loss and exact match."""
     s = run.state
     return {"epoch": s.epoch + 1, "step": s.step, "train_loss": s.loss_sum / run.steps_per_epoch,
             "lr": run.optimizer.param_groups[0]["lr"], "epoch_seconds": round(s.seconds, 2),
-            "samples_per_s": round(s.seen / s.seconds, 1),
+            "samples_per_s": round(s.seen / s.seconds, 1), "train_flops": s.train_flops,
             "val_loss": validation_loss(run.model, run.rows.val_loader, run.device),
             "val_exact_match": exact_match(run.model, run.codec, run.rows.val, run.device,
                                            run.spec.train.val_batch_size)}
@@ -498,7 +510,7 @@ def end_epoch(run: Run, row: dict, epoch_callback: Callable[[dict], bool] | None
     stop = bool(epoch_callback and epoch_callback(row)) or stopped_early
     s = run.state
     run.state = RunState(epoch=s.epoch + 1, step=s.step, stale=s.stale, lr_scale=s.lr_scale,
-                         finished=stop or s.epoch + 1 == cfg.epochs)
+                         train_flops=s.train_flops, finished=stop or s.epoch + 1 == cfg.epochs)
     save_resumable(run)
     if run.world.main:
         write_json(run.paths[2], {"mode": run.spec.mode, "spec": run.spec.to_dict(),

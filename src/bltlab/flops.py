@@ -1,0 +1,201 @@
+"""FLOPs on real positions only: forward, training and cached greedy decoding, per row.
+
+Every matrix product in both models costs a fixed polynomial of a row's lengths: L
+input tokens (characters or bytes), T decoder positions (target tokens + 1), n patches
+(BLT), with the terms 1, L, T, n, L², T², n², LT, Tn, Ln. `FlopModel.fit(model)`
+measures a handful of single-row passes (batch of one: no padding) with torch's
+`FlopCounterMode` (attention on the math backend, whose products it sees; a causal
+self-attention is counted as the full square it computes) and solves for the
+coefficients, checking them exactly on shapes it did not fit on. A row's cost is then
+the polynomial of its own lengths: it does not depend on batch size, padding or row
+order. Three costs, each split by part of the model:
+
+- `forward`: one teacher-forced forward pass;
+- `train`: forward + backward of one training step (counted, not assumed 3x forward);
+- `infer`: cached greedy decoding: the encoder once, then one decoder step per output
+  token (U = output tokens incl. EOS plays T's part).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from bltlab.config import ModelConfig
+from bltlab.models import BLT, EncoderDecoder, build_model
+from bltlab.vocab import BOS, PAD
+
+PARTS = {"BLT": {"local_encoder": ("embed", "local", "ln_local", "pool", "ln_pool",
+                                   "pool_attn", "ngram_embeds", "pos"),
+                 "global": ("global_blocks", "ln_global"), "decoder": ("decoder",)},
+         "CharTransformer": {"encoder": ("embed", "pos", "encoder", "ln_enc"),
+                             "decoder": ("decoder",)}}
+KINDS = ("forward", "train", "infer")
+FIT_SHAPES = [(L, L + d, max(1, (L + s - 1) // s) + e) for L, d, s, e in (
+    (3, 1, 3, 0), (5, 0, 2, 0), (8, 3, 4, 1), (11, -2, 3, 2), (16, 1, 5, 0), (19, 4, 2, 3),
+    (24, -5, 6, 1), (29, 2, 3, 4), (33, 0, 7, 2), (40, 7, 4, 0), (6, 9, 3, 1),
+    (27, 11, 2, 2))]
+CHECK_SHAPES = [(37, 38, 9), (61, 50, 17)]
+
+
+def terms(L, T, n) -> np.ndarray:
+    """The polynomial's terms for lengths (scalars or arrays): (..., 10), float64."""
+    L, T, n = (np.asarray(v, dtype=np.float64) for v in (L, T, n))
+    one = np.ones_like(L + T + n)
+    return np.stack([one, L * one, T * one, n * one, L * L, T * T, n * n, L * T, T * n,
+                     L * n], axis=-1)
+
+
+def synthetic_batch(model: EncoderDecoder, L: int, T: int, n: int) -> dict[str, torch.Tensor]:
+    """One row of L input tokens (n patches for a BLT) and T decoder positions."""
+    g = torch.Generator().manual_seed(L * 1000 + T)
+    batch = {"src": torch.randint(4, model.vocab_size, (1, L), generator=g),
+             "src_lens": torch.tensor([L]),
+             "tgt_in": torch.randint(4, model.vocab_size, (1, T), generator=g)}
+    batch["tgt_in"][0, 0] = BOS
+    batch["tgt_out"] = torch.cat([batch["tgt_in"][:, 1:], torch.tensor([[PAD + 2]])], 1)
+    if isinstance(model, BLT):
+        n = min(n, L)
+        patch = torch.arange(L) * n // L  # n contiguous patches, as even as they come
+        start = torch.searchsorted(patch, torch.arange(n))
+        last = torch.searchsorted(patch, torch.arange(n), right=True) - 1
+        batch.update(patch=patch[None], in_patch=(torch.arange(L) - start[patch])[None],
+                     n_patches=torch.tensor([n]), patch_to_end=(L - 1 - last)[None],
+                     ngrams=torch.zeros(1, L, len(model.cfg.ngram_sizes), dtype=torch.long))
+    return batch
+
+
+def patch_count(model: EncoderDecoder, L: int, n: int) -> int:
+    """The patch count a synthetic row can have: enough patches for the pooling slots."""
+    if not isinstance(model, BLT):
+        return 0
+    slots = model.cfg.patch_slots or L
+    return min(L, max(n, -(-L // slots)))
+
+
+class CachedGreedy(nn.Module):
+    """Cached greedy decoding's matrix work for one row: the encoder once, then one
+    decoder step per output token (the steps `decoding.greedy_decode` takes)."""
+
+    def __init__(self, model: EncoderDecoder):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> None:
+        memory, cache = self.model.encode(batch), self.model.new_cache()
+        for t in range(batch["tgt_in"].shape[1]):
+            self.model.decode(batch["tgt_in"][:, t:t + 1], memory, cache, start=t)
+
+
+def by_part(model: EncoderDecoder, counter: FlopCounterMode, root: str) -> dict[str, int]:
+    """FLOPs a counter saw, per part of the model (modules named `root`.<module>), and in
+    all; work outside the named parts (e.g. a position signal's map) is `other`."""
+    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    out = {}
+    for part, modules in PARTS[type(model).__name__].items():
+        pattern = re.compile(rf"{re.escape(root)}\.({'|'.join(modules)})(\.\d+)?")
+        out[part] = sum(v for name, v in counts.items() if pattern.fullmatch(name))
+    out["total"] = counter.get_total_flops()
+    if out["total"] > sum(out.values()) - out["total"]:
+        out["other"] = out["total"] - (sum(out.values()) - out["total"])
+    return out
+
+
+def measure(model: EncoderDecoder, kind: str, L: int, T: int, n: int) -> dict[str, int]:
+    """FLOPs of one row of these lengths: a forward pass, a training step, or cached
+    greedy decoding of T output tokens."""
+    batch = synthetic_batch(model, L, T, n)
+    root = type(model).__name__
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        if kind == "forward":
+            with torch.no_grad():
+                model(batch)
+        elif kind == "train":
+            torch.nn.functional.cross_entropy(model(batch).flatten(0, 1),
+                                              batch["tgt_out"].flatten()).backward()
+        else:
+            root = "CachedGreedy.model"
+            with torch.no_grad():
+                CachedGreedy(model)(batch)
+    model.zero_grad(set_to_none=True)
+    return by_part(model, counter, root)
+
+
+@dataclass
+class FlopModel:
+    """Coefficients of the FLOP polynomial, per kind of cost and part of the model."""
+
+    parts: list[str]
+    coef: dict[str, dict[str, list[float]]]  # kind -> part -> 10 coefficients
+
+    @classmethod
+    def fit(cls, cfg: ModelConfig) -> FlopModel:
+        """The FLOP polynomial of a model configuration (cached: it depends on the
+        architecture only; the global random state is left as it was)."""
+        return _fit(cfg)
+
+    def cost(self, kind: str, L, T, n) -> dict[str, np.ndarray]:
+        """FLOPs of rows with these lengths (scalars or arrays), per part and total."""
+        x = terms(L, T, n)
+        return {part: x @ np.asarray(c) for part, c in self.coef[kind].items()}
+
+    def per_row(self, kind: str, L, T, n) -> dict[str, float]:
+        """The mean over rows, per part, rounded to whole FLOPs."""
+        return {part: float(round(float(np.mean(v))))
+                for part, v in self.cost(kind, L, T, n).items()}
+
+    def to_dict(self) -> dict:
+        return {"parts": self.parts, "coef": self.coef}
+
+
+@functools.lru_cache(maxsize=32)
+def _fit(cfg: ModelConfig) -> FlopModel:
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg).eval()
+    coef = {kind: fit_kind(model, kind) for kind in KINDS}
+    return FlopModel(list(coef["forward"]), coef)
+
+
+def fit_kind(model: EncoderDecoder, kind: str) -> dict[str, list[float]]:
+    """Solve for one kind's coefficients and check them on shapes left out of the fit."""
+    shapes = [(L, T, patch_count(model, L, n)) for L, T, n in FIT_SHAPES]
+    rows = [measure(model, kind, *s) for s in shapes]
+    x = terms(*np.array(shapes).T)
+    parts = sorted(set().union(*rows), key=[*rows[0], "other"].index)
+    coef = {part: np.linalg.lstsq(x, np.array([r.get(part, 0) for r in rows], dtype=np.float64),
+                                  rcond=None)[0] for part in parts}
+    for L, T, n in CHECK_SHAPES:
+        n = patch_count(model, L, n)
+        seen, x1 = measure(model, kind, L, T, n), terms(L, T, n)
+        for part in parts:
+            value = seen.get(part, 0)
+            if abs(float(x1 @ coef[part]) - value) > 1e-6 * max(1, value) + 0.5:
+                raise RuntimeError(f"{kind} FLOPs of {part} are not a polynomial of the "
+                                   f"row's lengths ({value} seen, {float(x1 @ coef[part])})")
+    return {part: [float(round(c, 6)) for c in v] for part, v in coef.items()}
+
+
+def row_lengths(codec, inputs: list[str], targets: list[str]) -> tuple[np.ndarray, ...]:
+    """L, T (target tokens + 1) and n (patches; 0 for characters) of each row."""
+    L = np.array([codec.length(x) for x in inputs])
+    T = np.array([len(codec.target(t)) + 1 for t in targets])
+    if codec.mode == "blt":
+        n = codec.segment(inputs).patches_per_row()
+    else:
+        n = np.zeros(len(inputs), dtype=np.int64)
+    return L, T, n
+
+
+def batch_lengths(batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, ...]:
+    """L, T and n of each row of a collated training batch (padding left out)."""
+    L = batch["src_lens"].numpy()
+    T = (batch["tgt_out"] != PAD).sum(1).numpy()
+    n = batch["n_patches"].numpy() if "n_patches" in batch else np.zeros_like(L)
+    return L, T, n
