@@ -182,7 +182,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     names = {f.name for f in fields(RunOptions)}
     preset = "tune" if args.tune else "full" if args.full else "quick"
-    run(RunOptions(preset=preset, **{k: v for k, v in vars(args).items() if k in names}))
+    if args.workers < 1:
+        raise BltlabError(f"--workers {args.workers}: must be at least 1")
+    run(RunOptions(preset=preset, **{k: v for k, v in vars(args).items() if k in names}
+                   | {"points": tuple(args.points)}))
 
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
@@ -298,6 +301,14 @@ def add_run_parser(sub) -> None:
                              "length with the best parameters")
     p.add_argument("--ablation", choices=("patchers",), default=None,
                    help="also train and evaluate the BLT with each patcher")
+    p.add_argument("--frontier", action="store_true",
+                   help="the compute frontier: both families over a grid of sizes and "
+                        "compressions at one training-FLOP budget (--quick: the CPU grid, "
+                        "--full: the GPU grid); results/frontier.json and its plots")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="--frontier: grid points trained at a time (each its share of cores)")
+    p.add_argument("--points", nargs="+", default=(),
+                   help="--frontier: only these grid points (independent jobs)")
     p.add_argument("--use_existing_tuning", action="store_true",
                    help="--tune: reuse results/hyperparameter_tuning_*.json when present")
     add_tune_args(p)

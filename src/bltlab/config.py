@@ -234,7 +234,11 @@ class TrainConfig(Config):
     """Optimisation, schedule, checkpoints and where the run lives."""
 
     save_dir: str = setting("checkpoints", "where checkpoints and the history go")
-    epochs: int = setting(6, "epochs")
+    epochs: int = setting(6, "epochs (set from --flops_budget when that is given)")
+    flops_budget: float = setting(0.0, "train for this many training FLOPs (forward + "
+                                       "backward, real positions) instead of --epochs: the "
+                                       "epochs are the budget over one epoch's FLOPs, "
+                                       "rounded up (0: off)")
     batch_size: int = setting(64, "rows per step (per process)")
     lr: float = setting(2e-3, "peak learning rate")
     weight_decay: float = setting(0.01, "weight decay of linear layers' matrices")
@@ -275,7 +279,7 @@ class TrainConfig(Config):
         at_least(self, 1, "epochs", "batch_size", "grad_accum_steps", "plateau_patience",
                  "step_cuts", "val_batch_size")
         at_least(self, 0, "weight_decay", "warmup_steps", "grad_clip", "save_every_steps",
-                 "early_stopping_patience", "num_workers")
+                 "early_stopping_patience", "num_workers", "flops_budget")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be above 0")
         for name in ("beta1", "beta2"):
             need(0.0 <= getattr(self, name) < 1.0, name, getattr(self, name), "must be in [0, 1)")

@@ -47,6 +47,9 @@ class RunOptions:
     skip_bad_rows: bool = False
     progress_bars: bool = True
     ablation: str | None = None
+    frontier: bool = False  # the compute frontier instead of the two models
+    workers: int = 1  # frontier: points trained at a time
+    points: tuple[str, ...] = ()  # frontier: only these points (default: all)
     use_existing_tuning: bool = False
     tune_epochs: int = 3
     max_tune_combinations: int = 20
@@ -146,13 +149,41 @@ def seed_paths(mode: str, opts: RunOptions, k: int, seed: int) -> tuple[Path, Pa
     return save_dir, (out.parent / f"seed_{seed}" / out.name if k else out)
 
 
-def run(opts: RunOptions) -> dict:
-    """Generate data when absent, train both models, evaluate them, write a summary."""
+def data_files(opts: RunOptions) -> tuple[Path, Path]:
+    """train.csv and test.csv of the data dir, generated when absent."""
     data_dir = Path(opts.data_dir)
     train_csv, test_csv = data_dir / "train.csv", data_dir / "test.csv"
     if not train_csv.exists() or not test_csv.exists():
         print(f"no data in {data_dir}/: generating it (seed {opts.seed})")
         generate(data_dir, seed=opts.seed)
+    return train_csv, test_csv
+
+
+def frontier_stage(opts: RunOptions) -> dict:
+    """`bltlab run --frontier`: the grid of both families at one FLOP budget."""
+    from bltlab.frontier import frontier
+
+    train_csv, test_csv = data_files(opts)
+    preset = "full" if opts.preset == "full" else "quick"
+
+    def evaluate_point(name: str, spec: RunSpec) -> dict:
+        out = Path("predictions") / "frontier" / f"predictions_{name}.csv"
+        return eval_stage(spec.mode, test_csv, opts, Path(spec.train.save_dir), out,
+                          {"frontier_point": name})
+
+    result = frontier(preset, train_csv, test_csv, Path(opts.save_dir),
+                      Path(opts.output_dir), opts.seed, opts.device, opts.workers,
+                      list(opts.points), opts.skip_train, evaluate_point)
+    print(json.dumps(result["summary"], indent=2))
+    return result
+
+
+def run(opts: RunOptions) -> dict:
+    """Generate data when absent, train both models, evaluate them, write a summary."""
+    if opts.frontier:
+        return frontier_stage(opts)
+    train_csv, test_csv = data_files(opts)
+    data_dir = Path(opts.data_dir)
     results = {"preset": opts.preset, "data_dir": str(data_dir)}
     seeds = [opts.seed + k for k in range(opts.seeds)]
     per_seed: dict[str, list[dict]] = {}

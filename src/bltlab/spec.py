@@ -60,8 +60,12 @@ def sections(mode: str) -> dict[str, type[Config]]:
 
 
 def flag_names(cls: type[Config]) -> dict[str, str]:
-    """flag -> field name for a section (a field's flag is its name unless it says)."""
-    return {f.metadata.get("flag", f.name): f.name for f in fields(cls)}  # type: ignore
+    """Setting name -> field name for a section: each field by its name and by its flag
+    (the same unless the field says, e.g. W for window)."""
+    out = {f.name: f.name for f in fields(cls)}  # type: ignore[arg-type]
+    out.update({f.metadata["flag"]: f.name for f in fields(cls)  # type: ignore[arg-type]
+                if "flag" in f.metadata})
+    return out
 
 
 @dataclass(frozen=True)
@@ -121,8 +125,8 @@ class RunSpec(Config):
         return {**d, "data_sha256": data_sha256}
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False,
-                              allow_unicode=True)
+        d = {k: v for k, v in self.to_dict().items() if v is not None}  # char: no patcher
+        return yaml.safe_dump(json.loads(json.dumps(d)), sort_keys=False, allow_unicode=True)
 
 
 def locate(mode: str, key: str, where: str) -> tuple[str, str]:

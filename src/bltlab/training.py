@@ -42,7 +42,7 @@ from bltlab.decoding import predict
 from bltlab.distributed import World
 from bltlab.errors import BltlabError
 from bltlab.fileio import RunLock, ensure_dir, write_json
-from bltlab.flops import FlopModel, batch_lengths
+from bltlab.flops import FlopModel, batch_lengths, row_lengths
 from bltlab.inputs import CODECS, Codec, codec_from_state
 from bltlab.models import EncoderDecoder, build_model, count_parameters
 from bltlab.spec import RunSpec, resolve
@@ -222,6 +222,15 @@ def generated_pairs(n: int, seed: int, epoch: int, data: DataConfig) -> Pairs:
     return Pairs(inputs, [reverse(t) for t in inputs], f"generated (epoch {epoch + 1})")
 
 
+def epoch_pairs(run: Run, epoch: int) -> Pairs:
+    """The rows one epoch trains on: the training rows, or generated ones (those longer
+    than the model takes left out)."""
+    if not run.spec.data.fresh_pairs:
+        return run.rows.train
+    pairs = generated_pairs(len(run.rows.train), run.spec.train.seed, epoch, run.spec.data)
+    return pairs.subset([i for i, x in enumerate(pairs.inputs) if not run.codec.too_long(x)])
+
+
 @dataclass
 class RunState(Config):
     """Where a run stands; saved in every latest checkpoint so a resume continues exactly."""
@@ -361,13 +370,26 @@ def setup(spec: RunSpec, device: torch.device, world: World) -> Run:
     if steps == 0:
         raise BltlabError(f"{spec.data.train_csv}: too few rows for one step of {micro} x "
                           f"{accum} accumulation x {world.size} processes")
-    flop_model = FlopModel.fit(spec.model)
     run = Run(spec, codec, model, model, make_optimizer(model, spec.train), precision, device,
-              world, rows, micro, accum, steps, key, flop_model)
+              world, rows, micro, accum, steps, key, FlopModel.fit(spec.model))
+    epochs_for_budget(run)
     if state is not None:
         restore(run, state)
     run.net = wrap(run)
     return run
+
+
+def epochs_for_budget(run: Run) -> None:
+    """With a FLOP budget, the epochs it buys: the budget over the training FLOPs of one
+    epoch's rows (the first epoch's, for generated rows), rounded up."""
+    spec = run.spec
+    if not spec.train.flops_budget:
+        return
+    pairs = epoch_pairs(run, 0)
+    per_epoch = float(run.flops.cost("train", *row_lengths(run.codec, pairs.inputs,
+                                                           pairs.targets))["total"].sum())
+    epochs = max(1, math.ceil(spec.train.flops_budget / per_epoch))
+    run.spec = dataclasses.replace(spec, train=spec.train.replace(epochs=epochs))
 
 
 def restore(run: Run, state: dict) -> None:
@@ -406,14 +428,14 @@ def epoch_batches(run: Run, epoch: int, skip_steps: int) -> Iterator[list[dict]]
     """The epoch's steps (each a list of micro-batches), from step `skip_steps` on."""
     dataset = run.rows.train_set
     if run.spec.data.fresh_pairs:
-        dataset = PairDataset.build(run.codec, generated_pairs(
-            len(run.rows.train), run.spec.train.seed, epoch, run.spec.data))
+        dataset = PairDataset.build(run.codec, epoch_pairs(run, epoch))
     sampler = LengthBucketSampler(dataset.lengths(), run.micro, run.spec.train.seed,
                                   rank=run.world.rank, world=run.world.size)
     sampler.set_epoch(epoch, skip_steps * run.accum)
     loader = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=run.rows.collate,
                              num_workers=run.spec.train.num_workers))
-    for _ in range(skip_steps, run.steps_per_epoch):  # a last partial group is left out
+    steps = min(run.steps_per_epoch, len(sampler) // run.accum)  # rows left out: fewer
+    for _ in range(skip_steps, steps):  # a last partial group is left out
         yield [next(loader) for _ in range(run.accum)]
 
 

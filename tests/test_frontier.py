@@ -1,0 +1,69 @@
+"""The compute frontier: grid points as run specs, trained to one FLOP budget, summarised."""
+
+import json
+
+import pytest
+
+from bltlab import frontier
+from bltlab.cli import main
+from tests.conftest import strings, write_reversal
+
+TINY = {"d_model": 16, "nhead": 2, "dim_feedforward": 32, "batch_size": 32,
+        "warmup_steps": 5, "val_fraction": 0.1}
+
+
+def test_a_tiny_grid_trains_to_its_budget_and_is_summarised(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(frontier.GRIDS, "quick", {"budget": 2e9, "points": {
+        "char-tiny": ("char", {**TINY, "num_encoder_layers": 1, "num_decoder_layers": 1}),
+        "blt-tiny": ("blt", {**TINY, "patcher": "static", "static_size": 2,
+                             "ngram_buckets": 64}),
+    }})
+    rows = strings(300, 4, 12)
+    write_reversal(tmp_path / "data" / "train.csv", rows)
+    write_reversal(tmp_path / "data" / "test.csv", strings(60, 9, 12))
+    assert main(["run", "--frontier", "--workers", "2", "--threads", "1", "--no_progress"]) == 0
+    result = json.loads((tmp_path / "results" / "frontier.json").read_text())
+    points = {p["name"]: p for p in result["points"]}
+    assert set(points) == {"char-tiny", "blt-tiny"}
+    for p in points.values():
+        flops = [c["train_flops"] for c in p["curve"]]
+        per_epoch = flops[-1] / len(flops)
+        assert flops == sorted(flops)
+        assert 2e9 - 0.2 * per_epoch < flops[-1] < 2e9 + 1.2 * per_epoch  # about the budget
+        assert p["inference_flops_per_row"] > 0
+    assert set(result["summary"]) == {"char", "blt"}
+    assert (tmp_path / "checkpoints" / "frontier" / "blt-tiny" / "spec.yaml").is_file()
+
+
+def test_summary_reads_the_front():
+    curve = lambda *pts: [{"train_flops": f, "val_exact_match": e, "epoch": i}  # noqa: E731
+                          for i, (f, e) in enumerate(pts)]
+    points = [
+        {"name": "a", "family": "blt", "curve": curve((1e9, 0.5), (2e9, 0.991), (3e9, 0.9995)),
+         "test_exact_match": 0.996, "inference_flops_per_row": 5e6},
+        {"name": "b", "family": "blt", "curve": curve((1e9, 0.992), (2e9, 0.995)),
+         "test_exact_match": 0.99, "inference_flops_per_row": 1e6},
+        {"name": "c", "family": "char", "curve": curve((4e9, 0.5)),
+         "test_exact_match": 0.2, "inference_flops_per_row": 1e6}]
+    s = frontier.summarise(points)
+    assert s["blt"]["train_flops_to_0.99"] == {"flops": 1e9, "point": "b"}
+    assert s["blt"]["train_flops_to_0.999"] == {"flops": 3e9, "point": "a"}
+    assert s["blt"]["cheapest_inference_at_test_target"]["point"] == "a"
+    assert s["char"]["train_flops_to_0.99"] is None
+    assert s["char"]["cheapest_inference_at_test_target"] is None
+
+
+def test_unknown_points_are_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_reversal(tmp_path / "data" / "train.csv", strings(50, 0, 8))
+    write_reversal(tmp_path / "data" / "test.csv", strings(10, 1, 8))
+    assert main(["run", "--frontier", "--points", "nope"]) == 2
+    assert "--points nope: not in the quick grid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_grid_points_are_valid_specs(tmp_path, preset):
+    specs = frontier.point_specs(preset, tmp_path / "t.csv", tmp_path, 0, "cpu")
+    assert all(s.train.flops_budget == frontier.GRIDS[preset]["budget"] for s in specs.values())
+    assert {s.mode for s in specs.values()} == {"char", "blt"}
