@@ -33,7 +33,9 @@ def test_a_tiny_grid_trains_to_its_budget_and_is_summarised(tmp_path, monkeypatc
         assert 2e9 - 0.2 * per_epoch < flops[-1] < 2e9 + 1.2 * per_epoch  # about the budget
         assert p["inference_flops_per_row"] > 0
     assert set(result["summary"]) == {"char", "blt"}
-    assert (tmp_path / "checkpoints" / "frontier" / "blt-tiny" / "spec.yaml").is_file()
+    assert (tmp_path / "checkpoints" / "frontier" / "blt-tiny" / "seed_0" / "spec.yaml").is_file()
+    assert result["table"]["blt-tiny"]["final_exact_match"]["n"] == 1
+    assert (tmp_path / "data" / "final" / "seed" / "test.csv").is_file()  # the reserved set
 
 
 def test_summary_reads_the_front():
@@ -64,6 +66,7 @@ def test_unknown_points_are_refused(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("preset", ["quick", "full"])
 def test_grid_points_are_valid_specs(tmp_path, preset):
-    specs = frontier.point_specs(preset, tmp_path / "t.csv", tmp_path, 0, "cpu")
+    specs = frontier.point_specs(preset, tmp_path / "t.csv", tmp_path, [0, 1], "cpu")
+    assert len(specs) == 2 * len(frontier.GRIDS[preset]["points"])
     assert all(s.train.flops_budget == frontier.GRIDS[preset]["budget"] for s in specs.values())
     assert {s.mode for s in specs.values()} == {"char", "blt"}

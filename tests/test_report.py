@@ -40,9 +40,9 @@ def test_analyze_writes_the_report(tmp_path, monkeypatch):
     assert (mc["only_a_correct"], mc["only_b_correct"]) == (0, 10)
     assert mc["p_value"] == pytest.approx(2 * 0.5 ** 10)
     assert results["models"]["blt"]["exact_match"] == 0.9
-    assert "10.0 character tokens" in results["efficiency"]
-    assert "3.3x fewer positions" in results["efficiency"]
-    assert "accuracy gap is significant" in results["efficiency"]
+    assert "10.0 character positions" in results["efficiency"]
+    assert "BLT 5.0M vs baseline 8.0M (0.62x)" in results["efficiency"]
+    assert "but is less accurate" in results["efficiency"]  # McNemar p = 0.002
     for path in ("predictions/training_curves.png", "predictions/accuracy_analysis.png",
                  "predictions/detailed_metrics.png", "predictions/summary_report.txt",
                  "results/experimental_report.txt"):
@@ -81,3 +81,26 @@ def test_patching_example_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     view = patch_view((seg, entropy, 1.5))
     assert view.count('class="row"') == 3 and "<svg" in view
+
+
+def frontier_result(blt_inference, blt_train):
+    """Synthetic frontier results: one point per family."""
+    def point(name, family, inference, train):
+        return {"name": name, "family": family, "seed": 0, "test_exact_match": 0.999,
+                "inference_flops_per_row": inference,
+                "curve": [{"train_flops": train, "val_exact_match": 0.995, "epoch": 1}]}
+
+    from bltlab.frontier import summarise
+    points = [point("char-x", "char", 40e6, 1e13), point("blt-x", "blt", blt_inference,
+                                                          blt_train)]
+    return {"points": points, "summary": summarise(points)}
+
+
+@pytest.mark.parametrize("blt, answer", [((30e6, 5e12), "Yes: to run, the BLT needs fewer"),
+                                         ((50e6, 2e13), "No: to run, the BLT needs more")])
+def test_opposite_results_give_opposite_answers(blt, answer):
+    from bltlab.report import efficiency_answer
+
+    text = efficiency_answer({}, None, frontier_result(*blt))
+    assert text.split("Answer: ")[1].startswith(answer)
+    assert ("fewer FLOPs than" in text) == (blt[1] < 1e13)

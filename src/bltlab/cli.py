@@ -218,7 +218,7 @@ def add_data_parser(sub) -> None:
     g = dsub.add_parser("generate", help="write train.csv and test.csv")
     g.add_argument("--out", default="data")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--train", type=int, default=10000)
+    g.add_argument("--train", type=int, default=10000, help="training rows (0: none)")
     g.add_argument("--test", type=int, default=2000)
     g.add_argument("--profile", choices=tuple(PROFILES), default="seed",
                    help="seed: the seed data's distribution; broad: what people type")

@@ -36,22 +36,38 @@ def write_pairs(path: str | Path, inputs: list[str], targets: list[str]) -> None
     write_atomic(path, write)
 
 
+FINAL_SEED = 20261129  # reserved: the final test set, which only the report reads
+FINAL_DIR = Path("data") / "final"
+
+
 def generate(out_dir: str | Path = "data", seed: int = 0, n_train: int = 10000,
              n_test: int = 2000, profile: str = "seed") -> tuple[Path, Path]:
-    """Write `train.csv` and `test.csv` of a profile; the same seed gives byte-identical
-    files."""
-    if n_train < 1 or n_test < 1:
-        raise BltlabError(f"--train and --test must be positive (got {n_train}, {n_test})")
+    """Write `train.csv` (none with `n_train` 0) and `test.csv` of a profile; the same
+    seed gives byte-identical files."""
+    if n_train < 0 or n_test < 1:
+        raise BltlabError(f"--train must be at least 0 and --test at least 1 (got {n_train}, "
+                          f"{n_test})")
     if profile not in profiles.PROFILES:
         raise BltlabError(f"--profile {profile}: choose one of {', '.join(profiles.PROFILES)}")
     out = ensure_dir(out_dir, "--out")
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     paths = []
     for name, n, rng in (("train.csv", n_train, train_rng), ("test.csv", n_test, test_rng)):
-        inputs = profiles.draw(profile, n, rng)
-        write_pairs(out / name, inputs, [reverse(t) for t in inputs])
+        if n:
+            inputs = profiles.draw(profile, n, rng)
+            write_pairs(out / name, inputs, [reverse(t) for t in inputs])
         paths.append(out / name)
     return paths[0], paths[1]
+
+
+def final_test(profile: str = "seed") -> Path:
+    """The reserved final test set of a profile (2,000 rows, seed FINAL_SEED), made once:
+    `bltlab data generate --out data/final/<profile> --seed 20261129 --train 0`. No
+    setting is ever chosen on it; only the report's final numbers read it."""
+    path = FINAL_DIR / profile / "test.csv"
+    if not path.is_file():
+        generate(path.parent, FINAL_SEED, 0, 2000, profile)
+    return path
 
 
 @dataclass

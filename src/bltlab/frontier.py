@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bltlab.checkpoint import checkpoint_paths
 from bltlab.errors import BltlabError
 from bltlab.fileio import write_atomic, write_json
@@ -59,16 +61,18 @@ GRIDS: dict[str, dict[str, Any]] = {
 }
 
 
-def point_specs(preset: str, train_csv: Path, save_dir: Path, seed: int,
-                device: str) -> dict[str, RunSpec]:
-    """The grid's run specs: each mode's recipe, the shared data regime and budget, the
-    point's own settings."""
+def point_specs(preset: str, train_csv: Path, save_dir: Path, seeds: list[int],
+                device: str) -> dict[tuple[str, int], RunSpec]:
+    """The grid's run specs, by (point, seed): each mode's recipe, the shared data regime
+    and budget, the point's own settings."""
     grid = GRIDS[preset]
     specs = {}
     for name, (mode, settings) in grid["points"].items():
-        specs[name] = build_spec(mode, settings={
-            **SHARED, "train_csv": str(train_csv), "flops_budget": grid["budget"],
-            "seed": seed, "device": device, "save_dir": str(save_dir / name), **settings})
+        for seed in seeds:
+            specs[name, seed] = build_spec(mode, settings={
+                **SHARED, "train_csv": str(train_csv), "flops_budget": grid["budget"],
+                "seed": seed, "device": device, **settings,
+                "save_dir": str(save_dir / name / f"seed_{seed}")})
     return specs
 
 
@@ -83,11 +87,11 @@ def run_point(spec: RunSpec, threads: int) -> str:
                                "train", "--config", str(config)], stdout=log,
                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if done.returncode:
-        raise BltlabError(f"frontier point {folder.name} failed: see {folder / 'train.log'}")
-    return folder.name
+        raise BltlabError(f"frontier point {folder} failed: see {folder / 'train.log'}")
+    return f"{folder.parent.name} {folder.name}"
 
 
-def train_points(specs: dict[str, RunSpec], workers: int) -> None:
+def train_points(specs: dict[tuple[str, int], RunSpec], workers: int) -> None:
     """Train the points, `workers` at a time, each with its share of the cores."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ThreadPoolExecutor(workers) as pool:
@@ -95,12 +99,13 @@ def train_points(specs: dict[str, RunSpec], workers: int) -> None:
             print(f"frontier: {name} trained")
 
 
-def point_result(name: str, spec: RunSpec, metrics: dict) -> dict:
-    """One point's row of frontier.json: its curve and its test numbers."""
+def point_result(name: str, spec: RunSpec, metrics: dict, final: dict) -> dict:
+    """One run's row of frontier.json: its curve, its test and final-set numbers."""
     history = json.loads(checkpoint_paths(spec.train.save_dir, spec.mode)[2]
                          .read_text(encoding="utf-8"))
-    out = {"name": name, "family": spec.mode, "d_model": spec.model.d_model,
-           "parameters": metrics["parameters"], "spec": history["spec"],
+    out = {"name": name, "seed": spec.train.seed, "family": spec.mode,
+           "d_model": spec.model.d_model, "parameters": metrics["parameters"],
+           "spec": history["spec"], "final_exact_match": final["exact_match_accuracy"],
            "curve": [{"train_flops": e["train_flops"], "val_exact_match": e["val_exact_match"],
                       "epoch": e["epoch"]} for e in history["epochs"]],
            "test_exact_match": metrics["exact_match_accuracy"],
@@ -113,6 +118,32 @@ def point_result(name: str, spec: RunSpec, metrics: dict) -> dict:
 
 def first_reaching(curve: list[dict], level: float) -> float | None:
     return next((p["train_flops"] for p in curve if p["val_exact_match"] >= level), None)
+
+
+def mean_std(values: list[float]) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))
+            if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def table(points: list[dict]) -> dict[str, dict]:
+    """Per grid point, mean ± std over its seeds of what the report's table shows."""
+    out = {}
+    for name in dict.fromkeys(p["name"] for p in points):
+        runs = [p for p in points if p["name"] == name]
+        out[name] = {"family": runs[0]["family"], "seeds": [p["seed"] for p in runs],
+                     "parameters": runs[0]["parameters"],
+                     **{k: mean_std([p.get(k) for p in runs]) for k in (
+                         "test_exact_match", "final_exact_match", "forward_flops_per_row",
+                         "inference_flops_per_row", "bytes_per_patch")},
+                     **{f"train_flops_to_{level:g}": mean_std(
+                         [first_reaching(p["curve"], level) for p in runs])
+                        for level in THRESHOLDS},
+                     "reached_0.99": sum(first_reaching(p["curve"], 0.99) is not None
+                                         for p in runs)}
+    return out
 
 
 def summarise(points: list[dict]) -> dict:
@@ -138,21 +169,24 @@ def summarise(points: list[dict]) -> dict:
 
 
 def frontier(preset: str, train_csv: Path, test_csv: Path, save_dir: Path, out_dir: Path,
-             seed: int, device: str, workers: int, only: list[str] | None, skip_train: bool,
-             evaluate_point) -> dict:
-    """Train (unless `skip_train`) and evaluate the grid's points; write frontier.json."""
-    specs = point_specs(preset, train_csv, save_dir / "frontier", seed, device)
-    unknown = sorted(set(only or []) - set(specs))
+             seeds: list[int], device: str, workers: int, only: list[str] | None,
+             skip_train: bool, evaluate_run) -> dict:
+    """Train (unless `skip_train`) and evaluate the grid's runs (points x seeds); write
+    frontier.json. `evaluate_run(name, spec)` returns (test metrics, final-set metrics)."""
+    specs = point_specs(preset, train_csv, save_dir / "frontier", seeds, device)
+    names = list(GRIDS[preset]["points"])
+    unknown = sorted(set(only or []) - set(names))
     if unknown:
         raise BltlabError(f"--points {' '.join(unknown)}: not in the {preset} grid "
-                          f"({', '.join(specs)})")
-    chosen = {k: v for k, v in specs.items() if not only or k in only}
+                          f"({', '.join(names)})")
     if not skip_train:
-        train_points(chosen, workers)
+        train_points({k: v for k, v in specs.items() if not only or k[0] in only}, workers)
     done = {k: v for k, v in specs.items() if checkpoint_paths(v.train.save_dir, v.mode)[0]
             .is_file()}
-    points = [point_result(name, spec, evaluate_point(name, spec)) for name, spec in done.items()]
+    points = [point_result(name, spec, *evaluate_run(name, spec))
+              for (name, _), spec in done.items()]
     result = {"preset": preset, "budget_train_flops": GRIDS[preset]["budget"],
-              "test_csv": str(test_csv), "points": points, "summary": summarise(points)}
+              "test_csv": str(test_csv), "points": points, "table": table(points),
+              "summary": summarise(points)}
     write_json(out_dir / "frontier.json", result)
     return result

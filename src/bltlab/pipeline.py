@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bltlab.checkpoint import checkpoint_paths, load_model
 from bltlab.config import PatcherConfig
-from bltlab.data import generate
+from bltlab.data import final_test, generate
 from bltlab.evaluation import default_output_csv, evaluate, format_metrics, metrics_path
 from bltlab.fileio import write_json
 from bltlab.spec import RunSpec, build_spec
@@ -160,20 +160,24 @@ def data_files(opts: RunOptions) -> tuple[Path, Path]:
 
 
 def frontier_stage(opts: RunOptions) -> dict:
-    """`bltlab run --frontier`: the grid of both families at one FLOP budget."""
+    """`bltlab run --frontier`: the grid of both families at one FLOP budget, each run
+    evaluated on the test set and on the reserved final set."""
     from bltlab.frontier import frontier
 
     train_csv, test_csv = data_files(opts)
+    final_csv = final_test("seed")
     preset = "full" if opts.preset == "full" else "quick"
 
-    def evaluate_point(name: str, spec: RunSpec) -> dict:
-        out = Path("predictions") / "frontier" / f"predictions_{name}.csv"
-        return eval_stage(spec.mode, test_csv, opts, Path(spec.train.save_dir), out,
-                          {"frontier_point": name})
+    def evaluate_run(name: str, spec: RunSpec) -> tuple[dict, dict]:
+        folder = Path("predictions") / "frontier" / name / f"seed_{spec.train.seed}"
+        return tuple(eval_stage(spec.mode, csv_path, opts, Path(spec.train.save_dir),
+                                folder / f"predictions_{kind}.csv", {"frontier_point": name})
+                     for kind, csv_path in (("test", test_csv), ("final", final_csv)))
 
+    seeds = [opts.seed + k for k in range(opts.seeds)]
     result = frontier(preset, train_csv, test_csv, Path(opts.save_dir),
-                      Path(opts.output_dir), opts.seed, opts.device, opts.workers,
-                      list(opts.points), opts.skip_train, evaluate_point)
+                      Path(opts.output_dir), seeds, opts.device, opts.workers,
+                      list(opts.points), opts.skip_train, evaluate_run)
     print(json.dumps(result["summary"], indent=2))
     return result
 

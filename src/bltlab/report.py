@@ -22,7 +22,8 @@ from rapidfuzz.distance import Levenshtein
 
 from bltlab.errors import BltlabError
 from bltlab.evaluation import default_output_csv, metrics_path
-from bltlab.fileio import atomic_path, write_atomic, write_json
+from bltlab.fileio import write_atomic, write_json
+from bltlab.plots import make_plots, patching_png
 from bltlab.stats import mcnemar_exact, paired_bootstrap, wilson_interval
 
 MODES = ("char", "blt")
@@ -54,10 +55,39 @@ def load_results(predictions_dir: Path, checkpoints_dir: Path, results_dir: Path
         tuning = results_dir / f"hyperparameter_tuning_{mode}.json"
         if tuning.is_file():
             runs[mode]["tuning"] = json.loads(tuning.read_text(encoding="utf-8"))
-    if not runs:
+    if not runs and not (results_dir / "frontier.json").is_file():
         raise BltlabError(f"{predictions_dir}: no evaluated model (run `bltlab eval` or "
                           "`bltlab run` first)")
     return runs
+
+
+def load_frontier(results_dir: Path) -> dict | None:
+    path = results_dir / "frontier.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def pm(v: dict | None, scale: float = 1.0, fmt: str = ".2f", unit: str = "") -> str:
+    """'mean ± std' of a mean_std entry (— when absent)."""
+    if not v:
+        return "—"
+    return f"{scale * v['mean']:{fmt}}{unit} ± {scale * v['std']:{fmt}}{unit}"
+
+
+FRONTIER_HEADER = ["point", "seeds", "test exact match %", "final-set exact match %",
+                   "forward FLOPs/row", "inference FLOPs/row", "training FLOPs to 99% val",
+                   "parameters", "bytes/patch"]
+
+
+def frontier_rows(frontier: dict) -> list[list[str]]:
+    """The frontier's table: one row per grid point, mean ± std over its seeds."""
+    return [[name, len(r["seeds"]), pm(r["test_exact_match"], 100),
+             pm(r["final_exact_match"], 100), pm(r["forward_flops_per_row"], 1e-6, ".1f", "M"),
+             pm(r["inference_flops_per_row"], 1e-6, ".1f", "M"),
+             pm(r["train_flops_to_0.99"], 1e-12, ".2f", "T") +
+             (f" ({r['reached_0.99']} of {len(r['seeds'])})"
+              if r["reached_0.99"] < len(r["seeds"]) else ""),
+             f"{r['parameters']:,}", pm(r.get("bytes_per_patch"))]
+            for name, r in frontier["table"].items()]
 
 
 def row_cer(row: dict) -> float:
@@ -97,6 +127,7 @@ def model_summary(mode: str, run: dict) -> dict:
         "sequence_positions_per_row": (m["avg_patches_per_row"] if mode == "blt"
                                        else float(np.mean([len(x) for x in inputs]))),
         "forward_flops_per_row": m.get("forward_flops_per_row"),
+        "inference_flops_per_row": m.get("inference_flops_per_row"),
         "decode_rows_per_s": m.get("decode_rows_per_s"),
         "parameters": m.get("parameters"),
         "checkpoint": m.get("checkpoint"),
@@ -111,7 +142,9 @@ def model_summary(mode: str, run: dict) -> dict:
             "epochs": len(epochs), "best_epoch": hist["best"]["epoch"],
             "seconds": round(sum(e["epoch_seconds"] for e in epochs), 1),
             "samples_per_s": round(float(np.median([e["samples_per_s"] for e in epochs])), 1),
-            "spec": hist["spec"]}
+            "train_flops": epochs[-1].get("train_flops"), "spec": hist["spec"]}
+        out["curve"] = [{k: e.get(k) for k in ("epoch", "train_flops", "val_exact_match")}
+                        for e in epochs]
     return out
 
 
@@ -132,172 +165,104 @@ def seed_spread(results_dir: Path) -> dict | None:
     return out
 
 
-def efficiency_answer(models: dict, comp: dict | None) -> str:
-    """'Is BLT tokenization more computationally efficient?', answered from the numbers."""
-    if not all(m in models for m in MODES):
-        return "Both models must be evaluated to answer."
+def mflops(x: float) -> str:
+    return f"{x / 1e6:.1f}M"
+
+
+def more_or_fewer(a: float, b: float) -> str:
+    return "fewer" if a < b else "more" if a > b else "as many"
+
+
+def first_at(curve: list[dict], level: float) -> float | None:
+    return next((e["train_flops"] for e in curve if e.get("val_exact_match", 0) >= level), None)
+
+
+def per_row_findings(models: dict, comp: dict | None) -> tuple[list[str], dict]:
+    """Sentences on the two evaluated models' per-row cost, accuracy and training
+    compute, and what they say (cheaper to run, as accurate, cheaper to train)."""
     c, b = models["char"], models["blt"]
-    tokens, patches = c["sequence_positions_per_row"], b["sequence_positions_per_row"]
-    lines = [f"Sequence length: the baseline's encoder runs over {tokens:.1f} character tokens "
-             f"per row; the BLT's global transformer over {patches:.1f} patches "
-             f"({b.get('bytes_per_patch', 0):.2f} bytes/patch), {tokens / patches:.1f}x fewer "
-             "positions."]
-    fc, fb = c.get("forward_flops_per_row"), b.get("forward_flops_per_row")
-    if fc and fb:
-        parts = ", ".join(f"{k.replace('_', ' ')} {v / 1e6:.1f}M" for k, v in fb.items()
-                          if k != "total")
-        lines.append(f"Forward FLOPs per row (measured): BLT {fb['total'] / 1e6:.1f}M "
-                     f"({parts}) vs baseline {fc['total'] / 1e6:.1f}M: "
-                     f"{100 * fb['total'] / fc['total']:.0f}%.")
-    tc, tb = c.get("training"), b.get("training")
-    if tc and tb:
-        lines.append(f"Training: BLT {tb['samples_per_s']:.0f} vs baseline "
-                     f"{tc['samples_per_s']:.0f} samples/s; the BLT trained {tb['epochs']} "
-                     f"epochs ({tb['seconds'] / 60:.1f} min) against the baseline's "
-                     f"{tc['epochs']} ({tc['seconds'] / 60:.1f} min).")
-    if c.get("decode_rows_per_s") and b.get("decode_rows_per_s"):
-        lines.append(f"Decoding: BLT {b['decode_rows_per_s']:.0f} vs baseline "
-                     f"{c['decode_rows_per_s']:.0f} rows/s.")
-    gap = b["exact_match"] - c["exact_match"]
+    lines = [f"Sequence length: the baseline's encoder runs over "
+             f"{c['sequence_positions_per_row']:.1f} character positions per row, the BLT's "
+             f"global transformer over {b['sequence_positions_per_row']:.1f} patches "
+             f"({b.get('bytes_per_patch', 0):.2f} bytes/patch)."]
+    verdict: dict = {}
+    for kind, what in (("forward", "a teacher-forced forward pass"),
+                       ("inference", "cached greedy decoding of one row")):
+        fc, fb = (m.get(f"{kind}_flops_per_row") for m in (c, b))
+        if fc and fb:
+            lines.append(f"FLOPs per row on real positions, {what}: BLT {mflops(fb['total'])}"
+                         f" vs baseline {mflops(fc['total'])} ({fb['total'] / fc['total']:.2f}x).")
+            verdict[f"{kind}_cheaper"] = fb["total"] < fc["total"]
     p = comp["mcnemar_exact"]["p_value"] if comp else None
-    same = p is not None and p >= 0.05
     lines.append(f"Exact match: BLT {100 * b['exact_match']:.2f}% vs baseline "
-                 f"{100 * c['exact_match']:.2f}% ({100 * gap:+.2f} points"
-                 + (f", McNemar p = {p:.3g}" if p is not None else "") + ").")
-    cheaper_pass = bool(fc and fb and fb["total"] < fc["total"])
-    cheaper_run = bool(tc and tb and tb["seconds"] < tc["seconds"])
-    if cheaper_pass and same:
-        verdict = ("Per forward pass, yes: the BLT does the same job with fewer FLOPs because "
-                   "its global transformer works on patches, not bytes, and its accuracy is "
-                   "not distinguishable from the baseline's on these rows.")
-    elif cheaper_pass:
-        verdict = ("Per forward pass, yes (fewer FLOPs, because the global transformer sees "
-                   "patches), but not at equal accuracy: the accuracy gap is significant.")
-    else:
-        verdict = ("No: at this size the BLT's local encoder and decoder cost more than the "
-                   "patching saves.")
-    if cheaper_pass and not cheaper_run:
-        verdict += (" Per trained model, no: it needed more epochs (and freshly generated "
-                    "rows) to get there, so its total training compute is higher.")
-    return " ".join(lines) + "\n\nAnswer: " + verdict
+                 f"{100 * c['exact_match']:.2f}%" + (f" (McNemar p = {p:.3g})" if p else "") + ".")
+    verdict["as_accurate"] = b["exact_match"] >= c["exact_match"] or (p is not None and p >= 0.05)
+    reach = {m: first_at(models[m].get("curve") or [], 0.99) for m in MODES}
+    if all(reach.values()):
+        lines.append(f"Training FLOPs to 99% validation exact match: BLT {reach['blt']:.3g} vs "
+                     f"baseline {reach['char']:.3g} ({reach['blt'] / reach['char']:.2f}x).")
+        verdict["train_cheaper"] = reach["blt"] < reach["char"]
+    return lines, verdict
 
 
-def figure_png(fig, path: Path, dpi: int) -> Path:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def plot_training_curves(plt, runs: dict):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for mode, run in runs.items():
-        if not run["history"]:
-            continue
-        ep = run["history"]["epochs"]
-        x = [e["epoch"] for e in ep]
-        axes[0].plot(x, [e["train_loss"] for e in ep], label=f"{NAMES[mode]} train")
-        axes[0].plot(x, [e.get("val_loss", np.nan) for e in ep], "--",
-                     label=f"{NAMES[mode]} validation")
-        axes[1].plot(x, [100 * e.get("val_exact_match", np.nan) for e in ep],
-                     label=NAMES[mode])
-    axes[0].set(yscale="log", xlabel="epoch", ylabel="token loss", title="Loss")
-    axes[1].set(xlabel="epoch", ylabel="%", title="Validation exact match")
-    for ax in axes:
-        ax.legend()
-    return fig
-
-
-def plot_accuracy(plt, models: dict):
-    fig, ax = plt.subplots(figsize=(9, 4))
-    groups = sorted({k for m in models.values() for k in m["accuracy_by_length"]},
-                    key=lambda k: int(k.split("-")[0].rstrip("+")))
-    labels = [f"length {g}" for g in groups] + ["non-ASCII"]
-    width = 0.8 / len(models)
-    for i, (mode, m) in enumerate(models.items()):
-        values = [100 * m["accuracy_by_length"].get(g, {}).get("accuracy", np.nan)
-                  for g in groups] + [100 * (m["non_ascii"]["accuracy"] or np.nan)]
-        ax.bar(np.arange(len(labels)) + i * width, values, width, label=NAMES[mode])
-    ax.set_xticks(np.arange(len(labels)) + width * (len(models) - 1) / 2, labels)
-    ax.set(ylabel="exact match %", title="Exact match by input length", ylim=(0, 101))
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(models))
-    return fig
+def frontier_findings(frontier: dict) -> tuple[list[str], dict]:
+    """Sentences on each family's front: training FLOPs to 99% and 99.9% validation exact
+    match, and the cheapest inference at ≥ 99.5% test exact match."""
+    s, lines, verdict = frontier["summary"], [], {}
+    for level in ("0.99", "0.999"):
+        got = {f: s.get(f, {}).get(f"train_flops_to_{level}") for f in MODES}
+        text = "; ".join(f"{NAMES[f]} {v['flops']:.3g} ({v['point']})" if v else
+                         f"{NAMES[f]} not reached" for f, v in got.items())
+        lines.append(f"Frontier, training FLOPs to {100 * float(level):g}% validation exact "
+                     f"match: {text}.")
+        if level == "0.99" and all(got.values()):
+            verdict["front_train_cheaper"] = got["blt"]["flops"] < got["char"]["flops"]
+    got = {f: s.get(f, {}).get("cheapest_inference_at_test_target") for f in MODES}
+    if all(got.values()):
+        ratio = got["blt"]["flops"] / got["char"]["flops"]
+        lines.append(f"Frontier, cheapest inference at ≥ 99.5% test exact match: BLT "
+                     f"{mflops(got['blt']['flops'])} per row ({got['blt']['point']}) vs "
+                     f"baseline {mflops(got['char']['flops'])} ({got['char']['point']}): "
+                     f"{ratio:.2f}x.")
+        verdict["front_inference_cheaper"] = ratio < 1
+    elif got["char"]:
+        best = s.get("blt", {}).get("best_test_exact_match", 0)
+        lines.append(f"Frontier: no BLT configuration reached 99.5% test exact match (best "
+                     f"{100 * best:.2f}%); the cheapest baseline that did costs "
+                     f"{mflops(got['char']['flops'])} per row.")
+        verdict["front_inference_cheaper"] = False
+    return lines, verdict
 
 
-def plot_detailed(plt, models: dict):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    names = ["exact_match", "character_accuracy", "one_minus_cer"]
-    width = 0.8 / len(models)
-    for i, (mode, m) in enumerate(models.items()):
-        axes[0].bar(np.arange(3) + i * width, [100 * m[k] for k in names], width,
-                    label=NAMES[mode])
-        bottom = 0.0
-        for part, value in (m.get("forward_flops_per_row") or {}).items():
-            if part != "total":
-                axes[1].bar(i, value / 1e6, bottom=bottom, label=f"{NAMES[mode]}: {part}")
-                bottom += value / 1e6
-    axes[0].set_xticks(np.arange(3) + width * (len(models) - 1) / 2,
-                       ["exact match", "char. accuracy", "1 - CER"])
-    axes[0].set(ylim=(min(90, *(100 * m["exact_match"] for m in models.values())), 100.5),
-                ylabel="%", title="Accuracy")
-    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(models))
-    axes[1].set_xticks(range(len(models)), [NAMES[m] for m in models])
-    axes[1].set(ylabel="MFLOPs per row (forward)", title="Forward FLOPs by part")
-    axes[1].legend(fontsize=7)
-    return fig
+def verdict_text(v: dict) -> str:
+    """The answer, assembled only from the findings' comparisons."""
+    run = next((v[k] for k in ("front_inference_cheaper", "inference_cheaper",
+                                "forward_cheaper") if k in v), None)
+    train = v.get("front_train_cheaper", v.get("train_cheaper"))
+    if run is None:
+        return "Not enough measurements to answer."
+    parts = [f"to run, the BLT needs {'fewer' if run else 'more'} FLOPs per reversed string"
+             + ("" if v.get("as_accurate", True) else " but is less accurate")]
+    if train is not None:
+        parts.append(f"to train to 99% validation exact match it needs "
+                     f"{'fewer' if train else 'more'} FLOPs")
+    word = "Yes" if run and train is not False and v.get("as_accurate", True) else \
+        "No" if not run and train is not True else "Partly"
+    return f"{word}: " + "; ".join(parts) + " than the character baseline."
 
 
-def plot_patcher_frontier(plt, points: dict):
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, p in points.items():
-        ax.scatter(p["bytes_per_patch"], 100 * p["exact_match"])
-        ax.annotate(name, (p["bytes_per_patch"], 100 * p["exact_match"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.set(xlabel="bytes per patch (test set)", ylabel="exact match %",
-           title="BLT: accuracy vs compression, by patcher")
-    return fig
-
-
-def plot_tuning(plt, tuned: dict):
-    params = sorted({p for t in tuned.values() for tr in t["trials"] for p in tr["params"]})
-    fig, axes = plt.subplots(1, len(params), figsize=(3 * len(params), 3), squeeze=False)
-    for ax, p in zip(axes[0], params):
-        for mode, t in tuned.items():
-            pts = [(tr["params"][p], 100 * tr["value"]) for tr in t["trials"]
-                   if tr["value"] is not None and p in tr["params"]]
-            if pts:
-                ax.scatter(*zip(*pts), s=12, label=NAMES[mode])
-        ax.set(title=p, ylabel="val exact match %")
-    axes[0][0].legend()
-    return fig
-
-
-def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Path,
-               dpi: int) -> dict[str, Path]:
-    """The report's plots, each written as a PNG; returns name -> path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = {"training_curves": figure_png(plot_training_curves(plt, runs),
-                                         predictions_dir / "training_curves.png", dpi),
-           "accuracy_analysis": figure_png(plot_accuracy(plt, models),
-                                           predictions_dir / "accuracy_analysis.png", dpi),
-           "detailed_metrics": figure_png(plot_detailed(plt, models),
-                                          predictions_dir / "detailed_metrics.png", dpi)}
-    ablation = results_dir / "ablation_patchers.json"
-    if ablation.is_file():
-        points = json.loads(ablation.read_text(encoding="utf-8"))
-        out["patcher_frontier"] = figure_png(plot_patcher_frontier(plt, points),
-                                             results_dir / "patcher_frontier.png", dpi)
-    tuned = {m: r["tuning"] for m, r in runs.items() if r.get("tuning")}
-    if tuned:
-        out["hyperparameter_analysis"] = figure_png(
-            plot_tuning(plt, tuned), results_dir / "hyperparameter_analysis.png", dpi)
-    return out
+def efficiency_answer(models: dict, comp: dict | None, frontier: dict | None = None) -> str:
+    """'Is BLT tokenization more computationally efficient?', answered from the numbers:
+    per-row costs of the evaluated models, and the compute frontier when measured."""
+    lines, verdict = [], {}
+    if all(m in models for m in MODES):
+        lines, verdict = per_row_findings(models, comp)
+    if frontier and frontier.get("points"):
+        more, front = frontier_findings(frontier)
+        lines, verdict = lines + more, {**verdict, **front}
+    if not lines:
+        return "Both models must be evaluated (or the frontier measured) to answer."
+    return " ".join(lines) + "\n\nAnswer: " + verdict_text(verdict)
 
 
 def blt_patches(blt_checkpoint: str | None, texts: list[str]):
@@ -323,39 +288,6 @@ def patch_view(patches) -> str:
     return "".join(row_html(seg, r, entropy, level) for r in range(len(seg.batch)))
 
 
-def patching_png(patches, path: Path, dpi: int, rows: int = 4) -> Path:
-    """The first `rows` rows: one coloured band per patch under each row's per-byte
-    entropy, the bytes as labels (a character on its first byte, '·' on the others)."""
-    import matplotlib.pyplot as plt
-
-    from bltlab.patchview import COLOURS
-
-    seg, entropy, level = patches
-    rows = min(rows, len(seg.batch))
-    fig, axes = plt.subplots(rows, 1, figsize=(11, 1.9 * rows), squeeze=False)
-    for r, ax in enumerate(axes[:, 0]):
-        lo, hi = seg.batch.offsets[r], seg.batch.offsets[r + 1]
-        start = 0
-        for i, patch in enumerate(seg.row_patches(r)):
-            ax.axvspan(start - 0.5, start + len(patch) - 0.5, color=COLOURS[i % len(COLOURS)])
-            start += len(patch)
-        if entropy is not None:
-            ax.plot(np.arange(hi - lo), entropy[lo:hi], color="#1d4ed8", marker=".")
-        if level is not None:
-            ax.axhline(level, color="#dc2626", linestyle="--", linewidth=1)
-        labels = [chr(b) if b < 0x80 else "·" if b < 0xC0 else "" for b in seg.batch.data[lo:hi]]
-        text = bytes(seg.batch.data[lo:hi]).decode("utf-8")
-        multi = iter(c for c in text if ord(c) >= 0x80)
-        labels = [next(multi) if lab == "" else lab for lab in labels]
-        ax.set_xticks(np.arange(hi - lo), labels, fontsize=8, fontfamily="monospace")
-        ax.set(xlim=(-0.5, hi - lo - 0.5), ylabel="entropy (bits)" if entropy is not None else "")
-    shown = seg.batch.offsets[rows] / sum(len(seg.row_patches(r)) for r in range(rows))
-    axes[0, 0].set_title(f"BLT patches ({shown:.2f} bytes/patch over these rows) and the "
-                         "entropy of each next byte")
-    fig.tight_layout()
-    return figure_png(fig, path, dpi)
-
-
 def table(rows: list[list], header: list[str]) -> str:
     cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
@@ -372,12 +304,13 @@ def headline_rows(models: dict) -> list[list]:
                      f"{m['avg_edit_distance']:.4f}",
                      f"{100 * (m['non_ascii']['accuracy'] or 0):.1f}% of {m['non_ascii']['count']}",
                      f"{m['sequence_positions_per_row']:.1f}",
-                     f"{(m.get('forward_flops_per_row') or {}).get('total', 0) / 1e6:.1f}M"])
+                     f"{(m.get('forward_flops_per_row') or {}).get('total', 0) / 1e6:.1f}M",
+                     f"{(m.get('inference_flops_per_row') or {}).get('total', 0) / 1e6:.1f}M"])
     return rows
 
 
 HEADER = ["model", "exact match [Wilson 95%]", "char. accuracy", "1 - CER", "avg edit dist.",
-          "non-ASCII rows", "positions/row", "forward FLOPs/row"]
+          "non-ASCII rows", "positions/row", "forward FLOPs/row", "inference FLOPs/row"]
 
 
 def paired_rows(comp: dict) -> list[list[str]]:
@@ -410,6 +343,12 @@ def text_report(results: dict) -> str:
         lines += ["", f"{NAMES[mode]} over seeds {spread['seeds']} (mean ± std):"]
         lines += [f"  {k}: {v['mean']:.4f} ± {v['std']:.4f} (n={v['n']})"
                   for k, v in spread.items() if k != "seeds" and v["mean"] is not None]
+    if results.get("frontier"):
+        f = results["frontier"]
+        lines += ["", f"Compute frontier ({f['preset']}, {f['budget_train_flops']:.3g} training "
+                      f"FLOPs per run; test set {f['test_csv']}):"]
+        lines += ["  " + "  ".join(f"{h}: {c}" for h, c in zip(FRONTIER_HEADER, row))
+                  for row in frontier_rows(f)]
     lines += ["", "Is BLT tokenization more computationally efficient?", results["efficiency"]]
     return "\n".join(lines) + "\n"
 
@@ -418,6 +357,11 @@ def html_report(results: dict, plots: dict[str, Path], patches: str) -> str:
     from bltlab.patchview import page
 
     sections = [("Results", table(headline_rows(results["models"]), HEADER))]
+    if results.get("frontier"):
+        f = results["frontier"]
+        sections.append((f"Compute frontier: every run {f['budget_train_flops']:.3g} training "
+                         "FLOPs, same data (mean ± std over seeds)",
+                         table(frontier_rows(f), FRONTIER_HEADER)))
     comp = results["comparison"]
     if comp:
         sections.append(("Paired statistics", table(paired_rows(comp),
@@ -452,8 +396,9 @@ def analyze(output_dir: str | Path = "results", predictions_dir: str | Path = "p
     runs = load_results(predictions_dir, Path(checkpoints_dir), results_dir)
     models = {mode: model_summary(mode, run) for mode, run in runs.items()}
     comp = comparison(runs)
-    results = {"models": models, "comparison": comp,
-               "efficiency": efficiency_answer(models, comp),
+    frontier = load_frontier(results_dir)
+    results = {"models": models, "comparison": comp, "frontier": frontier,
+               "efficiency": efficiency_answer(models, comp, frontier),
                "seeds": seed_spread(results_dir),
                "tuning": {m: r["tuning"] for m, r in runs.items() if r.get("tuning")}}
     write_json(results_dir / "comprehensive_results.json", results)
@@ -461,8 +406,9 @@ def analyze(output_dir: str | Path = "results", predictions_dir: str | Path = "p
     for path in (results_dir / "experimental_report.txt", predictions_dir / "summary_report.txt"):
         write_atomic(path, lambda f: f.write(report))
     made = make_plots(runs, models, predictions_dir, results_dir, dpi) if plots else {}
-    sample = sorted((r["input"] for r in runs.get("blt", runs.get("char"))["rows"][:8]), key=len)
-    patches = blt_patches(models.get("blt", {}).get("checkpoint"), sample)
+    shown = runs.get("blt", runs.get("char", {"rows": []}))["rows"][:8]
+    patches = blt_patches(models.get("blt", {}).get("checkpoint"),
+                          sorted((r["input"] for r in shown), key=len))
     if plots and patches is not None:
         made["patching_example"] = patching_png(patches, results_dir / "patching_example.png",
                                                 dpi)
