@@ -1,5 +1,6 @@
 """`bltlab run` end to end on tiny checkpoints, and the metrics it reports."""
 
+import json
 import shutil
 
 import pytest
@@ -41,4 +42,8 @@ def test_run_evaluates_once_and_skips_an_up_to_date_evaluation(
     assert out.count("is up to date") == 2 and metrics.stat().st_mtime_ns == stamp
     assert first["blt"]["exact_match_accuracy"] == second["blt"]["exact_match_accuracy"]
     assert (tmp_path / "results" / "report.html").is_file()
+    robustness = json.loads((tmp_path / "results" / "robustness.json").read_text())
+    assert set(robustness) == {"char (seed)", "blt (seed)"}
+    lengths = robustness["char (seed)"]["lengths"]
+    assert lengths["rows"] == 1200 and lengths["too_long"] == 1200 - 31 * 3  # max_len 32
     assert main(["analyze", "--no_plots"]) == 0

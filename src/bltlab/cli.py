@@ -90,6 +90,9 @@ def cmd_data(args: argparse.Namespace) -> None:
         train, test = data.generate(args.out, args.seed, args.train, args.test, args.profile)
         print(f"wrote {train} ({args.train} rows) and {test} ({args.test} rows), "
               f"{args.profile} profile, seed {args.seed}")
+    elif args.data_cmd == "robustness":
+        paths = data.robustness_files(args.out)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
     else:
         s = data.stats(data.load_pairs(args.file, skip_bad_rows=args.skip_bad_rows))
         print(json.dumps(s, indent=2, ensure_ascii=False) if args.json else data.format_stats(s))
@@ -211,6 +214,7 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_data_parser(sub) -> None:
+    from bltlab.data import ROBUSTNESS_DIR
     from bltlab.profiles import PROFILES
 
     p = sub.add_parser("data", help="generate or describe reversal data")
@@ -222,6 +226,9 @@ def add_data_parser(sub) -> None:
     g.add_argument("--test", type=int, default=2000)
     g.add_argument("--profile", choices=tuple(PROFILES), default="seed",
                    help="seed: the seed data's distribution; broad: what people type")
+    r = dsub.add_parser("robustness", help="write the held-out robustness sets (short, long, "
+                                           "real text, unseen script, every length 1-400)")
+    r.add_argument("--out", default=str(ROBUSTNESS_DIR))
     s = dsub.add_parser("stats", help="describe a CSV")
     s.add_argument("file")
     s.add_argument("--json", action="store_true")
@@ -312,7 +319,12 @@ def add_run_parser(sub) -> None:
     p.add_argument("--use_existing_tuning", action="store_true",
                    help="--tune: reuse results/hyperparameter_tuning_*.json when present")
     add_tune_args(p)
-    p.add_argument("--data_dir", default=d.data_dir)
+    p.add_argument("--profile", choices=("seed", "broad"), default=d.profile,
+                   help="the data both models train on: the seed's distribution, or broad "
+                        "(what people type: any length, case, punctuation, script)")
+    p.add_argument("--data_dir", default=d.data_dir,
+                   help="train.csv and test.csv (generated when absent); default data, or "
+                        "data/broad for --profile broad")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--skip_train", action="store_true", help="evaluate existing checkpoints")

@@ -60,6 +60,21 @@ def generate(out_dir: str | Path = "data", seed: int = 0, n_train: int = 10000,
     return paths[0], paths[1]
 
 
+ROBUSTNESS_DIR = Path("data") / "robustness"
+
+
+def robustness_files(out_dir: str | Path = ROBUSTNESS_DIR) -> dict[str, Path]:
+    """The held-out robustness sets as CSVs (made once; see profiles.robustness_sets)."""
+    out = Path(out_dir)
+    names = ("short", "long", "real_text", "unseen_script", "lengths")
+    paths = {name: out / f"{name}.csv" for name in names}
+    if not all(p.is_file() for p in paths.values()):
+        ensure_dir(out, "--out")
+        for name, inputs in profiles.robustness_sets().items():
+            write_pairs(paths[name], inputs, [reverse(t) for t in inputs])
+    return paths
+
+
 def final_test(profile: str = "seed") -> Path:
     """The reserved final test set of a profile (2,000 rows, seed FINAL_SEED), made once:
     `bltlab data generate --out data/final/<profile> --seed 20261129 --train 0`. No

@@ -67,6 +67,16 @@ def compute_metrics(inputs: list[str], targets: list[str], preds: list[str]) -> 
     }
 
 
+def unknown_characters(codec, inputs: list[str]) -> dict:
+    """Rows holding characters a char model never saw in training (read as UNK, so it
+    cannot return them), and those characters; none for a byte model."""
+    if not hasattr(codec, "unknown"):
+        return {"rows": 0, "characters": []}
+    per_row = [codec.unknown(x) for x in inputs]
+    chars = sorted({c for u in per_row for c in u})
+    return {"rows": sum(bool(u) for u in per_row), "characters": chars}
+
+
 def write_predictions(path: str | Path, inputs: list[str], targets: list[str],
                       preds: list[str]) -> None:
     def write(f):
@@ -120,6 +130,7 @@ def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: st
                     beam_width=beam_width, length_penalty=length_penalty)
     seconds = time.perf_counter() - t0
     metrics = compute_metrics(pairs.inputs, pairs.targets, preds)
+    metrics["unknown_characters"] = unknown_characters(codec, pairs.inputs)
     if codec.mode == "blt":
         metrics.update(patch_metrics(codec, pairs.inputs))
     metrics.update(flop_metrics(model, codec, pairs.inputs, pairs.targets))
@@ -157,6 +168,12 @@ def format_metrics(m: dict) -> str:
             lines.append(f"{kind + ' FLOPs/row':<20}{parts}")
     if "decode_rows_per_s" in m:
         lines.append(f"decode              {m['decode_rows_per_s']:.0f} rows/s")
+    unknown = m.get("unknown_characters") or {}
+    if unknown.get("rows"):
+        shown = " ".join(repr(c) for c in unknown["characters"][:20])
+        lines.append(f"unknown characters  {unknown['rows']} rows hold characters the model "
+                     f"never saw (read as UNK): {shown}"
+                     + (" ..." if len(unknown["characters"]) > 20 else ""))
     if m.get("skipped_rows"):
         lines.append(f"skipped rows        {sum(m['skipped_rows'].values())} "
                      f"{json.dumps(m['skipped_rows'])}")

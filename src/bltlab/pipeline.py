@@ -14,8 +14,16 @@ from pathlib import Path
 
 from bltlab.checkpoint import checkpoint_paths, load_model
 from bltlab.config import PatcherConfig
-from bltlab.data import final_test, generate
-from bltlab.evaluation import default_output_csv, evaluate, format_metrics, metrics_path
+from bltlab.data import final_test, generate, load_pairs, robustness_files
+from bltlab.decoding import predict
+from bltlab.evaluation import (
+    default_output_csv,
+    evaluate,
+    format_metrics,
+    metrics_path,
+    unknown_characters,
+    write_predictions,
+)
 from bltlab.fileio import write_json
 from bltlab.spec import RunSpec, build_spec
 from bltlab.training import file_sha256, pick_device, train
@@ -34,7 +42,8 @@ class RunOptions:
     """What `bltlab run` does; `bltlab run --help` describes each."""
 
     preset: str = "quick"  # quick, full or tune
-    data_dir: str = "data"
+    profile: str = "seed"  # the data: the seed's distribution, or broad (what people type)
+    data_dir: str | None = None  # default: data (seed profile), data/broad (broad)
     save_dir: str = "checkpoints"
     output_dir: str = "results"
     epochs: int | None = None
@@ -65,6 +74,7 @@ def run_spec(mode: str, opts: RunOptions, train_csv: Path, seed: int, save_dir: 
     regime, the preset's epochs, then tuned parameters."""
     settings = {"train_csv": str(train_csv), "save_dir": str(save_dir), "seed": seed,
                 "device": opts.device, "skip_bad_rows": opts.skip_bad_rows,
+                "profile": opts.profile,
                 "progress_bars": opts.progress_bars, **SHARED_DATA,
                 "epochs": opts.epochs or PRESET_EPOCHS[opts.preset][mode]}
     if opts.batch_size:
@@ -149,14 +159,58 @@ def seed_paths(mode: str, opts: RunOptions, k: int, seed: int) -> tuple[Path, Pa
     return save_dir, (out.parent / f"seed_{seed}" / out.name if k else out)
 
 
+def data_dir(opts: RunOptions) -> Path:
+    return Path(opts.data_dir or ("data" if opts.profile == "seed" else f"data/{opts.profile}"))
+
+
 def data_files(opts: RunOptions) -> tuple[Path, Path]:
-    """train.csv and test.csv of the data dir, generated when absent."""
-    data_dir = Path(opts.data_dir)
-    train_csv, test_csv = data_dir / "train.csv", data_dir / "test.csv"
+    """train.csv and test.csv of the data dir, generated (of the profile) when absent."""
+    folder = data_dir(opts)
+    train_csv, test_csv = folder / "train.csv", folder / "test.csv"
     if not train_csv.exists() or not test_csv.exists():
-        print(f"no data in {data_dir}/: generating it (seed {opts.seed})")
-        generate(data_dir, seed=opts.seed)
+        print(f"no data in {folder}/: generating it ({opts.profile} profile, seed {opts.seed})")
+        generate(folder, seed=opts.seed, profile=opts.profile)
     return train_csv, test_csv
+
+
+LENGTH_BUCKET = 20  # characters per bucket of the robustness plot
+
+
+def length_buckets(inputs: list[str], correct: list[bool]) -> dict[str, float]:
+    """Exact match per bucket of LENGTH_BUCKET characters of input length."""
+    buckets: dict[int, list[bool]] = {}
+    for x, ok in zip(inputs, correct):
+        buckets.setdefault(len(x) // LENGTH_BUCKET, []).append(ok)
+    return {f"{b * LENGTH_BUCKET}-{(b + 1) * LENGTH_BUCKET}": sum(v) / len(v)
+            for b, v in sorted(buckets.items())}
+
+
+def robustness_stage(mode: str, opts: RunOptions, save_dir: Path) -> dict:
+    """Evaluate a model on every held-out robustness set (a row too long for the model
+    counts as wrong); predictions in predictions/robustness/, results merged into
+    results/robustness.json under '<mode> (<profile>)'."""
+    device = pick_device(opts.device)
+    model, codec, _ = load_model(checkpoint_paths(save_dir, mode)[0], mode, device)
+    label = f"{mode} ({opts.profile})"
+    out: dict = {}
+    for name, csv_path in robustness_files().items():
+        pairs = load_pairs(csv_path)
+        preds = [None if codec.too_long(x) else p for x, p in zip(pairs.inputs, predict(
+            model, codec, [x if not codec.too_long(x) else "" for x in pairs.inputs],
+            device=device))]
+        correct = [p == t for p, t in zip(preds, pairs.targets)]
+        write_predictions(Path("predictions") / "robustness" / label.replace(" ", "_")
+                          / f"{name}.csv", pairs.inputs, pairs.targets,
+                          [p if p is not None else "" for p in preds])
+        out[name] = {"exact_match": sum(correct) / len(pairs), "rows": len(pairs),
+                     "too_long": preds.count(None), "by_length": length_buckets(
+                         pairs.inputs, correct),
+                     "unknown_character_rows": unknown_characters(codec, pairs.inputs)["rows"]}
+        print(f"{label} on {name}: {100 * out[name]['exact_match']:.2f}% exact")
+    path = Path(opts.output_dir) / "robustness.json"
+    merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    write_json(path, {**merged, label: out})
+    return out
 
 
 def frontier_stage(opts: RunOptions) -> dict:
@@ -187,8 +241,7 @@ def run(opts: RunOptions) -> dict:
     if opts.frontier:
         return frontier_stage(opts)
     train_csv, test_csv = data_files(opts)
-    data_dir = Path(opts.data_dir)
-    results = {"preset": opts.preset, "data_dir": str(data_dir)}
+    results = {"preset": opts.preset, "profile": opts.profile, "data_dir": str(data_dir(opts))}
     seeds = [opts.seed + k for k in range(opts.seeds)]
     per_seed: dict[str, list[dict]] = {}
     for mode in ("char", "blt"):
@@ -198,7 +251,9 @@ def run(opts: RunOptions) -> dict:
             if not opts.skip_train:
                 train(run_spec(mode, opts, train_csv, seed, save_dir, params))
             metrics = eval_stage(mode, test_csv, opts, save_dir, out)
-            results.setdefault(mode, metrics)
+            if k == 0:
+                results[mode] = metrics
+                results[f"{mode}_robustness"] = robustness_stage(mode, opts, save_dir)
             per_seed.setdefault(mode, []).append(
                 {"seed": seed, **{name: metrics[name] for name in SEED_METRICS},
                  "non_ascii_accuracy": metrics["non_ascii"]["accuracy"]})

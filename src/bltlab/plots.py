@@ -127,6 +127,11 @@ def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Pat
     if tuned:
         out["hyperparameter_analysis"] = figure_png(
             plot_tuning(plt, tuned), results_dir / "hyperparameter_analysis.png", dpi)
+    robustness = results_dir / "robustness.json"
+    if robustness.is_file():
+        out["robustness_by_length"] = figure_png(
+            plot_robustness(plt, json.loads(robustness.read_text(encoding="utf-8"))),
+            results_dir / "robustness_by_length.png", dpi)
     frontier = results_dir / "frontier.json"
     if frontier.is_file():
         points = json.loads(frontier.read_text(encoding="utf-8"))
@@ -210,4 +215,18 @@ def plot_frontier_inference(plt, frontier: dict):
     ax.set(xscale="log", xlabel="inference FLOPs per row (cached greedy decoding)",
            ylabel="test exact match %", title="Accuracy against the cost of reversing a string")
     ax.legend(loc="lower right")
+    return fig
+
+
+def plot_robustness(plt, robustness: dict):
+    """Exact match by input length (1-400 characters), one line per model and profile."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for label, sets in robustness.items():
+        buckets = sets["lengths"]["by_length"]
+        x = [int(k.split("-")[0]) + 0.5 * (int(k.split("-")[1]) - int(k.split("-")[0]))
+             for k in buckets]
+        ax.plot(x, [100 * v for v in buckets.values()], marker=".", label=label)
+    ax.set(xlabel="input length (characters)", ylabel="exact match %", ylim=(-2, 102),
+           title="Exact match by input length (held-out rows of every length 1-400)")
+    ax.legend(loc="lower left")
     return fig

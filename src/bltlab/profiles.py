@@ -127,7 +127,7 @@ def number(rng: np.random.Generator) -> str:
 def word(rng: np.random.Generator, languages: dict[str, int]) -> str:
     """A word: English (most often), another language, a number, an emoji or a symbol."""
     r = rng.random()
-    if r < 0.72:
+    if r < 0.72 or (not languages and r < 0.88):
         return choice(rng, wordlist())
     if r < 0.88:
         lang = choice(rng, list(languages))
@@ -250,3 +250,66 @@ def draw(profile: str, n: int, rng: np.random.Generator, non_ascii_rate: float =
          ) -> list[str]:
     """`n` input strings of a profile."""
     return PROFILES[profile](n, rng, non_ascii_rate)
+
+
+# ---------------------------------------------------------------- held-out robustness sets
+
+ROBUSTNESS_SEED = 31337
+LONG_CHARS = (MAX_CHARS + 1, 400)  # longer than every broad training row
+ENGLISH_ONLY: dict[str, int] = {}
+
+
+def cut_to(rng: np.random.Generator, length: int, languages: dict[str, int]) -> str:
+    """Text of exactly `length` characters (a text row grown, then cut)."""
+    out = ""
+    while len(out) < length:
+        out += (" " if out else "") + text(rng, int(rng.integers(5, 30)), languages)
+    return out[:length]
+
+
+def short_row(rng: np.random.Generator) -> str:
+    if rng.random() < 0.5:
+        return random_chars(rng, int(rng.integers(1, 11)), OTHER_LANGUAGES)
+    return fit(text(rng, 1, OTHER_LANGUAGES), max_chars=int(rng.integers(1, 11)))
+
+
+def real_text_row(rng: np.random.Generator) -> str:
+    """A sentence as written: capital first, commas, quotes, a full stop."""
+    words = [choice(rng, wordlist()) for _ in range(int(rng.integers(4, 16)))]
+    words[0] = words[0].capitalize()
+    for i in range(1, len(words) - 1):
+        r = rng.random()
+        if r < 0.12:
+            words[i] += ","
+        elif r < 0.17:
+            words[i] = f'"{words[i]}"'
+        elif r < 0.20:
+            words[i] = words[i].capitalize()
+    return " ".join(words) + choice(rng, ".!?")
+
+
+def unseen_script_row(rng: np.random.Generator) -> str:
+    """English words with words of the held-out script (Cyrillic) among them."""
+    words = [choice(rng, language_words(lang, n)) if rng.random() < 0.5 else choice(rng, wordlist())
+             for lang, n in [choice(rng, list(HELD_OUT.items()))
+                             for _ in range(int(rng.integers(2, 9)))]]
+    if all(w.isascii() for w in words):
+        lang, n = choice(rng, list(HELD_OUT.items()))
+        words[0] = choice(rng, language_words(lang, n))
+    return " ".join(words)
+
+
+def robustness_sets(rows: int = 300, per_length: int = 3) -> dict[str, list[str]]:
+    """The held-out sets, fixed by ROBUSTNESS_SEED: short (1-10 characters), long (longer
+    than every training row), real text (capitals, commas, quotes), the unseen script,
+    and `lengths` (`per_length` rows of every length from 1 to 400 characters)."""
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(ROBUSTNESS_SEED).spawn(5)]
+    return {
+        "short": [short_row(rngs[0]) for _ in range(rows)],
+        "long": [cut_to(rngs[1], int(rngs[1].integers(*LONG_CHARS, endpoint=True)),
+                        ENGLISH_ONLY) for _ in range(rows)],
+        "real_text": [real_text_row(rngs[2]) for _ in range(rows)],
+        "unseen_script": [unseen_script_row(rngs[3]) for _ in range(rows)],
+        "lengths": [cut_to(rngs[4], n, ENGLISH_ONLY) for n in range(1, 401)
+                    for _ in range(per_length)],
+    }

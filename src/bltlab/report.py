@@ -61,9 +61,17 @@ def load_results(predictions_dir: Path, checkpoints_dir: Path, results_dir: Path
     return runs
 
 
-def load_frontier(results_dir: Path) -> dict | None:
-    path = results_dir / "frontier.json"
+def load_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+ROBUSTNESS_SETS = ("short", "long", "real_text", "unseen_script", "lengths")
+
+
+def robustness_rows(robustness: dict) -> list[list[str]]:
+    """Exact match of each model (and training profile) on each held-out set."""
+    return [[label, *(f"{100 * sets[name]['exact_match']:.1f}%" if name in sets else "—"
+                      for name in ROBUSTNESS_SETS)] for label, sets in robustness.items()]
 
 
 def pm(v: dict | None, scale: float = 1.0, fmt: str = ".2f", unit: str = "") -> str:
@@ -349,6 +357,10 @@ def text_report(results: dict) -> str:
                       f"FLOPs per run; test set {f['test_csv']}):"]
         lines += ["  " + "  ".join(f"{h}: {c}" for h, c in zip(FRONTIER_HEADER, row))
                   for row in frontier_rows(f)]
+    if results.get("robustness"):
+        lines += ["", "Held-out robustness sets (exact match):"]
+        lines += ["  " + "  ".join(f"{h}: {c}" for h, c in zip(("model", *ROBUSTNESS_SETS), r))
+                  for r in robustness_rows(results["robustness"])]
     lines += ["", "Is BLT tokenization more computationally efficient?", results["efficiency"]]
     return "\n".join(lines) + "\n"
 
@@ -357,6 +369,10 @@ def html_report(results: dict, plots: dict[str, Path], patches: str) -> str:
     from bltlab.patchview import page
 
     sections = [("Results", table(headline_rows(results["models"]), HEADER))]
+    if results.get("robustness"):
+        sections.append(("Robustness: held-out sets the models never trained on",
+                         table(robustness_rows(results["robustness"]),
+                               ["model (training profile)", *ROBUSTNESS_SETS])))
     if results.get("frontier"):
         f = results["frontier"]
         sections.append((f"Compute frontier: every run {f['budget_train_flops']:.3g} training "
@@ -396,8 +412,9 @@ def analyze(output_dir: str | Path = "results", predictions_dir: str | Path = "p
     runs = load_results(predictions_dir, Path(checkpoints_dir), results_dir)
     models = {mode: model_summary(mode, run) for mode, run in runs.items()}
     comp = comparison(runs)
-    frontier = load_frontier(results_dir)
+    frontier = load_json(results_dir / "frontier.json")
     results = {"models": models, "comparison": comp, "frontier": frontier,
+               "robustness": load_json(results_dir / "robustness.json"),
                "efficiency": efficiency_answer(models, comp, frontier),
                "seeds": seed_spread(results_dir),
                "tuning": {m: r["tuning"] for m, r in runs.items() if r.get("tuning")}}
