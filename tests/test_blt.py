@@ -16,7 +16,8 @@ def codec(size=3):
 
 
 MEMORIES = {"patches": {"global_factor": 1}, "bytes": {"decoder_memory": "bytes"},
-            "wide": {"global_factor": 2}}  # 2 decoder vectors per patch
+            "wide": {"global_factor": 2},  # 2 decoder vectors per patch
+            "utf8": {"global_factor": 2, "byte_embedding": "utf8"}}
 
 
 def tiny(**kw):
@@ -57,7 +58,8 @@ def test_shapes(pooling, memory):
     assert logits.shape == (4, 3, 260) and torch.isfinite(logits).all()
     states = model.encode(batch).states
     expected = {"bytes": batch["src"].shape[1], "patches": int(batch["n_patches"].max()),
-                "wide": 2 * int(batch["n_patches"].max())}[memory]
+                "wide": 2 * int(batch["n_patches"].max()),
+                "utf8": 2 * int(batch["n_patches"].max())}[memory]
     assert states.shape == (4, expected, 32)
 
 
@@ -116,3 +118,12 @@ def test_relative_values_decode_incrementally_like_the_full_prefix():
         relative.bias.zero_()
         plain = model.decoder(tokens, memory)
     assert not torch.allclose(changed, plain)  # the relative channels reach the output
+
+
+def test_utf8_embeddings_give_every_byte_a_distinct_trainable_vector():
+    model = tiny(byte_embedding="utf8")
+    weight = model.embed.weight
+    assert weight.shape == (260, 32) and torch.linalg.matrix_rank(weight[4:].detach()) >= 12
+    assert len({tuple(row.tolist()) for row in weight[4:].detach()}) == 256
+    weight[4 + 0xD0].sum().backward()  # a Cyrillic lead byte, never seen by this model
+    assert model.embed.bits.weight.grad.abs().sum() > 0  # its vector is made of shared parts

@@ -125,6 +125,10 @@ class BLTConfig(ModelConfig):
     patch_slots: int = setting(0, "set by resolve(): project pooling's in-patch positions "
                                   "(the patcher's max_patch_len + 3, a split character's tail)",
                                derived=True)
+    byte_embedding: str = setting(
+        "table", "blt: byte vectors from a table, or built from each byte's UTF-8 role and "
+                 "bits (utf8: a byte never seen in training still has a trained vector)",
+        choices=("table", "utf8"))
     ngram_sizes: tuple[int, ...] = setting((1, 2, 3), "blt: hashed n-gram sizes")
     ngram_buckets: int = setting(4096, "blt: hash buckets per n")
     ngram_init_std: float | None = setting(
@@ -142,6 +146,7 @@ class BLTConfig(ModelConfig):
         at_least(self, 1, "global_factor", "slots", "ngram_buckets")
         one_of("pooling", self.pooling, ("project", "cross"))
         one_of("decoder_memory", self.decoder_memory, ("patches", "bytes"))
+        one_of("byte_embedding", self.byte_embedding, ("table", "utf8"))
         need(len(self.ngram_sizes) > 0 and all(1 <= n <= MAX_LOOK for n in self.ngram_sizes),
              "ngram_sizes", list(self.ngram_sizes), f"each between 1 and {MAX_LOOK}")
         need(self.ngram_init_std is None or self.ngram_init_std >= 0, "ngram_init_std",

@@ -169,6 +169,43 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_mlp(x))
 
 
+def utf8_roles() -> Tensor:
+    """The UTF-8 role of each byte value: 0 ASCII, 1 continuation, 2/3/4 the lead byte of
+    a 2/3/4-byte character, 5 never valid."""
+    b = torch.arange(256)
+    return torch.where(b < 0x80, 0, torch.where(b < 0xC0, 1, torch.where(
+        b < 0xE0, 2, torch.where(b < 0xF0, 3, torch.where(b < 0xF8, 4, 5)))))
+
+
+class Utf8ByteEmbedding(nn.Module):
+    """Byte vectors built from parts every byte shares: its UTF-8 role and its 8 bits
+    (E[b] = role[r(b)] + Σ_i ±w_i), so a byte never seen in training still has a trained
+    vector, and the tied output head can name it bit by bit. The `specials` ids before
+    the bytes keep vectors of their own."""
+
+    def __init__(self, specials: int, d_model: int):
+        super().__init__()
+        self.specials = nn.Embedding(specials, d_model)
+        self.roles = nn.Embedding(6, d_model)
+        self.bits = nn.Linear(8, d_model, bias=False)
+        bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1
+        self.register_buffer("bit_signs", 2.0 * bits.float() - 1.0, persistent=False)
+        self.register_buffer("role_ids", utf8_roles(), persistent=False)
+
+    def reset_bits(self) -> None:
+        """Bits at a scale that gives their sum about unit norm, like a table's rows."""
+        nn.init.normal_(self.bits.weight, std=(8 * self.bits.out_features) ** -0.5)
+
+    @property
+    def weight(self) -> Tensor:
+        """The (specials + 256, d) matrix of all vectors (also the output head's)."""
+        return torch.cat([self.specials.weight,
+                          self.roles(self.role_ids) + self.bits(self.bit_signs)])
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.weight)
+
+
 class KVCache:
     """Keys and values of incremental decoding, one dict per decoder block: "self" (this
     row's output steps so far) and "cross" (the memory's, computed at the first step).

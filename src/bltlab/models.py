@@ -14,7 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bltlab.config import BLTConfig, ModelConfig
-from bltlab.layers import Attention, Block, KVCache, PositionSignal, Rotary, key_padding_mask
+from bltlab.layers import (
+    Attention,
+    Block,
+    KVCache,
+    PositionSignal,
+    Rotary,
+    Utf8ByteEmbedding,
+    key_padding_mask,
+)
 
 
 @dataclass
@@ -75,7 +83,7 @@ def add_positions(x: Tensor, pos: Tensor, to_end: Tensor, signal: PositionSignal
 class Decoder(nn.Module):
     """Autoregressive decoder: causal self-attention, cross-attention to memory, tied head."""
 
-    def __init__(self, cfg: ModelConfig, embed: nn.Embedding):
+    def __init__(self, cfg: ModelConfig, embed: nn.Module):
         super().__init__()
         head_dim = cfg.d_model // cfg.nhead
         self.embed = embed
@@ -198,7 +206,8 @@ class BLT(EncoderDecoder):
         wide = self.factor * cfg.d_model
         d, head_dim = cfg.d_model, cfg.d_model // cfg.nhead
         block = lambda: Block(d, cfg.nhead, cfg.dim_feedforward, cfg.dropout)  # noqa: E731
-        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.embed = (nn.Embedding(cfg.vocab_size, d) if cfg.byte_embedding == "table"
+                      else Utf8ByteEmbedding(cfg.vocab_size - 256, d))
         self.ngram_embeds = nn.ModuleList(nn.Embedding(cfg.ngram_buckets, d)
                                           for _ in cfg.ngram_sizes)
         self.pos = PositionSignal(cfg.pos_encoding, d, head_dim, cfg.max_len,
@@ -218,6 +227,8 @@ class BLT(EncoderDecoder):
         self.ln_global = nn.LayerNorm(wide)
         self.decoder = Decoder(cfg, self.embed)
         self.apply(init_weights)
+        if isinstance(self.embed, Utf8ByteEmbedding):
+            self.embed.reset_bits()
         if cfg.ngram_init_std is not None:  # a rarely seen n-gram then adds little noise
             for table in self.ngram_embeds:
                 nn.init.normal_(table.weight, std=cfg.ngram_init_std)
