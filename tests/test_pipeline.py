@@ -18,7 +18,7 @@ def test_compute_metrics_by_hand():
     assert m["one_minus_cer"] == pytest.approx(1 - 2 / 7)  # edits 0 + 1 + 1 over 7 characters
     assert (m["avg_edit_distance"], m["max_edit_distance"]) == (pytest.approx(2 / 3), 1)
     assert m["avg_length_diff"] == pytest.approx(1 / 3)
-    assert m["accuracy_by_length"] == {"0-20": {"accuracy": pytest.approx(1 / 3), "count": 3}}
+    assert m["accuracy_by_length"] == {"0-10": {"accuracy": pytest.approx(1 / 3), "count": 3}}
     assert m["non_ascii"] == {"accuracy": 0.0, "count": 1}
 
 

@@ -23,7 +23,7 @@ from bltlab.data import load_pairs
 from bltlab.decoding import predict
 from bltlab.fileio import write_atomic, write_json
 
-LENGTH_BUCKETS = ((0, 20), (20, 50), (50, 100), (100, 200))
+LENGTH_BUCKETS = ((0, 10), (10, 20), (20, 50), (50, 100), (100, 200), (200, 300))
 
 
 def char_accuracy(pred: str, target: str) -> float:
