@@ -29,20 +29,20 @@ from bltlab.spec import RunSpec, build_spec
 
 THRESHOLDS = (0.99, 0.999)  # validation exact match the summary reads the FLOPs at
 TEST_TARGET = 0.995  # test exact match at which the cheapest inference is read
-SHARED = {"fresh_pairs": True, "fresh_non_ascii": 0.05, "tensorboard": False,
-          "progress_bars": False, "save_every_steps": 200}
+SHARED = {"tensorboard": False, "progress_bars": False, "save_every_steps": 200}
 SMALL = {"d_model": 32, "dim_feedforward": 128}
+ENTROPY = {"patcher": "entropy-model"}  # θ calibrated to the point's target_bpp
 GRIDS: dict[str, dict[str, Any]] = {
     # ≤ 60 min on a 2-core CPU with --workers 2 (one thread each)
     "quick": {"budget": 1.2e13, "points": {
         "char-d64": ("char", {}),
         "char-d64-3+1": ("char", {"num_encoder_layers": 3, "num_decoder_layers": 1}),
         "char-d32": ("char", SMALL),
-        "blt-d64-e2": ("blt", {"target_bpp": 2.0}),
-        "blt-d64-e4": ("blt", {"target_bpp": 4.0}),
-        "blt-d64-e6": ("blt", {"target_bpp": 6.0, "max_patch_len": 12}),
+        "blt-d64-e2": ("blt", {**ENTROPY, "target_bpp": 2.0}),
+        "blt-d64-e4": ("blt", {**ENTROPY, "target_bpp": 4.0}),
+        "blt-d64-e6": ("blt", {**ENTROPY, "target_bpp": 6.0, "max_patch_len": 12}),
         "blt-d64-space": ("blt", {"patcher": "space"}),
-        "blt-d32-e4": ("blt", {"target_bpp": 4.0, **SMALL}),
+        "blt-d32-e4": ("blt", {**ENTROPY, "target_bpp": 4.0, **SMALL}),
     }},
     # for a GPU: three widths, more compressions, ten times the budget
     "full": {"budget": 1.2e14, "points": {
@@ -51,7 +51,7 @@ GRIDS: dict[str, dict[str, Any]] = {
         **{f"char-d{d}-3+1": ("char", {"d_model": d, "dim_feedforward": 4 * d,
                                        "num_encoder_layers": 3, "num_decoder_layers": 1})
            for d in (64, 128)},
-        **{f"blt-d{d}-e{b}": ("blt", {"d_model": d, "dim_feedforward": 4 * d,
+        **{f"blt-d{d}-e{b}": ("blt", {"d_model": d, "dim_feedforward": 4 * d, **ENTROPY,
                                       "target_bpp": float(b),
                                       "max_patch_len": 8 if b < 6 else 12})
            for d in (64, 128, 256) for b in (2, 4, 6)},
@@ -63,8 +63,8 @@ GRIDS: dict[str, dict[str, Any]] = {
 
 def point_specs(preset: str, train_csv: Path, save_dir: Path, seeds: list[int],
                 device: str) -> dict[tuple[str, int], RunSpec]:
-    """The grid's run specs, by (point, seed): each mode's recipe, the shared data regime
-    and budget, the point's own settings."""
+    """The grid's run specs, by (point, seed): each mode's recipe (the two share one data
+    regime), the budget, the point's own settings."""
     grid = GRIDS[preset]
     specs = {}
     for name, (mode, settings) in grid["points"].items():
