@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from bltlab.checkpoint import checkpoint_paths
 from bltlab.errors import BltlabError
@@ -92,8 +93,9 @@ def run_point(spec: RunSpec, threads: int) -> str:
 
 
 def train_points(specs: dict[tuple[str, int], RunSpec], workers: int) -> None:
-    """Train the points, `workers` at a time, each with its share of the cores."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    """Train the points, `workers` at a time, each with its share of the threads this
+    process may use (`bltlab --threads N`)."""
+    threads = max(1, torch.get_num_threads() // workers)
     with ThreadPoolExecutor(workers) as pool:
         for name in pool.map(lambda s: run_point(s, threads), specs.values()):
             print(f"frontier: {name} trained")

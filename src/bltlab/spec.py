@@ -122,9 +122,11 @@ class RunSpec(Config):
         return RunSpec.from_dict(d, where)
 
     def identity(self, data_sha256: str) -> dict:
-        """What makes two runs the same run: the spec (less VOLATILE) and the data."""
+        """What makes two runs the same run: the spec (less VOLATILE, and less the epochs
+        when a FLOP budget sets them) and the data."""
         d = self.to_dict()
-        d["train"] = {k: v for k, v in d["train"].items() if k not in VOLATILE}
+        ignored = VOLATILE | ({"epochs"} if self.train.flops_budget else set())
+        d["train"] = {k: v for k, v in d["train"].items() if k not in ignored}
         return {**d, "data_sha256": data_sha256}
 
     def to_yaml(self) -> str:
