@@ -184,13 +184,14 @@ def length_buckets(inputs: list[str], correct: list[bool]) -> dict[str, float]:
             for b, v in sorted(buckets.items())}
 
 
-def robustness_stage(mode: str, opts: RunOptions, save_dir: Path) -> dict:
+def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
+                     label: str | None = None) -> dict:
     """Evaluate a model on every held-out robustness set (a row too long for the model
     counts as wrong); predictions in predictions/robustness/, results merged into
     results/robustness.json under '<mode> (<profile>)'."""
     device = pick_device(opts.device)
     model, codec, _ = load_model(checkpoint_paths(save_dir, mode)[0], mode, device)
-    label = f"{mode} ({opts.profile})"
+    label = label or f"{mode} ({opts.profile})"
     out: dict = {}
     for name, csv_path in robustness_files().items():
         pairs = load_pairs(csv_path)
