@@ -184,6 +184,16 @@ def length_buckets(inputs: list[str], correct: list[bool]) -> dict[str, float]:
             for b, v in sorted(buckets.items())}
 
 
+def longest_at(buckets: dict[str, float], level: float = 0.99) -> int:
+    """The input length up to which every length bucket is at least `level` exact."""
+    longest = 0
+    for name, value in buckets.items():
+        if value < level:
+            break
+        longest = int(name.split("-")[1])
+    return longest
+
+
 def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
                      label: str | None = None) -> dict:
     """Evaluate a model on every held-out robustness set (a row too long for the model
@@ -202,9 +212,10 @@ def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
         write_predictions(Path("predictions") / "robustness" / label.replace(" ", "_")
                           / f"{name}.csv", pairs.inputs, pairs.targets,
                           [p if p is not None else "" for p in preds])
+        buckets = length_buckets(pairs.inputs, correct)
         out[name] = {"exact_match": sum(correct) / len(pairs), "rows": len(pairs),
-                     "too_long": preds.count(None), "by_length": length_buckets(
-                         pairs.inputs, correct),
+                     "too_long": preds.count(None), "by_length": buckets,
+                     "longest_length_at_99": longest_at(buckets),
                      "unknown_character_rows": unknown_characters(codec, pairs.inputs)["rows"]}
         print(f"{label} on {name}: {100 * out[name]['exact_match']:.2f}% exact")
     path = Path(opts.output_dir) / "robustness.json"
