@@ -188,10 +188,9 @@ class PatcherConfig(Config):
             need(math.isfinite(self.threshold) and low <= self.threshold <= MAX_ENTROPY_BITS,
                  "entropy_threshold", self.threshold, f"must be {low:g} to {MAX_ENTROPY_BITS:g} "
                                                       "bits")
-        longest = self.max_patch_len or 64
-        need(not self.calibrated or (math.isfinite(self.target_bpp)
-                                     and 1.0 <= self.target_bpp <= longest),
-             "target_bpp", self.target_bpp, f"must be 1 to {longest} (the longest patch)")
+        top = (self.max_patch_len or 64) if self.calibrated else 64
+        need(math.isfinite(self.target_bpp) and 1.0 <= self.target_bpp <= top,
+             "target_bpp", self.target_bpp, f"must be 1 to {top} (the longest patch)")
 
     @property
     def calibrated(self) -> bool:
