@@ -38,20 +38,25 @@ def test_a_tiny_grid_trains_to_its_budget_and_is_summarised(tmp_path, monkeypatc
     assert (tmp_path / "data" / "final" / "seed" / "test.csv").is_file()  # the reserved set
 
 
-def test_summary_reads_the_front():
+def test_summary_reads_the_front_from_seed_means():
     curve = lambda *pts: [{"train_flops": f, "val_exact_match": e, "epoch": i}  # noqa: E731
                           for i, (f, e) in enumerate(pts)]
     points = [
-        {"name": "a", "family": "blt", "curve": curve((1e9, 0.5), (2e9, 0.991), (3e9, 0.9995)),
+        {"name": "a", "family": "blt", "seed": 0, "curve": curve((1e9, 0.5), (2e9, 0.991),
+                                                                  (3e9, 0.9995)),
          "test_exact_match": 0.996, "inference_flops_per_row": 5e6},
-        {"name": "b", "family": "blt", "curve": curve((1e9, 0.992), (2e9, 0.995)),
+        {"name": "a", "family": "blt", "seed": 1, "curve": curve((1e9, 0.5), (4e9, 0.991)),
+         "test_exact_match": 0.998, "inference_flops_per_row": 5e6},
+        {"name": "b", "family": "blt", "seed": 0, "curve": curve((1e9, 0.992), (2e9, 0.995)),
          "test_exact_match": 0.99, "inference_flops_per_row": 1e6},
-        {"name": "c", "family": "char", "curve": curve((4e9, 0.5)),
+        {"name": "c", "family": "char", "seed": 0, "curve": curve((4e9, 0.5)),
          "test_exact_match": 0.2, "inference_flops_per_row": 1e6}]
-    s = frontier.summarise(points)
-    assert s["blt"]["train_flops_to_0.99"] == {"flops": 1e9, "point": "b"}
-    assert s["blt"]["train_flops_to_0.999"] == {"flops": 3e9, "point": "a"}
-    assert s["blt"]["cheapest_inference_at_test_target"]["point"] == "a"
+    s = frontier.summarise(frontier.table(points))
+    assert s["blt"]["train_flops_to_0.99"] == {"flops": 1e9, "point": "b", "seeds": 1}
+    # a reaches 99.9% on one seed of two: not counted as reaching it
+    assert s["blt"]["train_flops_to_0.999"] is None
+    cheapest = s["blt"]["cheapest_inference_at_test_target"]
+    assert cheapest["point"] == "a" and cheapest["test_exact_match"] == pytest.approx(0.997)
     assert s["char"]["train_flops_to_0.99"] is None
     assert s["char"]["cheapest_inference_at_test_target"] is None
 

@@ -90,10 +90,10 @@ def frontier_result(blt_inference, blt_train):
                 "inference_flops_per_row": inference,
                 "curve": [{"train_flops": train, "val_exact_match": 0.995, "epoch": 1}]}
 
-    from bltlab.frontier import summarise
+    from bltlab.frontier import summarise, table
     points = [point("char-x", "char", 40e6, 1e13), point("blt-x", "blt", blt_inference,
                                                           blt_train)]
-    return {"points": points, "summary": summarise(points)}
+    return {"points": points, "summary": summarise(table(points))}
 
 
 @pytest.mark.parametrize("blt, answer", [((30e6, 5e12), "Yes: to run, the BLT needs fewer"),

@@ -136,7 +136,7 @@ def table(points: list[dict]) -> dict[str, dict]:
     for name in dict.fromkeys(p["name"] for p in points):
         runs = [p for p in points if p["name"] == name]
         out[name] = {"family": runs[0]["family"], "seeds": [p["seed"] for p in runs],
-                     "parameters": runs[0]["parameters"],
+                     "parameters": runs[0].get("parameters"),
                      **{k: mean_std([p.get(k) for p in runs]) for k in (
                          "test_exact_match", "final_exact_match", "forward_flops_per_row",
                          "inference_flops_per_row", "bytes_per_patch")},
@@ -148,24 +148,29 @@ def table(points: list[dict]) -> dict[str, dict]:
     return out
 
 
-def summarise(points: list[dict]) -> dict:
-    """Per family: the training FLOPs its best point needs to reach each validation
-    threshold, and its cheapest inference FLOPs per row at ≥ 99.5% test exact match."""
+def summarise(rows: dict[str, dict]) -> dict:
+    """Per family, from the table (means over each point's seeds): the fewest training
+    FLOPs a point needs to reach each validation threshold (only points where every seed
+    reached it), and the cheapest inference FLOPs per row at ≥ 99.5% mean test exact
+    match."""
     out = {}
-    for family in sorted({p["family"] for p in points}):
-        mine = [p for p in points if p["family"] == family]
+    for family in sorted({r["family"] for r in rows.values()}):
+        mine = {name: r for name, r in rows.items() if r["family"] == family}
         entry: dict[str, Any] = {}
         for level in THRESHOLDS:
-            reached = [(first_reaching(p["curve"], level), p["name"]) for p in mine]
-            reached = [r for r in reached if r[0] is not None]
-            entry[f"train_flops_to_{level:g}"] = (
-                {"flops": min(reached)[0], "point": min(reached)[1]} if reached else None)
-        good = [p for p in mine if p["test_exact_match"] >= TEST_TARGET]
-        best = min(good, key=lambda p: p["inference_flops_per_row"]) if good else None
+            key = f"train_flops_to_{level:g}"
+            reached = [(r[key]["mean"], name) for name, r in mine.items()
+                       if r[key] and r[key]["n"] == len(r["seeds"])]
+            entry[key] = ({"flops": min(reached)[0], "point": min(reached)[1],
+                           "seeds": len(mine[min(reached)[1]]["seeds"])} if reached else None)
+        good = [(r["inference_flops_per_row"]["mean"], name) for name, r in mine.items()
+                if r["test_exact_match"]["mean"] >= TEST_TARGET]
         entry["cheapest_inference_at_test_target"] = (
-            {"flops": best["inference_flops_per_row"], "point": best["name"],
-             "test_exact_match": best["test_exact_match"]} if best else None)
-        entry["best_test_exact_match"] = max(p["test_exact_match"] for p in mine)
+            {"flops": min(good)[0], "point": min(good)[1],
+             "test_exact_match": mine[min(good)[1]]["test_exact_match"]["mean"],
+             "seeds": len(mine[min(good)[1]]["seeds"])} if good else None)
+        entry["best_test_exact_match"] = max(r["test_exact_match"]["mean"]
+                                             for r in mine.values())
         out[family] = entry
     return out
 
@@ -187,8 +192,9 @@ def frontier(preset: str, train_csv: Path, test_csv: Path, save_dir: Path, out_d
             .is_file()}
     points = [point_result(name, spec, *evaluate_run(name, spec))
               for (name, _), spec in done.items()]
+    rows = table(points)
     result = {"preset": preset, "budget_train_flops": GRIDS[preset]["budget"],
-              "test_csv": str(test_csv), "points": points, "table": table(points),
-              "summary": summarise(points)}
+              "test_csv": str(test_csv), "points": points, "table": rows,
+              "summary": summarise(rows)}
     write_json(out_dir / "frontier.json", result)
     return result

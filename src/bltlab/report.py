@@ -213,13 +213,18 @@ def per_row_findings(models: dict, comp: dict | None) -> tuple[list[str], dict]:
     return lines, verdict
 
 
+def seeds(entry: dict) -> str:
+    n = entry.get("seeds", 1)
+    return f"mean of {n} seeds" if n > 1 else "1 seed"
+
+
 def frontier_findings(frontier: dict) -> tuple[list[str], dict]:
     """Sentences on each family's front: training FLOPs to 99% and 99.9% validation exact
     match, and the cheapest inference at ≥ 99.5% test exact match."""
     s, lines, verdict = frontier["summary"], [], {}
     for level in ("0.99", "0.999"):
         got = {f: s.get(f, {}).get(f"train_flops_to_{level}") for f in MODES}
-        text = "; ".join(f"{NAMES[f]} {v['flops']:.3g} ({v['point']})" if v else
+        text = "; ".join(f"{NAMES[f]} {v['flops']:.3g} ({v['point']}, {seeds(v)})" if v else
                          f"{NAMES[f]} not reached" for f, v in got.items())
         lines.append(f"Frontier, training FLOPs to {100 * float(level):g}% validation exact "
                      f"match: {text}.")
@@ -229,8 +234,9 @@ def frontier_findings(frontier: dict) -> tuple[list[str], dict]:
     if all(got.values()):
         ratio = got["blt"]["flops"] / got["char"]["flops"]
         lines.append(f"Frontier, cheapest inference at ≥ 99.5% test exact match: BLT "
-                     f"{mflops(got['blt']['flops'])} per row ({got['blt']['point']}) vs "
-                     f"baseline {mflops(got['char']['flops'])} ({got['char']['point']}): "
+                     f"{mflops(got['blt']['flops'])} per row ({got['blt']['point']}, "
+                     f"{seeds(got['blt'])}) vs baseline {mflops(got['char']['flops'])} "
+                     f"({got['char']['point']}, {seeds(got['char'])}): "
                      f"{ratio:.2f}x.")
         verdict["front_inference_cheaper"] = ratio < 1
     elif got["char"]:
