@@ -167,7 +167,7 @@ class PatcherConfig(Config):
     threshold: float | None = setting(
         None, "entropy patchers: θ in bits; given, it is used as it is (no calibration)",
         flag="entropy_threshold")
-    target_bpp: float = setting(4.05, "entropy patchers without a threshold: calibrate θ to "
+    target_bpp: float = setting(4.0, "entropy patchers without a threshold: calibrate θ to "
                                       "this mean bytes/patch on the training inputs")
     max_patch_len: int = setting(8, "cut patches longer than this (0: no limit; the seed: 15)")
     entropy_mode: str = setting("global", "entropy-model: H_t > θ (global) or "
