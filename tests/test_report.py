@@ -87,13 +87,16 @@ def frontier_result(blt_inference, blt_train):
     """Synthetic frontier results: one point per family."""
     def point(name, family, inference, train):
         return {"name": name, "family": family, "seed": 0, "test_exact_match": 0.999,
+                "parameters": 1000,
                 "inference_flops_per_row": inference,
                 "curve": [{"train_flops": train, "val_exact_match": 0.995, "epoch": 1}]}
 
     from bltlab.frontier import summarise, table
     points = [point("char-x", "char", 40e6, 1e13), point("blt-x", "blt", blt_inference,
                                                           blt_train)]
-    return {"points": points, "summary": summarise(table(points))}
+    rows = table(points)
+    return {"preset": "quick", "budget_train_flops": 1e13, "test_csv": "test.csv",
+            "points": points, "table": rows, "summary": summarise(rows)}
 
 
 @pytest.mark.parametrize("blt, answer", [((30e6, 5e12), "Yes: to run, the BLT needs fewer"),
@@ -104,3 +107,14 @@ def test_opposite_results_give_opposite_answers(blt, answer):
     text = efficiency_answer({}, None, frontier_result(*blt))
     assert text.split("Answer: ")[1].startswith(answer)
     assert ("fewer FLOPs than" in text) == (blt[1] < 1e13)
+
+
+def test_a_folder_with_only_a_frontier_is_reported(tmp_path):
+    from bltlab.report import analyze
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "frontier.json").write_text(json.dumps(frontier_result(30e6, 5e12)))
+    results = analyze(tmp_path / "results", tmp_path / "predictions", tmp_path / "none")
+    assert results["efficiency"].split("Answer: ")[1].startswith("Yes")
+    assert (tmp_path / "results" / "report.html").is_file()
+    assert not (tmp_path / "predictions" / "accuracy_analysis.png").exists()  # no model

@@ -112,12 +112,15 @@ def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = {"training_curves": figure_png(plot_training_curves(plt, runs),
-                                         predictions_dir / "training_curves.png", dpi),
-           "accuracy_analysis": figure_png(plot_accuracy(plt, models),
-                                           predictions_dir / "accuracy_analysis.png", dpi),
-           "detailed_metrics": figure_png(plot_detailed(plt, models),
-                                          predictions_dir / "detailed_metrics.png", dpi)}
+    out = {}
+    if any(r.get("history") for r in runs.values()):
+        out["training_curves"] = figure_png(plot_training_curves(plt, runs),
+                                            predictions_dir / "training_curves.png", dpi)
+    if models:  # a folder may hold only a frontier or robustness results
+        out["accuracy_analysis"] = figure_png(plot_accuracy(plt, models),
+                                              predictions_dir / "accuracy_analysis.png", dpi)
+        out["detailed_metrics"] = figure_png(plot_detailed(plt, models),
+                                             predictions_dir / "detailed_metrics.png", dpi)
     ablation = results_dir / "ablation_patchers.json"
     if ablation.is_file():
         points = json.loads(ablation.read_text(encoding="utf-8"))
