@@ -34,16 +34,18 @@ SHARED = {"tensorboard": False, "progress_bars": False, "save_every_steps": 200}
 SMALL = {"d_model": 32, "dim_feedforward": 128}
 ENTROPY = {"patcher": "entropy-model"}  # θ calibrated to the point's target_bpp
 GRIDS: dict[str, dict[str, Any]] = {
-    # ≤ 60 min on a 2-core CPU with --workers 2 (one thread each)
+    # about an hour on a 2-core CPU with --workers 2 (one thread each), per seed
     "quick": {"budget": 1.2e13, "points": {
         "char-d64": ("char", {}),
         "char-d64-3+1": ("char", {"num_encoder_layers": 3, "num_decoder_layers": 1}),
         "char-d32": ("char", SMALL),
+        "char-d32-3+1": ("char", {**SMALL, "num_encoder_layers": 3, "num_decoder_layers": 1}),
         "blt-d64-e2": ("blt", {**ENTROPY, "target_bpp": 2.0}),
         "blt-d64-e4": ("blt", {**ENTROPY, "target_bpp": 4.0}),
         "blt-d64-e6": ("blt", {**ENTROPY, "target_bpp": 6.0, "max_patch_len": 12}),
         "blt-d64-space": ("blt", {"patcher": "space"}),
         "blt-d32-e4": ("blt", {**ENTROPY, "target_bpp": 4.0, **SMALL}),
+        "blt-d32-space": ("blt", {"patcher": "space", **SMALL}),
     }},
     # for a GPU: three widths, more compressions, ten times the budget
     "full": {"budget": 1.2e14, "points": {
