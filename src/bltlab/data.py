@@ -61,13 +61,13 @@ def generate(out_dir: str | Path = "data", seed: int = 0, n_train: int = 10000,
 
 
 ROBUSTNESS_DIR = Path("data") / "robustness"
+ROBUSTNESS_SETS = ("short", "long", "real_text", "unseen_script", "lengths")
 
 
 def robustness_files(out_dir: str | Path = ROBUSTNESS_DIR) -> dict[str, Path]:
     """The held-out robustness sets as CSVs (made once; see profiles.robustness_sets)."""
     out = Path(out_dir)
-    names = ("short", "long", "real_text", "unseen_script", "lengths")
-    paths = {name: out / f"{name}.csv" for name in names}
+    paths = {name: out / f"{name}.csv" for name in ROBUSTNESS_SETS}
     if not all(p.is_file() for p in paths.values()):
         ensure_dir(out, "--out")
         for name, inputs in profiles.robustness_sets().items():

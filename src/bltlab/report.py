@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+from bltlab.data import ROBUSTNESS_SETS
 from bltlab.errors import BltlabError
 from bltlab.evaluation import default_output_csv, metrics_path
 from bltlab.fileio import write_atomic, write_json
@@ -63,9 +64,6 @@ def load_results(predictions_dir: Path, checkpoints_dir: Path, results_dir: Path
 
 def load_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-ROBUSTNESS_SETS = ("short", "long", "real_text", "unseen_script", "lengths")
 
 
 def robustness_rows(robustness: dict) -> list[list[str]]:
