@@ -174,15 +174,13 @@ def text(rng: np.random.Generator, n_words: int, languages: dict[str, int]) -> s
 
 
 def random_chars(rng: np.random.Generator, n: int, languages: dict[str, int]) -> str:
-    """`n` characters: printable ASCII and tab (80%) or characters of the given
-    languages' words and emoji (20%)."""
+    """`n` characters: printable ASCII and tab (80%) or, uniformly, any other character
+    of the profile's alphabet (20%), so that every symbol a row can hold is trained on
+    (the Cyrillic of the unseen-script set too, when `languages` holds it)."""
+    others = other_symbols(tuple(sorted(languages.items())))
     out = []
     for _ in range(n):
-        if rng.random() < 0.8:
-            out.append(choice(rng, ASCII))
-        else:
-            w = word(rng, languages)
-            out.append(choice(rng, w) if rng.random() < 0.9 else emoji(rng))
+        out.append(choice(rng, ASCII) if rng.random() < 0.8 else choice(rng, others))
     return "".join(out)
 
 
@@ -219,16 +217,27 @@ def broad_inputs(n: int, rng: np.random.Generator, non_ascii_rate: float = 0.0) 
 
 
 @functools.cache
-def broad_alphabet() -> frozenset[str]:
-    """Every character a broad row can hold (a char model's vocabulary for fresh rows)."""
+def symbols(languages: tuple[tuple[str, int], ...]) -> frozenset[str]:
+    """Every character a broad row with these (language, top words) can hold."""
     chars = set(ASCII) | set("".join(wordlist()))
-    for lang, n in OTHER_LANGUAGES.items():
+    for lang, n in languages:
         chars |= set("".join(language_words(lang, n)))
     for group in (PICTOGRAPHS, PEOPLE, SKIN_TONES, SYMBOLS_VS16, REGIONAL):
         chars |= {chr(c) for c in group}
     chars |= {ZWJ, VS16}
     chars |= {c.upper() for c in chars} | {c.title() for c in chars}
     return frozenset(c for piece in chars for c in piece)
+
+
+@functools.cache
+def other_symbols(languages: tuple[tuple[str, int], ...]) -> list[str]:
+    """Those characters that are not ASCII, in a fixed order (for uniform draws)."""
+    return sorted(symbols(languages) - set(ASCII))
+
+
+def broad_alphabet() -> frozenset[str]:
+    """Every character a broad row can hold (a char model's vocabulary for fresh rows)."""
+    return symbols(tuple(sorted(OTHER_LANGUAGES.items())))
 
 
 @functools.cache
