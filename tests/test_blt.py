@@ -127,3 +127,14 @@ def test_utf8_embeddings_give_every_byte_a_distinct_trainable_vector():
     assert len({tuple(row.tolist()) for row in weight[4:].detach()}) == 256
     weight[4 + 0xD0].sum().backward()  # a Cyrillic lead byte, never seen by this model
     assert model.embed.bits.weight.grad.abs().sum() > 0  # its vector is made of shared parts
+
+
+def test_utf8_byte_vectors_are_built_once_per_parameter_state_when_decoding():
+    model = tiny(byte_embedding="utf8")
+    with torch.no_grad():
+        first = model.embed.weight
+        assert model.embed.weight is first  # decoding steps reuse it
+        model.embed.bits.weight.mul_(2.0)  # an optimizer step changes the parameters
+        assert model.embed.weight is not first
+        assert torch.equal(model.embed.weight, model.embed.build())
+    assert model.embed.weight.requires_grad  # training always builds a fresh one

@@ -2,17 +2,41 @@
 
 import pytest
 
-from bltlab.cli import main
+from bltlab.cli import main, script
 from bltlab.errors import BltlabError
-from bltlab.spec import RECIPES, RunSpec, build_spec
+from bltlab.spec import DEFAULT_PROFILE, RECIPES, RunSpec, build_spec
 
 
-def test_train_with_no_flags_is_the_modes_recipe(capsys):
+def test_train_with_no_flags_is_the_modes_recipe_of_the_default_profile(capsys):
     assert main(["train", "--mode", "blt", "--print_config"]) == 0
     out = capsys.readouterr().out
-    spec = build_spec("blt")
-    assert spec.train.epochs == RECIPES["blt"]["epochs"] and spec.data.fresh_pairs
-    assert f"epochs: {RECIPES['blt']['epochs']}" in out and "patcher: space" in out
+    spec, recipe = build_spec("blt"), RECIPES[DEFAULT_PROFILE]["blt"]
+    assert spec.data.profile == DEFAULT_PROFILE == "broad" and spec.data.fresh_pairs
+    assert spec.train.epochs == recipe["epochs"] and spec.model.byte_embedding == "utf8"
+    assert f"epochs: {recipe['epochs']}" in out and "patcher: space" in out
+
+
+@pytest.mark.parametrize("settings", [{"profile": "seed"}, {"data.profile": "seed"}])
+def test_naming_a_profile_picks_its_recipe_under_the_flags(settings):
+    spec = build_spec("blt", settings={**settings, "lr": 0.01})
+    assert spec.data.profile == "seed" and spec.train.epochs == RECIPES["seed"]["blt"]["epochs"]
+    assert spec.model.byte_embedding == "table" and spec.train.lr == 0.01
+    assert spec.data.train_csv == "data/train.csv"  # the seed's own layout
+
+
+def test_a_run_file_names_the_profile(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("mode: char\ndata: {profile: seed}\n")
+    assert build_spec(None, path).data.fresh_non_ascii == RECIPES["seed"]["char"]["fresh_non_ascii"]
+    with pytest.raises(BltlabError, match="--profile nope: "):
+        build_spec("char", settings={"profile": "nope"})
+
+
+def test_the_seed_scripts_train_on_the_seed_profile(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["train.py", "--mode", "char", "--print_config"])
+    with pytest.raises(SystemExit) as done:
+        script("train")
+    assert done.value.code == 0 and "profile: seed" in capsys.readouterr().out
 
 
 def test_a_run_file_under_flags(tmp_path):

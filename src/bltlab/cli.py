@@ -87,7 +87,8 @@ def cmd_data(args: argparse.Namespace) -> None:
     from bltlab import data
 
     if args.data_cmd == "generate":
-        train, test = data.generate(args.out, args.seed, args.train, args.test, args.profile)
+        out = args.out or data.default_data_dir(args.profile)
+        train, test = data.generate(out, args.seed, args.train, args.test, args.profile)
         print(f"wrote {train} ({args.train} rows) and {test} ({args.test} rows), "
               f"{args.profile} profile, seed {args.seed}")
     elif args.data_cmd == "robustness":
@@ -111,18 +112,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from bltlab.checkpoint import load_model
+    from bltlab.data import default_data_dir
     from bltlab.decoding import check_search
     from bltlab.evaluation import default_output_csv, evaluate, format_metrics, metrics_path
     from bltlab.fileio import check_output_file
     from bltlab.training import pick_device
 
     check_search(args.beam_width, args.length_penalty)
-    out = args.output_csv or default_output_csv(args.mode)
-    for path in (out, metrics_path(out)):
-        check_output_file(path, "--output_csv", inputs=(args.test_csv, args.checkpoint))
     device = pick_device(args.device)
     model, codec, state = load_model(args.checkpoint, args.mode, device)
-    metrics = evaluate(model, codec, args.test_csv, out, args.batch_size, device,
+    test_csv = args.test_csv or default_data_dir(state["spec"]["data"]["profile"]) / "test.csv"
+    out = args.output_csv or default_output_csv(args.mode)
+    for path in (out, metrics_path(out)):
+        check_output_file(path, "--output_csv", inputs=(test_csv, args.checkpoint))
+    metrics = evaluate(model, codec, test_csv, out, args.batch_size, device,
                        args.skip_bad_rows, args.beam_width, args.length_penalty,
                        extra={"mode": args.mode, "checkpoint": str(args.checkpoint),
                               "spec": state["spec"]})
@@ -216,16 +219,17 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
 def add_data_parser(sub) -> None:
     from bltlab.data import ROBUSTNESS_DIR
     from bltlab.profiles import PROFILES
+    from bltlab.spec import DEFAULT_PROFILE
 
     p = sub.add_parser("data", help="generate or describe reversal data")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     g = dsub.add_parser("generate", help="write train.csv and test.csv")
-    g.add_argument("--out", default="data")
+    g.add_argument("--out", default=None, help="default: data/broad (broad), data (seed)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--train", type=int, default=10000, help="training rows (0: none)")
     g.add_argument("--test", type=int, default=2000)
-    g.add_argument("--profile", choices=tuple(PROFILES), default="seed",
-                   help="seed: the seed data's distribution; broad: what people type")
+    g.add_argument("--profile", choices=tuple(PROFILES), default=DEFAULT_PROFILE,
+                   help="broad: what people type; seed: the seed data's distribution")
     r = dsub.add_parser("robustness", help="write the held-out robustness sets (short, long, "
                                            "real text, unseen script, every length 1-400)")
     r.add_argument("--out", default=str(ROBUSTNESS_DIR))
@@ -267,7 +271,9 @@ def add_model_parsers(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a CSV")
     p.add_argument("--mode", choices=("char", "blt"), default="char")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--test_csv", default="data/test.csv")
+    p.add_argument("--test_csv", default=None,
+                   help="default: the test set of the checkpoint's profile (data/broad/"
+                        "test.csv, or data/test.csv for the seed profile)")
     p.add_argument("--output_csv", default=None,
                    help="default predictions/predictions_baseline.csv (char), "
                         "predictions/predictions_blt.csv (blt)")
@@ -320,11 +326,12 @@ def add_run_parser(sub) -> None:
                    help="--tune: reuse results/hyperparameter_tuning_*.json when present")
     add_tune_args(p)
     p.add_argument("--profile", choices=("seed", "broad"), default=d.profile,
-                   help="the data both models train on: the seed's distribution, or broad "
-                        "(what people type: any length, case, punctuation, script)")
+                   help="the data both models train on: broad (what people type: any "
+                        "length, case, punctuation, script) or the seed's distribution "
+                        "(--frontier: always seed)")
     p.add_argument("--data_dir", default=d.data_dir,
-                   help="train.csv and test.csv (generated when absent); default data, or "
-                        "data/broad for --profile broad")
+                   help="train.csv and test.csv (generated when absent); default data/broad, "
+                        "or data for --profile seed")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--skip_train", action="store_true", help="evaluate existing checkpoints")
@@ -389,8 +396,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def script(command: str) -> None:
-    """Entry point of the seed-compatible scripts: `python src/train.py ...` and friends."""
-    sys.exit(main([command, *sys.argv[1:]]))
+    """Entry point of the seed-compatible scripts: `python src/train.py ...` and friends.
+    Training and running default to the seed's profile there (the seed's data and study);
+    a `--profile` given on the command line wins."""
+    seed = ["--profile", "seed"] if command in ("train", "run") else []
+    sys.exit(main([command, *seed, *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

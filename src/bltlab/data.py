@@ -40,6 +40,12 @@ FINAL_SEED = 20261129  # reserved: the final test set, which only the report rea
 FINAL_DIR = Path("data") / "final"
 
 
+def default_data_dir(profile: str) -> Path:
+    """Where a profile's train.csv and test.csv live by default: data/broad, or data for
+    the seed's distribution (the seed's own layout)."""
+    return Path("data") if profile == "seed" else Path("data") / profile
+
+
 def generate(out_dir: str | Path = "data", seed: int = 0, n_train: int = 10000,
              n_test: int = 2000, profile: str = "seed") -> tuple[Path, Path]:
     """Write `train.csv` (none with `n_train` 0) and `test.csv` of a profile; the same

@@ -30,7 +30,8 @@ from bltlab.spec import RunSpec, build_spec
 
 THRESHOLDS = (0.99, 0.999)  # validation exact match the summary reads the FLOPs at
 TEST_TARGET = 0.995  # test exact match at which the cheapest inference is read
-SHARED = {"tensorboard": False, "progress_bars": False, "save_every_steps": 200}
+SHARED = {"profile": "seed", "tensorboard": False, "progress_bars": False,
+          "save_every_steps": 200}
 SMALL = {"d_model": 32, "dim_feedforward": 128}
 ENTROPY = {"patcher": "entropy-model"}  # θ calibrated to the point's target_bpp
 GRIDS: dict[str, dict[str, Any]] = {

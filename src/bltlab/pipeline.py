@@ -8,13 +8,14 @@ the same checkpoint and test file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from bltlab.checkpoint import checkpoint_paths, load_model
 from bltlab.config import PatcherConfig
-from bltlab.data import final_test, generate, load_pairs, robustness_files
+from bltlab.data import default_data_dir, final_test, generate, load_pairs, robustness_files
 from bltlab.decoding import predict
 from bltlab.evaluation import (
     default_output_csv,
@@ -25,13 +26,17 @@ from bltlab.evaluation import (
     write_predictions,
 )
 from bltlab.fileio import write_json
-from bltlab.spec import RunSpec, build_spec
+from bltlab.spec import DEFAULT_PROFILE, RunSpec, build_spec
 from bltlab.training import file_sha256, pick_device, train
 
-# Epochs per preset and model (the recipes' data regime: fresh rows each epoch, 5% with a
-# non-ASCII word, for both models).
-PRESET_EPOCHS = {"quick": {"char": 4, "blt": 12}, "full": {"char": 10, "blt": 24},
-                 "tune": {"char": 10, "blt": 24}}
+# Epochs per profile, preset and model (the rest is the profile's recipe, spec.RECIPES).
+# Broad, quick: the recipes' own epochs (each model at its CPU budget); full: twice that.
+PRESET_EPOCHS = {
+    "seed": {"quick": {"char": 4, "blt": 12}, "full": {"char": 10, "blt": 24},
+             "tune": {"char": 10, "blt": 24}},
+    "broad": {"quick": {"char": 10, "blt": 70}, "full": {"char": 20, "blt": 140},
+              "tune": {"char": 20, "blt": 140}},
+}
 SEED_METRICS = ("exact_match_accuracy", "character_accuracy", "one_minus_cer",
                 "avg_edit_distance")
 
@@ -41,8 +46,8 @@ class RunOptions:
     """What `bltlab run` does; `bltlab run --help` describes each."""
 
     preset: str = "quick"  # quick, full or tune
-    profile: str = "seed"  # the data: the seed's distribution, or broad (what people type)
-    data_dir: str | None = None  # default: data (seed profile), data/broad (broad)
+    profile: str = DEFAULT_PROFILE  # the data: broad (what people type) or the seed's
+    data_dir: str | None = None  # default: data/broad (broad profile), data (seed)
     save_dir: str = "checkpoints"
     output_dir: str = "results"
     epochs: int | None = None
@@ -75,7 +80,7 @@ def run_spec(mode: str, opts: RunOptions, train_csv: Path, seed: int, save_dir: 
                 "device": opts.device, "skip_bad_rows": opts.skip_bad_rows,
                 "profile": opts.profile,
                 "progress_bars": opts.progress_bars,
-                "epochs": opts.epochs or PRESET_EPOCHS[opts.preset][mode]}
+                "epochs": opts.epochs or PRESET_EPOCHS[opts.profile][opts.preset][mode]}
     if opts.batch_size:
         settings["batch_size"] = opts.batch_size
     return build_spec(mode, settings={**settings, **(params or {})})
@@ -159,7 +164,7 @@ def seed_paths(mode: str, opts: RunOptions, k: int, seed: int) -> tuple[Path, Pa
 
 
 def data_dir(opts: RunOptions) -> Path:
-    return Path(opts.data_dir or ("data" if opts.profile == "seed" else f"data/{opts.profile}"))
+    return Path(opts.data_dir or default_data_dir(opts.profile))
 
 
 def data_files(opts: RunOptions) -> tuple[Path, Path]:
@@ -226,9 +231,11 @@ def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
 
 def frontier_stage(opts: RunOptions) -> dict:
     """`bltlab run --frontier`: the grid of both families at one FLOP budget, each run
-    evaluated on the test set and on the reserved final set."""
+    evaluated on the test set and on the reserved final set; the study's comparison, so
+    always on the seed profile (its data dir: data, unless --data_dir)."""
     from bltlab.frontier import frontier
 
+    opts = dataclasses.replace(opts, profile="seed")
     train_csv, test_csv = data_files(opts)
     final_csv = final_test("seed")
     preset = "full" if opts.preset == "full" else "quick"

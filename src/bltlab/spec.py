@@ -1,9 +1,10 @@
 """The run specification: one frozen object that says everything a training run does.
 
 A `RunSpec` holds the mode and its four sections (model, patcher, data, train). It is
-built in layers: the mode's recipe (`RECIPES`, what the README reports), then a YAML or
-JSON file (`--config run.yaml`), then flags; each layer names settings by field name
-(`epochs`), flag (`entropy_threshold`) or section and field (`train.epochs`).
+built in layers: the recipe of the mode and profile (`RECIPES`, what the README
+reports), then a YAML or JSON file (`--config run.yaml`), then flags; each layer names
+settings by field name (`epochs`), flag (`entropy_threshold`) or section and field
+(`train.epochs`).
 
 `resolve()` then fits what depends on the training inputs: the char vocabulary, or
 the BLT's patcher (the byte LM, θ calibrated when not given), `vocab_size` and the
@@ -40,13 +41,27 @@ from bltlab.vocab import ByteVocab, CharVocab
 
 MODES = ("char", "blt")
 MODEL_CONFIGS = {"char": ModelConfig, "blt": BLTConfig}
-# The recipes the README reports, per mode (only what differs from the dataclass defaults).
-# Both train on freshly generated rows each epoch (5% with a non-ASCII word); the BLT with
-# space patches and 12 epochs, the best BLT on validation rows at the compute frontier's
-# budget (docs/results.md).
-RECIPES: dict[str, dict[str, Any]] = {
-    "char": {"fresh_pairs": True, "fresh_non_ascii": 0.05},
-    "blt": {"patcher": "space", "epochs": 12, "fresh_pairs": True, "fresh_non_ascii": 0.05},
+# The recipes the README reports, per profile and mode (only what differs from the
+# dataclass defaults); `bltlab train` takes DEFAULT_PROFILE's unless told `--profile`.
+# Every recipe trains on freshly generated rows of its profile each epoch. Seed: the
+# seed's distribution (5% of rows with a non-ASCII word), the BLT with space patches and
+# 12 epochs, the best BLT on validation rows at the compute frontier's budget. Broad:
+# what a person types, each model at its CPU budget (char 10 epochs, 16 min; BLT 70
+# epochs, 56 min on one thread), the BLT with byte vectors built from UTF-8 role and
+# bits (better than a byte table on validation rows; docs/results.md).
+DEFAULT_PROFILE = "broad"
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "seed": {
+        "char": {"profile": "seed", "fresh_pairs": True, "fresh_non_ascii": 0.05},
+        "blt": {"profile": "seed", "patcher": "space", "epochs": 12, "fresh_pairs": True,
+                "fresh_non_ascii": 0.05},
+    },
+    "broad": {
+        "char": {"profile": "broad", "train_csv": "data/broad/train.csv", "epochs": 10,
+                 "fresh_pairs": True},
+        "blt": {"profile": "broad", "train_csv": "data/broad/train.csv", "patcher": "space",
+                "epochs": 70, "byte_embedding": "utf8", "fresh_pairs": True},
+    },
 }
 # Settings that say where or how a run is watched, not what it computes: not part of its
 # identity, so changing them continues the same run.
@@ -184,13 +199,22 @@ def flatten(settings: dict[str, Any], mode: str) -> dict[str, Any]:
 
 def build_spec(mode: str | None = None, config: str | Path | None = None,
                settings: dict[str, Any] | None = None) -> RunSpec:
-    """The mode's recipe, then the run file `config`, then `settings` (e.g. flags)."""
+    """The recipe of the mode and the profile named (or DEFAULT_PROFILE's), then the run
+    file `config`, then `settings` (e.g. flags)."""
     from_file = read_spec_file(config) if config else {}
     mode = mode or from_file.get("mode") or "char"
-    spec = RunSpec.of(mode, **RECIPES[mode])
+    from_file, settings = flatten(from_file, mode), settings or {}
+    profile = named_profile(settings) or named_profile(from_file) or DEFAULT_PROFILE
+    one_of("profile", profile, tuple(RECIPES))
+    spec = RunSpec.of(mode, **RECIPES[profile][mode])
     if from_file:
-        spec = spec.with_settings(flatten(from_file, mode), str(config))
-    return spec.with_settings(settings or {}, "flags")
+        spec = spec.with_settings(from_file, str(config))
+    return spec.with_settings(settings, "flags")
+
+
+def named_profile(settings: dict[str, Any]) -> str | None:
+    """The profile flat settings name (`profile` or `data.profile`), if any."""
+    return settings.get("profile") or settings.get("data.profile")
 
 
 def resolve(spec: RunSpec, train_inputs: Sequence[str]) -> tuple[RunSpec, Codec]:
