@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: quick full test lint bench install
+.PHONY: quick quick-seed full test lint bench install
 
 $(BIN)/bltlab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ install: $(BIN)/bltlab
 
 quick: $(BIN)/bltlab
 	$(BIN)/bltlab run --quick
+
+quick-seed: $(BIN)/bltlab
+	$(BIN)/bltlab run --quick --profile seed
 
 full: $(BIN)/bltlab
 	$(BIN)/bltlab run --full

@@ -123,7 +123,8 @@ def main() -> None:
     if not path.is_file():
         path, _ = generate(tempfile.mkdtemp(), seed=0)
     pairs = load_pairs(path)
-    char_spec, codec = resolve(build_spec("char"), pairs.inputs)
+    seed_profile = {"profile": "seed"}  # the seed's rows, as every earlier measurement
+    char_spec, codec = resolve(build_spec("char", settings=seed_profile), pairs.inputs)
     data = PairDataset.build(codec, pairs)
     collate = Collate(codec)
     cfg = char_spec.model
@@ -132,7 +133,7 @@ def main() -> None:
     shuffled = DataLoader(data, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
                           generator=torch.Generator().manual_seed(0))
 
-    blt_spec, blt_codec = resolve(build_spec("blt"), pairs.inputs)
+    blt_spec, blt_codec = resolve(build_spec("blt", settings=seed_profile), pairs.inputs)
     blt_data = PairDataset.build(blt_codec, pairs)
     blt_loader = DataLoader(blt_data, batch_sampler=LengthBucketSampler(
         blt_data.lengths(), args.batch_size, seed=0), collate_fn=Collate(blt_codec))

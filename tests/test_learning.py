@@ -51,3 +51,13 @@ def test_evaluate_writes_what_analyze_reads(tiny_char_run, tiny_blt_run, tmp_pat
     assert results["comparison"]["rows"] == len(rows)
     assert (tmp_path / "predictions" / "predictions_baseline.csv").read_text(
         encoding="utf-8").startswith("input,target,prediction,correct\n")
+
+
+def test_eval_without_a_test_csv_uses_the_checkpoints_profiles_test_set(
+        tiny_char_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the tiny model trained on the seed profile: data/test.csv
+    write_reversal(tmp_path / "data" / "test.csv", strings(20, 3, 12))
+    assert main(["eval", "--mode", "char", "--checkpoint",
+                 str(tiny_char_run[1]["best_checkpoint"]), "--output_csv", "p.csv"]) == 0
+    metrics = json.loads((tmp_path / "p_metrics.json").read_text())
+    assert metrics["test_csv"] == "data/test.csv" and metrics["total_samples"] == 20
