@@ -174,9 +174,8 @@ def text(rng: np.random.Generator, n_words: int, languages: dict[str, int]) -> s
 
 
 def random_chars(rng: np.random.Generator, n: int, languages: dict[str, int]) -> str:
-    """`n` characters: printable ASCII and tab (80%) or, uniformly, any other character
-    of the profile's alphabet (20%), so that every symbol a row can hold is trained on
-    (the Cyrillic of the unseen-script set too, when `languages` holds it)."""
+    """`n` characters: printable ASCII and tab (80%) or, drawn uniformly, any other
+    character rows with these languages can hold (20%), so that each is trained on."""
     others = other_symbols(tuple(sorted(languages.items())))
     out = []
     for _ in range(n):
