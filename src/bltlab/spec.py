@@ -34,6 +34,7 @@ from bltlab.config import (
     need,
     one_of,
 )
+from bltlab.data import default_data_dir
 from bltlab.errors import BltlabError
 from bltlab.inputs import ByteCodec, CharCodec, Codec
 from bltlab.patching import build_patcher, patch_slots
@@ -42,7 +43,8 @@ from bltlab.vocab import ByteVocab, CharVocab
 MODES = ("char", "blt")
 MODEL_CONFIGS = {"char": ModelConfig, "blt": BLTConfig}
 # The recipes the README reports, per profile and mode (only what differs from the
-# dataclass defaults); `bltlab train` takes DEFAULT_PROFILE's unless told `--profile`.
+# dataclass defaults, the profile itself and its training file, data.default_data_dir);
+# `bltlab train` takes DEFAULT_PROFILE's unless told `--profile`.
 # Every recipe trains on freshly generated rows of its profile each epoch. Seed: the
 # seed's distribution (5% of rows with a non-ASCII word), the BLT with space patches and
 # 12 epochs, the best BLT on validation rows at the compute frontier's budget. Broad:
@@ -52,15 +54,12 @@ MODEL_CONFIGS = {"char": ModelConfig, "blt": BLTConfig}
 DEFAULT_PROFILE = "broad"
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {
-        "char": {"profile": "seed", "fresh_pairs": True, "fresh_non_ascii": 0.05},
-        "blt": {"profile": "seed", "patcher": "space", "epochs": 12, "fresh_pairs": True,
-                "fresh_non_ascii": 0.05},
+        "char": {"fresh_pairs": True, "fresh_non_ascii": 0.05},
+        "blt": {"patcher": "space", "epochs": 12, "fresh_pairs": True, "fresh_non_ascii": 0.05},
     },
     "broad": {
-        "char": {"profile": "broad", "train_csv": "data/broad/train.csv", "epochs": 10,
-                 "fresh_pairs": True},
-        "blt": {"profile": "broad", "train_csv": "data/broad/train.csv", "patcher": "space",
-                "epochs": 70, "byte_embedding": "utf8", "fresh_pairs": True},
+        "char": {"epochs": 10, "fresh_pairs": True},
+        "blt": {"patcher": "space", "epochs": 70, "byte_embedding": "utf8", "fresh_pairs": True},
     },
 }
 # Settings that say where or how a run is watched, not what it computes: not part of its
@@ -206,7 +205,8 @@ def build_spec(mode: str | None = None, config: str | Path | None = None,
     from_file, settings = flatten(from_file, mode), settings or {}
     profile = named_profile(settings) or named_profile(from_file) or DEFAULT_PROFILE
     one_of("profile", profile, tuple(RECIPES))
-    spec = RunSpec.of(mode, **RECIPES[profile][mode])
+    spec = RunSpec.of(mode, profile=profile, **RECIPES[profile][mode],
+                      train_csv=str(default_data_dir(profile) / "train.csv"))
     if from_file:
         spec = spec.with_settings(from_file, str(config))
     return spec.with_settings(settings, "flags")
