@@ -9,10 +9,10 @@ from bltlab.checkpoint import load_checkpoint, load_model, save_checkpoint
 from bltlab.config import POS_ENCODINGS, ModelConfig
 from bltlab.decoding import greedy_decode
 from bltlab.errors import BltlabError
-from bltlab.inputs import CharCodec
+from bltlab.inputs import CharCodec, codec_from_state
 from bltlab.models import CharTransformer
 from bltlab.spec import RunSpec
-from bltlab.vocab import CharVocab
+from bltlab.vocab import BOS, CharVocab
 
 
 def batch_of(rows, tgt=None):
@@ -81,6 +81,16 @@ def test_checkpoint_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written left behind
     with pytest.raises(BltlabError, match="is a 'char' checkpoint, not 'blt'"):
         load_checkpoint(path, "blt")
+
+
+def test_start_token_comes_first_and_is_kept_in_checkpoints():
+    vocab = CharVocab.build(["abc"])
+    codec = CharCodec(vocab, start=True)
+    assert codec.rows(["ab"])[0]["src"].tolist() == [BOS, *vocab.encode("ab")]
+    assert codec.collate(codec.rows(["ab", ""]))["src_lens"].tolist() == [3, 1]
+    assert codec_from_state(codec.to_state()).start
+    older = {k: v for k, v in codec.to_state().items() if k != "start"}
+    assert codec_from_state(older).rows(["ab"])[0]["src"].tolist() == vocab.encode("ab")
 
 
 class Payload:

@@ -84,6 +84,9 @@ class ModelConfig(Config):
     max_len: int = setting(512, "longest sequence in tokens, EOS included")
     pos_encoding: str = setting("rope", "position signal", choices=POS_ENCODINGS)
     from_end: bool = setting(True, "add a distance-to-end position signal")
+    start_token: bool = setting(
+        False, "char: put a start token before the input; with from_end, the output step "
+               "that must end the string finds it by the same position match as any character")
 
     def __post_init__(self) -> None:
         at_least(self, 1, "d_model", "nhead", "num_decoder_layers", "dim_feedforward")

@@ -3,7 +3,7 @@
 A codec turns strings into per-row encoder features and target ids, pads a batch of
 them into tensors, and turns output ids back into text. It is stored in checkpoints.
 
-- `CharCodec` (baseline): character ids.
+- `CharCodec` (baseline): character ids, after a start token (BOS) when the spec asks.
 - `ByteCodec` (BLT): UTF-8 byte ids, hashed n-gram ids per byte, and the patching:
   each byte's patch index and position inside its patch, and per patch its distance
   (in bytes) from its last byte to the end of the input.
@@ -23,7 +23,7 @@ from torch import Tensor
 from bltlab.batching import pad
 from bltlab.config import PatcherConfig
 from bltlab.patching import ByteNgramLM, Patcher, Segmentation, ngram_ids
-from bltlab.vocab import SPECIALS, ByteVocab, CharVocab, vocab_from_state
+from bltlab.vocab import BOS, SPECIALS, ByteVocab, CharVocab, vocab_from_state
 
 Row = dict[str, np.ndarray]
 
@@ -77,8 +77,8 @@ class Codec:
 class CharCodec(Codec):
     mode, unit = "char", "characters"
 
-    def __init__(self, vocab: CharVocab, max_input: int | None = None):
-        self.vocab, self.max_input = vocab, max_input
+    def __init__(self, vocab: CharVocab, max_input: int | None = None, start: bool = False):
+        self.vocab, self.max_input, self.start = vocab, max_input, start
 
     @staticmethod
     def length(text: str) -> int:
@@ -89,14 +89,16 @@ class CharCodec(Codec):
         return list(dict.fromkeys(c for c in text if c not in self.vocab.index))
 
     def rows(self, texts: Sequence[str]) -> list[Row]:
-        return [{"src": np.asarray(self.vocab.encode(t), dtype=np.int64)} for t in texts]
+        """Character ids per row, after BOS when the codec has a start token."""
+        first = [BOS] if self.start else []
+        return [{"src": np.asarray(first + self.vocab.encode(t), dtype=np.int64)} for t in texts]
 
     def collate(self, rows: Sequence[Row]) -> dict[str, Tensor]:
         src, lens = pad([r["src"] for r in rows])
         return {"src": src, "src_lens": lens}
 
     def to_state(self) -> dict:
-        return {"mode": self.mode, "vocab": self.vocab.to_state()}
+        return {"mode": self.mode, "vocab": self.vocab.to_state(), "start": self.start}
 
 
 class ByteCodec(Codec):
@@ -167,7 +169,7 @@ CODECS: dict[str, type[Codec]] = {"char": CharCodec, "blt": ByteCodec}
 def codec_from_state(state: dict, max_input: int | None = None) -> CharCodec | ByteCodec:
     """Rebuild a codec stored in a checkpoint."""
     if state["mode"] == "char":
-        return CharCodec(vocab_from_state(state["vocab"]), max_input)
+        return CharCodec(vocab_from_state(state["vocab"]), max_input, state.get("start", False))
     lm = ByteNgramLM.from_state(state["entropy_model"]) if state["entropy_model"] else None
     return ByteCodec(Patcher(PatcherConfig.from_dict(state["patcher"]), lm),
                      state["ngram_sizes"], state["ngram_buckets"], max_input)

@@ -225,7 +225,7 @@ def resolve(spec: RunSpec, train_inputs: Sequence[str]) -> tuple[RunSpec, Codec]
         texts = list(train_inputs)
         if spec.data.fresh_pairs:
             texts.append("".join(sorted(profiles.alphabet(spec.data.profile))))
-        codec = CharCodec(CharVocab.build(texts), spec.model.max_input)
+        codec = CharCodec(CharVocab.build(texts), spec.model.max_input, spec.model.start_token)
         model = spec.model.replace(vocab_size=len(codec.vocab))
         return dataclasses.replace(spec, model=model), codec
     patcher = build_patcher(spec.patcher, train_inputs)
