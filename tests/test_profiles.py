@@ -1,5 +1,6 @@
 """The broad profile covers what a person types; the robustness sets are what they say."""
 
+import re
 import unicodedata
 
 import numpy as np
@@ -48,6 +49,9 @@ def test_robustness_sets_hold_what_their_names_say(tmp_path):
     assert all(r[0].isupper() and r[-1] in ".!?" for r in sets["real_text"])
     assert all(any(ord(c) in CYRILLIC for c in r) for r in sets["unseen_script"])
     assert [len(r) for r in sets["lengths"]] == list(range(1, 401))
+    held = [re.search(r"(.)\1+", r) for r in sets["repeats"]]
+    assert all(held) and any(len(m.group()) >= 5 for m in held)
+    assert any(not r.isascii() for r in sets["repeats"])
     assert profiles.robustness_sets(rows=50, per_length=1) == sets  # fixed seed
 
 

@@ -307,11 +307,24 @@ def unseen_script_row(rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
+def repeats_row(rng: np.random.Generator) -> str:
+    """A run of one character (`aa`, `...`, `😀😀😀`), or the start of a word with its last
+    letter held and perhaps marks after it (`nooo`, `hmm!!`)."""
+    if rng.random() < 0.5:
+        c = random_chars(rng, 1, OTHER_LANGUAGES)
+        while c.isspace():
+            c = random_chars(rng, 1, OTHER_LANGUAGES)
+        return c * int(rng.integers(2, 7))
+    w = choice(rng, wordlist())[:int(rng.integers(1, 6))]
+    return w + w[-1] * int(rng.integers(1, 4)) + choice(rng, ("", "!!", "...", "??"))
+
+
 def robustness_sets(rows: int = 300, per_length: int = 3) -> dict[str, list[str]]:
     """The held-out sets, fixed by ROBUSTNESS_SEED: short (1-10 characters), long (longer
     than every training row), real text (capitals, commas, quotes), the unseen script,
-    and `lengths` (`per_length` rows of every length from 1 to 400 characters)."""
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(ROBUSTNESS_SEED).spawn(5)]
+    `lengths` (`per_length` rows of every length from 1 to 400 characters) and repeats
+    (runs of one character)."""
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(ROBUSTNESS_SEED).spawn(6)]
     return {
         "short": [short_row(rngs[0]) for _ in range(rows)],
         "long": [cut_to(rngs[1], int(rngs[1].integers(*LONG_CHARS, endpoint=True)),
@@ -320,4 +333,5 @@ def robustness_sets(rows: int = 300, per_length: int = 3) -> dict[str, list[str]
         "unseen_script": [unseen_script_row(rngs[3]) for _ in range(rows)],
         "lengths": [cut_to(rngs[4], n, ENGLISH_ONLY) for n in range(1, 401)
                     for _ in range(per_length)],
+        "repeats": [repeats_row(rngs[5]) for _ in range(rows)],
     }
