@@ -38,7 +38,8 @@ def write_reversal(path, inputs):
 
 @pytest.fixture(scope="session")
 def tiny_char_run(tmp_path_factory):
-    """A tiny char model trained for 5 epochs on 8,000 random strings (shared by tests):
+    """A tiny char model (with the broad recipe's start token) trained for 5 epochs on
+    8,000 random strings (shared by tests):
     (its folder, train()'s result, its training inputs)."""
     from bltlab.spec import RunSpec
     from bltlab.training import train
@@ -47,7 +48,7 @@ def tiny_char_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("tiny_char")
     inputs = strings(8000, 0)
     spec = RunSpec.of("char", d_model=48, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
-                      dim_feedforward=96, max_len=32, train_csv=write_reversal(
+                      dim_feedforward=96, max_len=32, start_token=True, train_csv=write_reversal(
                           tmp_path / "train.csv", inputs), save_dir=str(tmp_path / "ck"),
                       epochs=5, batch_size=32, lr=3e-3, warmup_steps=20, progress_bars=False)
     return tmp_path, train(spec), inputs

@@ -14,6 +14,8 @@ def test_train_with_no_flags_is_the_modes_recipe_of_the_default_profile(capsys):
     assert spec.data.profile == DEFAULT_PROFILE == "broad" and spec.data.fresh_pairs
     assert spec.train.epochs == recipe["epochs"] and spec.model.byte_embedding == "utf8"
     assert f"epochs: {recipe['epochs']}" in out and "patcher: space" in out
+    assert build_spec("char").model.start_token
+    assert not build_spec("char", settings={"profile": "seed"}).model.start_token
 
 
 @pytest.mark.parametrize("settings", [{"profile": "seed"}, {"data.profile": "seed"}])

@@ -231,7 +231,8 @@ def add_data_parser(sub) -> None:
     g.add_argument("--profile", choices=tuple(PROFILES), default=DEFAULT_PROFILE,
                    help="broad: what people type; seed: the seed data's distribution")
     r = dsub.add_parser("robustness", help="write the held-out robustness sets (short, long, "
-                                           "real text, unseen script, every length 1-400)")
+                                           "real text, unseen script, every length 1-400, "
+                                           "repeats)")
     r.add_argument("--out", default=str(ROBUSTNESS_DIR))
     s = dsub.add_parser("stats", help="describe a CSV")
     s.add_argument("file")

@@ -58,7 +58,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "blt": {"patcher": "space", "epochs": 12, "fresh_pairs": True, "fresh_non_ascii": 0.05},
     },
     "broad": {
-        "char": {"epochs": 10, "fresh_pairs": True},
+        "char": {"epochs": 10, "start_token": True, "fresh_pairs": True},
         "blt": {"patcher": "space", "epochs": 70, "byte_embedding": "utf8", "fresh_pairs": True},
     },
 }
