@@ -59,7 +59,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "broad": {
         "char": {"epochs": 10, "start_token": True, "fresh_pairs": True},
-        "blt": {"patcher": "space", "epochs": 70, "byte_embedding": "utf8", "fresh_pairs": True},
+        "blt": {"patcher": "space", "max_patch_len": 4, "epochs": 70, "byte_embedding": "utf8",
+                "fresh_pairs": True},
     },
 }
 # Settings that say where or how a run is watched, not what it computes: not part of its
