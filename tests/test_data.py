@@ -116,3 +116,19 @@ def test_fresh_pairs_are_new_each_epoch_and_reproducible():
     a, b, again = (generated_pairs(50, 0, e, seed) for e in (0, 1, 0))
     assert a.inputs == again.inputs and a.inputs != b.inputs
     assert all(t == x[::-1] for x, t in zip(a.inputs + b.inputs, a.targets + b.targets))
+
+
+def test_a_carriage_return_in_a_field_keeps_its_row(tmp_path):
+    """A model's output may hold '\\r'; the predictions file must still read back row by row."""
+    from bltlab.evaluation import write_predictions
+
+    inputs, targets = ["ab", "c\rd", "ef"], ["ba", "d\rc", "fe"]
+    path = tmp_path / "p.csv"
+    write_predictions(path, inputs, targets, ["ba", "x\r\ry", "fe"])
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["input"] for r in rows] == inputs and rows[1]["prediction"] == "x\r\ry"
+    data.write_pairs(tmp_path / "d.csv", inputs, targets)
+    assert data.load_pairs(tmp_path / "d.csv").inputs == inputs
+    data.write_pairs(tmp_path / "plain.csv", ["ab"], ["ba"])
+    assert (tmp_path / "plain.csv").read_text() == "input,target\nab,ba\n"  # unchanged format

@@ -17,7 +17,7 @@ import numpy as np
 
 from bltlab import profiles
 from bltlab.errors import BltlabError
-from bltlab.fileio import ensure_dir, write_atomic
+from bltlab.fileio import ensure_dir, write_atomic, write_csv_rows
 
 
 def reverse(text: str) -> str:
@@ -29,9 +29,7 @@ def write_pairs(path: str | Path, inputs: list[str], targets: list[str]) -> None
     """Write an `input,target` CSV atomically."""
 
     def write(f):
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["input", "target"])
-        w.writerows(zip(inputs, targets, strict=True))
+        write_csv_rows(f, [["input", "target"], *zip(inputs, targets, strict=True)])
 
     write_atomic(path, write)
 

@@ -11,7 +11,6 @@ Definitions (per row, then averaged over rows):
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from rapidfuzz.distance import Levenshtein
 
 from bltlab.data import load_pairs
 from bltlab.decoding import predict
-from bltlab.fileio import write_atomic, write_json
+from bltlab.fileio import write_atomic, write_csv_rows, write_json
 
 LENGTH_BUCKETS = ((0, 10), (10, 20), (20, 50), (50, 100), (100, 200), (200, 300))
 
@@ -80,9 +79,8 @@ def unknown_characters(codec, inputs: list[str]) -> dict:
 def write_predictions(path: str | Path, inputs: list[str], targets: list[str],
                       preds: list[str]) -> None:
     def write(f):
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["input", "target", "prediction", "correct"])
-        w.writerows((x, t, p, p == t) for x, t, p in zip(inputs, targets, preds))
+        write_csv_rows(f, [["input", "target", "prediction", "correct"],
+                           *((x, t, p, p == t) for x, t, p in zip(inputs, targets, preds))])
 
     write_atomic(path, write)
 

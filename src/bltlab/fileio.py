@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import json
 import os
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -168,3 +169,14 @@ def same_file(fd: int, path: Path) -> bool:
         return os.fstat(fd).st_ino == os.stat(path).st_ino
     except FileNotFoundError:
         return False
+
+
+def write_csv_rows(f: IO[str], rows: Iterable[Iterable[Any]]) -> None:
+    """Write CSV rows with "\n" line ends; a row with a carriage return in a field is
+    written fully quoted, since the csv module would leave it bare and a reader would
+    split the row there."""
+    plain = csv.writer(f, lineterminator="\n")
+    quoted = csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for row in rows:
+        row = list(row)
+        (quoted if any("\r" in str(x) for x in row) else plain).writerow(row)
