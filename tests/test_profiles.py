@@ -55,10 +55,12 @@ def test_robustness_sets_hold_what_their_names_say(tmp_path):
     assert profiles.robustness_sets(rows=50, per_length=1) == sets  # fixed seed
 
 
-def test_data_generate_defaults_to_the_broad_profile_in_data_broad(tmp_path, monkeypatch):
+def test_data_generate_defaults_to_the_broad_profile_in_data_broad(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["data", "generate", "--train", "20", "--test", "5"]) == 0
     rows = data.load_pairs(tmp_path / "data" / "broad" / "train.csv")
     assert len(rows) == 20 and rows.targets == [x[::-1] for x in rows.inputs]
     assert main(["data", "generate", "--profile", "seed", "--train", "0", "--test", "5"]) == 0
     assert (tmp_path / "data" / "test.csv").is_file()
+    assert not (tmp_path / "data" / "train.csv").exists()
+    assert "train.csv" not in capsys.readouterr().out.splitlines()[-1]  # says only what it wrote

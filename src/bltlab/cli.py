@@ -89,8 +89,8 @@ def cmd_data(args: argparse.Namespace) -> None:
     if args.data_cmd == "generate":
         out = args.out or data.default_data_dir(args.profile)
         train, test = data.generate(out, args.seed, args.train, args.test, args.profile)
-        print(f"wrote {train} ({args.train} rows) and {test} ({args.test} rows), "
-              f"{args.profile} profile, seed {args.seed}")
+        files = f"{train} ({args.train} rows) and " if args.train else ""
+        print(f"wrote {files}{test} ({args.test} rows), {args.profile} profile, seed {args.seed}")
     elif args.data_cmd == "robustness":
         paths = data.robustness_files(args.out)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
