@@ -48,9 +48,9 @@ MODEL_CONFIGS = {"char": ModelConfig, "blt": BLTConfig}
 # Every recipe trains on freshly generated rows of its profile each epoch. Seed: the
 # seed's distribution (5% of rows with a non-ASCII word), the BLT with space patches and
 # 12 epochs, the best BLT on validation rows at the compute frontier's budget. Broad:
-# what a person types, each model at its CPU budget (char 10 epochs, 16 min; BLT 70
-# epochs, 56 min on one thread), the BLT with byte vectors built from UTF-8 role and
-# bits (better than a byte table on validation rows; docs/results.md).
+# what a person types, each model at its CPU budget (char 10 epochs, 16-19 min; BLT 50
+# epochs, the most that fit 60 min on one thread), the BLT with byte vectors built from
+# UTF-8 role and bits (better than a byte table on validation rows; docs/results.md).
 DEFAULT_PROFILE = "broad"
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {
@@ -59,7 +59,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "broad": {
         "char": {"epochs": 10, "start_token": True, "fresh_pairs": True},
-        "blt": {"patcher": "space", "max_patch_len": 4, "epochs": 70, "byte_embedding": "utf8",
+        "blt": {"patcher": "space", "max_patch_len": 4, "epochs": 50, "byte_embedding": "utf8",
                 "fresh_pairs": True},
     },
 }
