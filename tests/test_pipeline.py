@@ -7,8 +7,18 @@ import pytest
 
 from bltlab.cli import main
 from bltlab.evaluation import compute_metrics
-from bltlab.pipeline import RunOptions, run
+from bltlab.pipeline import RunOptions, run, run_spec
+from bltlab.spec import RECIPES
 from tests.conftest import strings, write_reversal
+
+
+@pytest.mark.parametrize("mode", ["char", "blt"])
+def test_quick_run_trains_each_broad_model_for_its_recipes_epochs(tmp_path, mode):
+    recipe = RECIPES["broad"][mode]["epochs"]
+    for preset, epochs in (("quick", recipe), ("full", 2 * recipe)):
+        opts = RunOptions(preset=preset, profile="broad")
+        spec = run_spec(mode, opts, tmp_path / "train.csv", 0, tmp_path / "ck")
+        assert spec.train.epochs == epochs
 
 
 def test_compute_metrics_by_hand():

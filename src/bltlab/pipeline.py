@@ -26,16 +26,18 @@ from bltlab.evaluation import (
     write_predictions,
 )
 from bltlab.fileio import write_json
-from bltlab.spec import DEFAULT_PROFILE, RunSpec, build_spec
+from bltlab.spec import DEFAULT_PROFILE, RECIPES, RunSpec, build_spec
 from bltlab.training import file_sha256, pick_device, train
 
 # Epochs per profile, preset and model (the rest is the profile's recipe, spec.RECIPES).
 # Broad, quick: the recipes' own epochs (each model at its CPU budget); full: twice that.
+BROAD_EPOCHS = {mode: recipe["epochs"] for mode, recipe in RECIPES["broad"].items()}
 PRESET_EPOCHS = {
     "seed": {"quick": {"char": 4, "blt": 12}, "full": {"char": 10, "blt": 24},
              "tune": {"char": 10, "blt": 24}},
-    "broad": {"quick": {"char": 10, "blt": 70}, "full": {"char": 20, "blt": 140},
-              "tune": {"char": 20, "blt": 140}},
+    "broad": {"quick": BROAD_EPOCHS,
+              "full": {mode: 2 * epochs for mode, epochs in BROAD_EPOCHS.items()},
+              "tune": {mode: 2 * epochs for mode, epochs in BROAD_EPOCHS.items()}},
 }
 SEED_METRICS = ("exact_match_accuracy", "character_accuracy", "one_minus_cer",
                 "avg_edit_distance")
