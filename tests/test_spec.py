@@ -70,6 +70,6 @@ def test_bad_run_files_are_one_line_errors(tmp_path, content, message):
 
 
 def test_identity_ignores_where_and_how_a_run_is_watched():
-    a = RunSpec.of("char", save_dir="a", progress_bars=False, device="cpu")
+    a = RunSpec.of("char", save_dir="a", progress_bars=False, device="cpu", val_batch_size=8)
     b = RunSpec.of("char", save_dir="b", progress_bars=True, device="auto")
     assert a.identity("sha") == b.identity("sha") != RunSpec.of("char", lr=1e-3).identity("sha")

@@ -275,7 +275,8 @@ class TrainConfig(Config):
                                          "(0: epoch ends only)")
     tensorboard: bool = setting(True, "write TensorBoard event files")
     num_workers: int = setting(0, "data loader worker processes")
-    val_batch_size: int = setting(256, "rows per validation batch")
+    val_batch_size: int = setting(64, "rows per validation batch (rows of similar length; "
+                                          "smaller batches pad less)")
     seed: int = setting(0, "random seed")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N")
     resume: str = setting("auto", "auto (continue the same run), latest, never, or a "

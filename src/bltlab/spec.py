@@ -65,7 +65,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 }
 # Settings that say where or how a run is watched, not what it computes: not part of its
 # identity, so changing them continues the same run.
-VOLATILE = {"save_dir", "resume", "progress_bars", "num_workers", "device", "tensorboard"}
+VOLATILE = {"save_dir", "resume", "progress_bars", "num_workers", "device", "tensorboard",
+            "val_batch_size"}
 
 
 def sections(mode: str) -> dict[str, type[Config]]:
