@@ -32,12 +32,11 @@ from bltlab.training import file_sha256, pick_device, train
 # Epochs per profile, preset and model (the rest is the profile's recipe, spec.RECIPES).
 # Broad, quick: the recipes' own epochs (each model at its CPU budget); full: twice that.
 BROAD_EPOCHS = {mode: recipe["epochs"] for mode, recipe in RECIPES["broad"].items()}
+BROAD_LONG = {mode: 2 * epochs for mode, epochs in BROAD_EPOCHS.items()}
 PRESET_EPOCHS = {
     "seed": {"quick": {"char": 4, "blt": 12}, "full": {"char": 10, "blt": 24},
              "tune": {"char": 10, "blt": 24}},
-    "broad": {"quick": BROAD_EPOCHS,
-              "full": {mode: 2 * epochs for mode, epochs in BROAD_EPOCHS.items()},
-              "tune": {mode: 2 * epochs for mode, epochs in BROAD_EPOCHS.items()}},
+    "broad": {"quick": BROAD_EPOCHS, "full": BROAD_LONG, "tune": BROAD_LONG},
 }
 SEED_METRICS = ("exact_match_accuracy", "character_accuracy", "one_minus_cer",
                 "avg_edit_distance")
