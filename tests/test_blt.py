@@ -24,7 +24,9 @@ def tiny(**kw):
     torch.manual_seed(0)
     cfg = BLTConfig(d_model=32, nhead=4, dim_feedforward=64, max_len=64, ngram_buckets=64,
                     patch_slots=6, **kw)
-    return BLT(cfg).eval()
+    model = BLT(cfg).eval()
+    model.seen_bytes.fill_(True)  # as if trained on every byte: n-grams always count
+    return model
 
 
 def batch_for(c, texts):
@@ -138,3 +140,41 @@ def test_utf8_byte_vectors_are_built_once_per_parameter_state_when_decoding():
         assert model.embed.weight is not first
         assert torch.equal(model.embed.weight, model.embed.build())
     assert model.embed.weight.requires_grad  # training always builds a fresh one
+
+
+def test_ngrams_holding_a_byte_never_seen_in_training_back_off_at_evaluation():
+    model, c = tiny(), codec()
+    for table in model.ngram_embeds:
+        torch.nn.init.normal_(table.weight)  # every bucket "trained"
+    model.seen_bytes.fill_(False)
+    model.see_bytes(b"abc xyz")
+    batch = batch_for(c, ["ab\u0416cab"])  # Cyrillic Ж: bytes 0xD0 0x96, never seen
+    src, plain = batch["src"], model.embed(batch["src"])
+    x = model.embed_bytes(batch)
+    # an n-gram ending at byte t covers bytes t-n+1..t: the unseen bytes are 2 and 3
+    for t, ns_in_use in enumerate([(1, 2, 3), (1, 2, 3), (), (), (1,), (1, 2), (1, 2, 3)]):
+        expected = plain[0, t] + sum(model.ngram_embeds[i](batch["ngrams"][0, t, i])
+                                     for i, n in enumerate((1, 2, 3)) if n in ns_in_use)
+        torch.testing.assert_close(x[0, t], expected)
+    assert src.shape[1] == 7
+    model.train()  # training rows are all seen: nothing backs off, nothing is checked
+    assert model.unseen_bytes(src) is None
+
+
+def test_old_checkpoints_without_seen_bytes_count_every_byte_as_seen():
+    from bltlab.checkpoint import complete_weights
+    model = tiny()
+    weights = {k: v for k, v in model.state_dict().items() if k != "seen_bytes"}
+    completed = complete_weights(model, weights)
+    assert bool(completed["seen_bytes"].all())
+    model.load_state_dict(completed)  # strict: nothing missing
+
+
+def test_characters_with_unseen_bytes_are_named_for_a_blt():
+    from bltlab.evaluation import unknown_characters
+    model = tiny()
+    model.seen_bytes.fill_(False)
+    model.see_bytes("abc é".encode())  # é is 0xC3 0xA9: È (0xC3 0x88) is new by one byte
+    found = unknown_characters(model, codec(), ["abc", "cab é", "aÈb Ж", "Жa"])
+    assert found["rows"] == 2 and found["characters"] == ["È", "Ж"]
+    assert found["effect"] == "its bytes' n-grams back off"

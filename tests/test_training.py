@@ -13,7 +13,13 @@ import torch
 
 import bltlab.training as training
 from bltlab.batching import Collate, PairDataset
-from bltlab.checkpoint import checkpoint_paths, load_checkpoint, load_latest, previous_path
+from bltlab.checkpoint import (
+    checkpoint_paths,
+    load_checkpoint,
+    load_latest,
+    load_model,
+    previous_path,
+)
 from bltlab.config import TrainConfig
 from bltlab.data import Pairs
 from bltlab.errors import BltlabError
@@ -130,6 +136,16 @@ def test_fresh_pairs_give_each_epoch_new_rows(tmp_path, monkeypatch):
     assert [e for e, _, _ in seen] == [0, 1] and seen[0][1] == 380  # 400 rows - 20 held out
     assert seen[0][2] != seen[1][2]
     assert result["spec"]["model"]["vocab_size"] > 40  # the profile's alphabet is in it
+
+
+def test_a_blt_records_the_bytes_it_was_trained_on(tmp_path):
+    spec = small_run(tmp_path, "blt", fresh_pairs=True, max_len=256, epochs=1)
+    train(spec)
+    model, _, _ = load_model(checkpoint_paths(spec.train.save_dir, "blt")[0], "blt")
+    pairs = training.generated_pairs(380, spec.train.seed, 0, spec.data)
+    trained = set("".join(pairs.inputs).encode())
+    assert {b for b in range(256) if model.seen_bytes[b]} == trained
+    assert 0xD0 not in trained  # the broad profile leaves Cyrillic out: it backs off
 
 
 def final_weights(spec):

@@ -85,6 +85,17 @@ def load_checkpoint(path: str | os.PathLike, mode: str | None = None) -> dict:
     return state
 
 
+# Buffers added after checkpoints were first written, with the value that keeps an older
+# checkpoint's behaviour: a BLT without `seen_bytes` counts every byte as seen.
+ADDED_BUFFERS = {"seen_bytes": lambda: torch.ones(256, dtype=torch.bool)}
+
+
+def complete_weights(model: nn.Module, weights: dict) -> dict:
+    """`weights` with the buffers this model has and an older checkpoint lacks."""
+    own = model.state_dict()
+    return {**{k: make() for k, make in ADDED_BUFFERS.items() if k in own}, **weights}
+
+
 def weights_problem(model: nn.Module, weights: dict) -> str | None:
     """What stops `weights` from being this model's, or None."""
     own = model.state_dict()
@@ -114,10 +125,11 @@ def load_model(path: str | Path, mode: str | None = None, device: str | torch.de
         raise BltlabError(f"{path}: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
         raise BltlabError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})") from None
-    problem = weights_problem(model, state.get("model", {}))
+    weights = complete_weights(model, state.get("model", {}))
+    problem = weights_problem(model, weights)
     if problem:
         raise BltlabError(f"{path}: does not fit its configuration: {problem}")
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
     return model.to(device).eval(), codec, state
 
 

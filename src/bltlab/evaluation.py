@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,6 +23,8 @@ from bltlab.data import load_pairs
 from bltlab.decoding import predict
 from bltlab.fileio import write_atomic, write_csv_rows, write_json
 
+# What becomes of a character a model never saw in training, per mode.
+UNSEEN_EFFECT = {"char": "read as UNK", "blt": "its bytes' n-grams back off"}
 LENGTH_BUCKETS = ((0, 10), (10, 20), (20, 50), (50, 100), (100, 200), (200, 300))
 
 
@@ -66,14 +69,23 @@ def compute_metrics(inputs: list[str], targets: list[str], preds: list[str]) -> 
     }
 
 
-def unknown_characters(codec, inputs: list[str]) -> dict:
-    """Rows holding characters a char model never saw in training (read as UNK, so it
-    cannot return them), and those characters; none for a byte model."""
-    if not hasattr(codec, "unknown"):
-        return {"rows": 0, "characters": []}
-    per_row = [codec.unknown(x) for x in inputs]
+def unseen_in(model: torch.nn.Module, codec) -> Callable[[str], list[str]]:
+    """text -> its characters the model never saw in training, in order: for a char model
+    those outside its vocabulary (read as UNK, so it cannot return them), for a BLT those
+    holding a byte no training row had (their n-gram vectors back off)."""
+    if hasattr(codec, "unknown"):
+        return codec.unknown
+    seen = set(torch.nonzero(model.seen_bytes).flatten().tolist())
+    return lambda text: list(dict.fromkeys(
+        c for c in text if not seen.issuperset(c.encode("utf-8", "surrogatepass"))))
+
+
+def unknown_characters(model: torch.nn.Module, codec, inputs: list[str]) -> dict:
+    """Rows holding characters the model never saw in training, and those characters."""
+    per_row = list(map(unseen_in(model, codec), inputs))
     chars = sorted({c for u in per_row for c in u})
-    return {"rows": sum(bool(u) for u in per_row), "characters": chars}
+    return {"rows": sum(bool(u) for u in per_row), "characters": chars,
+            "effect": UNSEEN_EFFECT[codec.mode]}
 
 
 def write_predictions(path: str | Path, inputs: list[str], targets: list[str],
@@ -128,7 +140,7 @@ def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: st
                     beam_width=beam_width, length_penalty=length_penalty)
     seconds = time.perf_counter() - t0
     metrics = compute_metrics(pairs.inputs, pairs.targets, preds)
-    metrics["unknown_characters"] = unknown_characters(codec, pairs.inputs)
+    metrics["unknown_characters"] = unknown_characters(model, codec, pairs.inputs)
     if codec.mode == "blt":
         metrics.update(patch_metrics(codec, pairs.inputs))
     metrics.update(flop_metrics(model, codec, pairs.inputs, pairs.targets))
@@ -170,7 +182,7 @@ def format_metrics(m: dict) -> str:
     if unknown.get("rows"):
         shown = " ".join(repr(c) for c in unknown["characters"][:20])
         lines.append(f"unknown characters  {unknown['rows']} rows hold characters the model "
-                     f"never saw (read as UNK): {shown}"
+                     f"never saw ({unknown.get('effect', UNSEEN_EFFECT['char'])}): {shown}"
                      + (" ..." if len(unknown["characters"]) > 20 else ""))
     if m.get("skipped_rows"):
         lines.append(f"skipped rows        {sum(m['skipped_rows'].values())} "

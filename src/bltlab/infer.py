@@ -21,6 +21,7 @@ from typing import TextIO
 import torch
 
 from bltlab.decoding import predict
+from bltlab.evaluation import UNSEEN_EFFECT, unseen_in
 from bltlab.inputs import Codec, as_text
 from bltlab.models import EncoderDecoder
 from bltlab.patchview import bracketed
@@ -46,11 +47,11 @@ class Predictor:
         why = self.codec.too_long(text)
         if why:
             return f"input {why}", None
-        unknown = self.codec.unknown(text) if hasattr(self.codec, "unknown") else []
+        unknown = unseen_in(self.model, self.codec)(text)
         if unknown:
             shown = " ".join(repr(c) for c in unknown[:10])
             return None, (f"{len(unknown)} character(s) this model never saw in training "
-                          f"(read as unknown): {shown}")
+                          f"({UNSEEN_EFFECT[self.codec.mode]}): {shown}")
         return None, None
 
     def predict(self, texts: list[str]) -> list[str | None]:

@@ -183,10 +183,19 @@ class CharTransformer(EncoderDecoder):
         return Memory(self.ln_enc(x), mask, self.pos.rotary(keys))
 
 
+def holds_any(flags: Tensor, n: int) -> Tensor:
+    """(B, T) -> (B, T): True where any of the n positions ending there is flagged."""
+    out = flags.clone()
+    for k in range(1, min(n, flags.shape[1])):
+        out[:, k:] |= flags[:, :-k]
+    return out
+
+
 class BLT(EncoderDecoder):
     """Byte Latent Transformer encoder-decoder.
 
-    Bytes (+ hashed n-gram embeddings, summed) -> local encoder over bytes -> pooling
+    Bytes (+ hashed n-gram embeddings, summed; at evaluation an n-gram holding a byte
+    never seen in training adds nothing) -> local encoder over bytes -> pooling
     into one vector per patch that keeps the order of its bytes -> global transformer
     over patches -> byte decoder cross-attending to the patch states. Patches come as
     index tensors (each byte's patch and in-patch position); nothing loops over rows
@@ -226,6 +235,7 @@ class BLT(EncoderDecoder):
             for _ in range(cfg.num_global_layers))
         self.ln_global = nn.LayerNorm(wide)
         self.decoder = Decoder(cfg, self.embed)
+        self.register_buffer("seen_bytes", torch.zeros(256, dtype=torch.bool))
         self.apply(init_weights)
         if isinstance(self.embed, Utf8ByteEmbedding):
             self.embed.reset_bits()
@@ -233,10 +243,31 @@ class BLT(EncoderDecoder):
             for table in self.ngram_embeds:
                 nn.init.normal_(table.weight, std=cfg.ngram_init_std)
 
+    def see_bytes(self, data: bytes) -> None:
+        """Mark the byte values of training text as seen (training calls this with each
+        epoch's rows before stepping on them)."""
+        values = torch.frombuffer(bytearray(data), dtype=torch.uint8).long().unique()
+        self.seen_bytes[values.to(self.seen_bytes.device)] = True
+
+    def unseen_bytes(self, src: Tensor) -> Tensor | None:
+        """(B, T) True at bytes never seen in training, or None when there are none (always
+        while training: every training row is marked seen first)."""
+        if self.training:
+            return None
+        specials = self.cfg.vocab_size - 256
+        unseen = (src >= specials) & ~self.seen_bytes[(src - specials).clamp(min=0)]
+        return unseen if bool(unseen.any()) else None
+
     def embed_bytes(self, batch: dict[str, Tensor]) -> Tensor:
+        """Byte vectors plus hashed n-gram vectors. An n-gram holding a byte never seen in
+        training backs off to nothing: its bucket holds other n-grams' vectors (noise)."""
         x = self.embed(batch["src"])
-        for i, table in enumerate(self.ngram_embeds):
-            x = x + table(batch["ngrams"][..., i])
+        unseen = self.unseen_bytes(batch["src"])
+        for i, (n, table) in enumerate(zip(self.cfg.ngram_sizes, self.ngram_embeds)):
+            e = table(batch["ngrams"][..., i])
+            if unseen is not None:
+                e = e.masked_fill(holds_any(unseen, n)[..., None], 0.0)
+            x = x + e
         return x
 
     def pool_project(self, x: Tensor, batch: dict[str, Tensor], n: int) -> Tensor:

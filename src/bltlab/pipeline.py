@@ -219,10 +219,11 @@ def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
                           / f"{name}.csv", pairs.inputs, pairs.targets,
                           [p if p is not None else "" for p in preds])
         buckets = length_buckets(pairs.inputs, correct)
+        unknown = unknown_characters(model, codec, pairs.inputs)
         out[name] = {"exact_match": sum(correct) / len(pairs), "rows": len(pairs),
                      "too_long": preds.count(None), "by_length": buckets,
                      "longest_length_at_99": longest_at(buckets),
-                     "unknown_character_rows": unknown_characters(codec, pairs.inputs)["rows"]}
+                     "unknown_character_rows": unknown["rows"]}
         print(f"{label} on {name}: {100 * out[name]['exact_match']:.2f}% exact")
     path = Path(opts.output_dir) / "robustness.json"
     merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

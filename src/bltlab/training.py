@@ -32,6 +32,7 @@ from bltlab import distributed, profiles
 from bltlab.batching import Collate, LengthBucketSampler, PairDataset
 from bltlab.checkpoint import (
     checkpoint_paths,
+    complete_weights,
     find_resume,
     save_checkpoint,
     save_latest,
@@ -44,7 +45,7 @@ from bltlab.errors import BltlabError
 from bltlab.fileio import RunLock, ensure_dir, write_json
 from bltlab.flops import FlopModel, batch_lengths, row_lengths
 from bltlab.inputs import CODECS, Codec, codec_from_state
-from bltlab.models import EncoderDecoder, build_model, count_parameters
+from bltlab.models import BLT, EncoderDecoder, build_model, count_parameters
 from bltlab.spec import RunSpec, resolve
 from bltlab.vocab import PAD
 
@@ -394,7 +395,7 @@ def epochs_for_budget(run: Run) -> None:
 
 def restore(run: Run, state: dict) -> None:
     """Continue from a latest checkpoint: weights, optimizer, RNG, position, history."""
-    run.model.load_state_dict(state["model"])
+    run.model.load_state_dict(complete_weights(run.model, state["model"]))
     run.optimizer.load_state_dict(state["optimizer"])
     if run.precision.scaler and "scaler" in state:
         run.precision.scaler.load_state_dict(state["scaler"])
@@ -426,9 +427,11 @@ def wrap(run: Run) -> nn.Module:
 
 def epoch_batches(run: Run, epoch: int, skip_steps: int) -> Iterator[list[dict]]:
     """The epoch's steps (each a list of micro-batches), from step `skip_steps` on."""
-    dataset = run.rows.train_set
-    if run.spec.data.fresh_pairs:
-        dataset = PairDataset.build(run.codec, epoch_pairs(run, epoch))
+    pairs = epoch_pairs(run, epoch)
+    fresh = run.spec.data.fresh_pairs
+    dataset = PairDataset.build(run.codec, pairs) if fresh else run.rows.train_set
+    if isinstance(run.model, BLT):  # the bytes its n-gram vectors are trained on
+        run.model.see_bytes("".join(pairs.inputs).encode("utf-8", "surrogatepass"))
     sampler = LengthBucketSampler(dataset.lengths(), run.micro, run.spec.train.seed,
                                   rank=run.world.rank, world=run.world.size)
     sampler.set_epoch(epoch, skip_steps * run.accum)
