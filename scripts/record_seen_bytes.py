@@ -17,24 +17,22 @@ import torch
 from bltlab.checkpoint import load_checkpoint, save_checkpoint
 from bltlab.errors import BltlabError
 from bltlab.inputs import codec_from_state
+from bltlab.models import build_model
 from bltlab.spec import RunSpec
-from bltlab.training import generated_pairs, load_rows
+from bltlab.training import load_rows, rows_of_epoch
 
 
 def seen_bytes(state: dict) -> torch.Tensor:
-    """The bytes of every training row the checkpoint's run stepped on."""
+    """The bytes of every training row the checkpoint's run stepped on, marked as training
+    marks them."""
     spec = RunSpec.from_dict(state["spec"])
     codec = codec_from_state(state["codec"], spec.model.max_len - 1)
     train, _ = load_rows(spec)
-    seen = torch.zeros(256, dtype=torch.bool)
+    model = build_model(spec.model)
     epochs = state["epoch"] if "epoch" in state else state["run_state"]["epoch"]
-    for epoch in range(epochs if spec.data.fresh_pairs else 1):
-        pairs = (generated_pairs(len(train), spec.train.seed, epoch, spec.data)
-                 if spec.data.fresh_pairs else train)
-        text = "".join(x for x in pairs.inputs if not codec.too_long(x))
-        data = bytearray(text.encode("utf-8", "surrogatepass"))
-        seen[torch.frombuffer(data, dtype=torch.uint8).long()] = True
-    return seen
+    for epoch in range(epochs):
+        model.see_texts(rows_of_epoch(spec, codec, train, epoch).inputs)
+    return model.seen_bytes
 
 
 def main() -> None:

@@ -147,7 +147,7 @@ def test_ngrams_holding_a_byte_never_seen_in_training_back_off_at_evaluation():
     for table in model.ngram_embeds:
         torch.nn.init.normal_(table.weight)  # every bucket "trained"
     model.seen_bytes.fill_(False)
-    model.see_bytes(b"abc xyz")
+    model.see_texts(["abc", " xyz"])
     batch = batch_for(c, ["ab\u0416cab"])  # Cyrillic Ж: bytes 0xD0 0x96, never seen
     src, plain = batch["src"], model.embed(batch["src"])
     x = model.embed_bytes(batch)
@@ -174,7 +174,7 @@ def test_characters_with_unseen_bytes_are_named_for_a_blt():
     from bltlab.evaluation import unknown_characters
     model = tiny()
     model.seen_bytes.fill_(False)
-    model.see_bytes("abc é".encode())  # é is 0xC3 0xA9: È (0xC3 0x88) is new by one byte
+    model.see_texts(["abc é"])  # é is 0xC3 0xA9: È (0xC3 0x88) is new by one byte
     found = unknown_characters(model, codec(), ["abc", "cab é", "aÈb Ж", "Жa"])
     assert found["rows"] == 2 and found["characters"] == ["È", "Ж"]
     assert found["effect"] == "its bytes' n-grams back off"

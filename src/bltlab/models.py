@@ -7,6 +7,7 @@ decoding use.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -243,11 +244,13 @@ class BLT(EncoderDecoder):
             for table in self.ngram_embeds:
                 nn.init.normal_(table.weight, std=cfg.ngram_init_std)
 
-    def see_bytes(self, data: bytes) -> None:
-        """Mark the byte values of training text as seen (training calls this with each
+    def see_texts(self, texts: Sequence[str]) -> None:
+        """Mark the byte values of training rows as seen (training calls this with each
         epoch's rows before stepping on them)."""
-        values = torch.frombuffer(bytearray(data), dtype=torch.uint8).long().unique()
-        self.seen_bytes[values.to(self.seen_bytes.device)] = True
+        data = bytearray("".join(texts).encode("utf-8", "surrogatepass"))
+        if data:
+            values = torch.frombuffer(data, dtype=torch.uint8).long().unique()
+            self.seen_bytes[values.to(self.seen_bytes.device)] = True
 
     def unseen_bytes(self, src: Tensor) -> Tensor | None:
         """(B, T) True at bytes never seen in training, or None when there are none (always

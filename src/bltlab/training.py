@@ -223,13 +223,17 @@ def generated_pairs(n: int, seed: int, epoch: int, data: DataConfig) -> Pairs:
     return Pairs(inputs, [reverse(t) for t in inputs], f"generated (epoch {epoch + 1})")
 
 
-def epoch_pairs(run: Run, epoch: int) -> Pairs:
+def rows_of_epoch(spec: RunSpec, codec: Codec, train: Pairs, epoch: int) -> Pairs:
     """The rows one epoch trains on: the training rows, or generated ones (those longer
     than the model takes left out)."""
-    if not run.spec.data.fresh_pairs:
-        return run.rows.train
-    pairs = generated_pairs(len(run.rows.train), run.spec.train.seed, epoch, run.spec.data)
-    return pairs.subset([i for i, x in enumerate(pairs.inputs) if not run.codec.too_long(x)])
+    if not spec.data.fresh_pairs:
+        return train
+    pairs = generated_pairs(len(train), spec.train.seed, epoch, spec.data)
+    return pairs.subset([i for i, x in enumerate(pairs.inputs) if not codec.too_long(x)])
+
+
+def epoch_pairs(run: Run, epoch: int) -> Pairs:
+    return rows_of_epoch(run.spec, run.codec, run.rows.train, epoch)
 
 
 @dataclass
@@ -431,7 +435,7 @@ def epoch_batches(run: Run, epoch: int, skip_steps: int) -> Iterator[list[dict]]
     fresh = run.spec.data.fresh_pairs
     dataset = PairDataset.build(run.codec, pairs) if fresh else run.rows.train_set
     if isinstance(run.model, BLT):  # the bytes its n-gram vectors are trained on
-        run.model.see_bytes("".join(pairs.inputs).encode("utf-8", "surrogatepass"))
+        run.model.see_texts(pairs.inputs)
     sampler = LengthBucketSampler(dataset.lengths(), run.micro, run.spec.train.seed,
                                   rank=run.world.rank, world=run.world.size)
     sampler.set_epoch(epoch, skip_steps * run.accum)
