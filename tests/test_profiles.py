@@ -25,7 +25,10 @@ def test_broad_rows_cover_lengths_cases_punctuation_and_scripts():
     assert set(profiles.ASCII) <= set(text)  # every printable ASCII character and tab
     assert any(r.isupper() for r in rows) and any(r.istitle() for r in rows)
     scripts = {unicodedata.name(c, "?").split()[0] for c in text if not c.isascii()}
-    assert {"GREEK", "ARABIC", "HEBREW", "CJK", "HANGUL", "DEVANAGARI"} <= scripts
+    assert {"GREEK", "ARABIC", "HEBREW", "CJK", "HANGUL", "DEVANAGARI", "ARMENIAN", "SYRIAC",
+            "THAANA", "NKO"} <= scripts
+    leads = {b for b in text.encode() if 0xC2 <= b < 0xE0}  # two-byte UTF-8 lead bytes
+    assert set(range(0xC2, 0xE0)) - leads == {0xD0, 0xD1, 0xD2, 0xD3}  # all but Cyrillic's
     assert "\u200d" in text and any(0x1F3FB <= ord(c) <= 0x1F3FF for c in text)
     assert not any(ord(c) in CYRILLIC for c in text)  # the unseen script stays unseen
     assert set(text) <= profiles.broad_alphabet()
@@ -53,6 +56,10 @@ def test_robustness_sets_hold_what_their_names_say(tmp_path):
     assert all(held) and any(len(m.group()) >= 5 for m in held)
     assert any(not r.isascii() for r in sets["repeats"])
     assert profiles.robustness_sets(rows=50, per_length=1) == sets  # fixed seed
+    added = [range(lo, hi + 1) for name, (lo, hi) in profiles.SCRIPT_RANGES.items()
+             if name in ("armenian", "syriac", "thaana", "nko")]  # added to training later
+    assert not any(ord(c) in r for rows in sets.values() for row in rows for c in row
+                   for r in added)  # the sets' languages are fixed
 
 
 def test_data_generate_defaults_to_the_broad_profile_in_data_broad(tmp_path, monkeypatch, capsys):

@@ -6,9 +6,11 @@ held-out robustness sets.
   mass at both ends; lower, sentence, title, upper and mixed case; every printable ASCII
   character (comma, quotes and backslash included), numbers and tabs; words of other
   languages from wordfreq's own word lists (Latin with diacritics, Greek, Arabic,
-  Hebrew, Devanagari, Chinese, Japanese, Korean) and emoji drawn from Unicode ranges,
-  multi-code-point ones included. Cyrillic is left out on purpose (`HELD_OUT`): it is
-  the unseen script the robustness sets test.
+  Persian, Urdu, Hebrew, Devanagari, Chinese, Japanese, Korean), made-up words of scripts
+  wordfreq lacks drawn from their Unicode ranges (`SCRIPT_RANGES`: with these, every
+  two-byte UTF-8 lead byte outside Cyrillic's 0xD0-0xD3 is written in training) and
+  emoji from Unicode ranges, multi-code-point ones included. Cyrillic is left out on
+  purpose (`HELD_OUT`): it is the unseen script the robustness sets test.
 
 Every draw is a pure function of a numpy Generator, so a seed gives the same rows.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import string
+import unicodedata
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -29,9 +33,22 @@ WORDLIST_SIZE = 20000
 
 MAX_CHARS = 320  # broad rows: at most this many characters (twice the seed's longest, +)
 MAX_BYTES = 500  # ... and this many UTF-8 bytes (models take 511 by default)
-OTHER_LANGUAGES = {"de": 2000, "fr": 2000, "es": 2000, "pt": 2000, "pl": 2000, "tr": 2000,
-                   "vi": 1000, "el": 2000, "ar": 2000, "he": 2000, "hi": 1000, "zh": 500,
-                   "ja": 500, "ko": 500}  # language: how many of its top words
+# the robustness sets' languages: fixed, so a change of the training profile leaves them as
+# they are (rounds stay comparable)
+SET_LANGUAGES = {"de": 2000, "fr": 2000, "es": 2000, "pt": 2000, "pl": 2000, "tr": 2000,
+                 "vi": 1000, "el": 2000, "ar": 2000, "he": 2000, "hi": 1000, "zh": 500,
+                 "ja": 500, "ko": 500}  # language: how many of its top words
+# scripts without a wordfreq list: letters and marks of these Unicode ranges (with the
+# two-byte UTF-8 lead bytes they are written with)
+SCRIPT_RANGES = {"latin-ext-b": (0x0180, 0x024F),  # 0xC6-0xC9
+                 "ipa": (0x0250, 0x02FF),  # IPA and modifier letters, 0xC9-0xCB
+                 "greek-coptic": (0x0370, 0x03FF),  # 0xCD-0xCF
+                 "armenian": (0x0531, 0x0587),  # 0xD4-0xD6
+                 "syriac": (0x0710, 0x074F),  # 0xDC-0xDD
+                 "thaana": (0x0780, 0x07B1),  # 0xDE
+                 "nko": (0x07C0, 0x07FA)}  # 0xDF
+OTHER_LANGUAGES = {**SET_LANGUAGES, "fa": 1000, "ur": 1000,  # Persian, Urdu: 0xDA-0xDB
+                   **{name: 500 for name in SCRIPT_RANGES}}
 HELD_OUT = {"ru": 2000, "uk": 2000, "bg": 2000}  # Cyrillic: never in broad training rows
 ASCII = string.printable[:95] + "\t"  # printable ASCII 32-126, and tab
 BROAD_KINDS = {"seed": 0.25, "text": 0.40, "short": 0.15, "chars": 0.10, "long": 0.10}
@@ -61,10 +78,23 @@ def wordlist() -> list[str]:
 
 @functools.cache
 def language_words(lang: str, n: int) -> list[str]:
-    """wordfreq's top `n` words of a language (shipped with the package: no download)."""
+    """wordfreq's top `n` words of a language (shipped with the package: no download), or
+    `n` made-up words of a script in SCRIPT_RANGES."""
+    if lang in SCRIPT_RANGES:
+        return script_words(lang, n)
     from wordfreq import top_n_list
 
     return top_n_list(lang, n)
+
+
+def script_words(script: str, n: int) -> list[str]:
+    """`n` words of 1-8 characters drawn uniformly from the letters and marks of a
+    script's Unicode range (a fixed seed per script)."""
+    lo, hi = SCRIPT_RANGES[script]
+    letters = [chr(c) for c in range(lo, hi + 1) if unicodedata.category(chr(c))[0] in "LM"]
+    rng = np.random.default_rng(zlib.crc32(script.encode()))
+    return ["".join(choice(rng, letters) for _ in range(int(rng.integers(1, 9))))
+            for _ in range(n)]
 
 
 def choice(rng: np.random.Generator, items: list | tuple | str):
@@ -277,8 +307,8 @@ def cut_to(rng: np.random.Generator, length: int, languages: dict[str, int]) -> 
 
 def short_row(rng: np.random.Generator) -> str:
     if rng.random() < 0.5:
-        return random_chars(rng, int(rng.integers(1, 11)), OTHER_LANGUAGES)
-    return fit(text(rng, 1, OTHER_LANGUAGES), max_chars=int(rng.integers(1, 11)))
+        return random_chars(rng, int(rng.integers(1, 11)), SET_LANGUAGES)
+    return fit(text(rng, 1, SET_LANGUAGES), max_chars=int(rng.integers(1, 11)))
 
 
 def real_text_row(rng: np.random.Generator) -> str:
@@ -311,9 +341,9 @@ def repeats_row(rng: np.random.Generator) -> str:
     """A run of one character (`aa`, `...`, `😀😀😀`), or the start of a word with its last
     letter held and perhaps marks after it (`nooo`, `hmm!!`)."""
     if rng.random() < 0.5:
-        c = random_chars(rng, 1, OTHER_LANGUAGES)
+        c = random_chars(rng, 1, SET_LANGUAGES)
         while c.isspace():
-            c = random_chars(rng, 1, OTHER_LANGUAGES)
+            c = random_chars(rng, 1, SET_LANGUAGES)
         return c * int(rng.integers(2, 7))
     w = choice(rng, wordlist())[:int(rng.integers(1, 6))]
     return w + w[-1] * int(rng.integers(1, 4)) + choice(rng, ("", "!!", "...", "??"))
