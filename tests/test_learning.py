@@ -2,10 +2,17 @@
 
 import json
 
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from bltlab.batching import Collate, PairDataset
 from bltlab.checkpoint import load_model
 from bltlab.cli import main
+from bltlab.data import Pairs
 from bltlab.decoding import predict
 from bltlab.report import analyze
+from bltlab.training import validation_scores
 from tests.conftest import strings, write_reversal
 
 
@@ -35,6 +42,18 @@ def test_tiny_blt_learns_reversal(tiny_blt_run):
     held_out = [s for s in strings(300, 1, 12) if s not in set(inputs)]
     assert accuracy(predict(model, codec, held_out), held_out) >= 0.9
     assert state["spec"]["model"]["patch_slots"] == 4 + 3  # max_patch_len + a UTF-8 tail
+
+
+def test_validation_exact_match_is_what_greedy_decoding_gets(tiny_char_run, tiny_blt_run):
+    """One teacher-forced pass scores the same rows right as greedy decoding does."""
+    for mode, run in (("char", tiny_char_run), ("blt", tiny_blt_run)):
+        model, codec, _ = load_model(run[1]["best_checkpoint"], mode)
+        rows = [s for s in strings(300, 5, 30) if not codec.too_long(s)]  # some longer than trained
+        greedy = accuracy(predict(model, codec, rows), rows)
+        data = PairDataset.build(codec, Pairs(rows, [s[::-1] for s in rows]))
+        loader = DataLoader(data, batch_size=32, collate_fn=Collate(codec))
+        _, exact = validation_scores(model, loader, torch.device("cpu"))
+        assert 0 < greedy < 1 and exact == pytest.approx(greedy), (mode, greedy, exact)
 
 
 def test_evaluate_writes_what_analyze_reads(tiny_char_run, tiny_blt_run, tmp_path):

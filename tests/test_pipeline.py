@@ -28,7 +28,10 @@ def test_compute_metrics_by_hand():
     assert m["one_minus_cer"] == pytest.approx(1 - 2 / 7)  # edits 0 + 1 + 1 over 7 characters
     assert (m["avg_edit_distance"], m["max_edit_distance"]) == (pytest.approx(2 / 3), 1)
     assert m["avg_length_diff"] == pytest.approx(1 / 3)
-    assert m["accuracy_by_length"] == {"0-10": {"accuracy": pytest.approx(1 / 3), "count": 3}}
+    band = m["accuracy_by_length"]["0-10"]
+    assert list(m["accuracy_by_length"]) == ["0-10"]
+    assert (band["accuracy"], band["count"]) == (pytest.approx(1 / 3), 3)
+    assert 0.05 < band["ci95"][0] < 1 / 3 < band["ci95"][1] < 0.85  # Wilson, 1 of 3
     assert m["non_ascii"] == {"accuracy": 0.0, "count": 1}
 
 
@@ -56,4 +59,7 @@ def test_run_evaluates_once_and_skips_an_up_to_date_evaluation(
     assert set(robustness) == {"char (seed)", "blt (seed)"}
     lengths = robustness["char (seed)"]["lengths"]
     assert lengths["rows"] == 1200 and lengths["too_long"] == 1200 - 31 * 3  # max_len 32
+    bands = robustness["blt (seed)"]["bands"]["by_band"]
+    assert [b["count"] for b in bands.values()] == [500] * 7  # too long: counted wrong
+    assert bands["300+"]["accuracy"] == 0 and bands["0-10"]["accuracy"] > 0.5
     assert main(["analyze", "--no_plots"]) == 0

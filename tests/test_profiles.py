@@ -46,7 +46,7 @@ def test_random_characters_draw_the_whole_alphabet_uniformly():
 
 
 def test_robustness_sets_hold_what_their_names_say(tmp_path):
-    sets = profiles.robustness_sets(rows=50, per_length=1)
+    sets = profiles.robustness_sets(rows=50, per_length=1, per_band=20)
     assert all(1 <= len(r) <= 10 for r in sets["short"])
     assert all(profiles.MAX_CHARS < len(r) <= 400 for r in sets["long"])
     assert all(r[0].isupper() and r[-1] in ".!?" for r in sets["real_text"])
@@ -55,11 +55,14 @@ def test_robustness_sets_hold_what_their_names_say(tmp_path):
     held = [re.search(r"(.)\1+", r) for r in sets["repeats"]]
     assert all(held) and any(len(m.group()) >= 5 for m in held)
     assert any(not r.isascii() for r in sets["repeats"])
-    assert profiles.robustness_sets(rows=50, per_length=1) == sets  # fixed seed
+    assert [profiles.band_name(len(r)) for r in sets["bands"]] == [
+        name for name in profiles.BAND_NAMES for _ in range(20)]
+    assert not any(ord(c) in CYRILLIC for r in sets["bands"] for c in r)
+    assert profiles.robustness_sets(rows=50, per_length=1, per_band=20) == sets  # fixed seed
     added = [range(lo, hi + 1) for name, (lo, hi) in profiles.SCRIPT_RANGES.items()
              if name in ("armenian", "syriac", "thaana", "nko")]  # added to training later
-    assert not any(ord(c) in r for rows in sets.values() for row in rows for c in row
-                   for r in added)  # the sets' languages are fixed
+    assert not any(ord(c) in r for name, rows in sets.items() if name != "bands"
+                   for row in rows for c in row for r in added)  # their languages are fixed
 
 
 def test_data_generate_defaults_to_the_broad_profile_in_data_broad(tmp_path, monkeypatch, capsys):

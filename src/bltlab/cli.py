@@ -232,7 +232,7 @@ def add_data_parser(sub) -> None:
                    help="broad: what people type; seed: the seed data's distribution")
     r = dsub.add_parser("robustness", help="write the held-out robustness sets (short, long, "
                                            "real text, unseen script, every length 1-400, "
-                                           "repeats)")
+                                           "repeats, 500 broad rows per length band)")
     r.add_argument("--out", default=str(ROBUSTNESS_DIR))
     s = dsub.add_parser("stats", help="describe a CSV")
     s.add_argument("file")

@@ -65,7 +65,7 @@ def generate(out_dir: str | Path = "data", seed: int = 0, n_train: int = 10000,
 
 
 ROBUSTNESS_DIR = Path("data") / "robustness"
-ROBUSTNESS_SETS = ("short", "long", "real_text", "unseen_script", "lengths", "repeats")
+ROBUSTNESS_SETS = ("short", "long", "real_text", "unseen_script", "lengths", "repeats", "bands")
 
 
 def robustness_files(out_dir: str | Path = ROBUSTNESS_DIR) -> dict[str, Path]:

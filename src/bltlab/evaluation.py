@@ -22,10 +22,11 @@ from rapidfuzz.distance import Levenshtein
 from bltlab.data import load_pairs
 from bltlab.decoding import predict
 from bltlab.fileio import write_atomic, write_csv_rows, write_json
+from bltlab.profiles import BAND_NAMES, band_name
+from bltlab.stats import wilson_interval
 
 # What becomes of a character a model never saw in training, per mode.
 UNSEEN_EFFECT = {"char": "read as UNK", "blt": "its bytes' n-grams back off"}
-LENGTH_BUCKETS = ((0, 10), (10, 20), (20, 50), (50, 100), (100, 200), (200, 300))
 
 
 def char_accuracy(pred: str, target: str) -> float:
@@ -35,11 +36,14 @@ def char_accuracy(pred: str, target: str) -> float:
     return sum(a == b for a, b in zip(pred, target)) / longest
 
 
-def bucket_name(length: int) -> str:
-    for lo, hi in LENGTH_BUCKETS:
-        if lo <= length < hi:
-            return f"{lo}-{hi}"
-    return f"{LENGTH_BUCKETS[-1][1]}+"
+def by_band(inputs: list[str], correct: list[bool]) -> dict[str, dict]:
+    """Exact match per length band of the input, with its 95% Wilson interval."""
+    rows: dict[str, list[bool]] = {}
+    for x, ok in zip(inputs, correct):
+        rows.setdefault(band_name(len(x)), []).append(ok)
+    return {band: {"accuracy": sum(rows[band]) / len(rows[band]), "count": len(rows[band]),
+                   "ci95": wilson_interval(sum(rows[band]), len(rows[band]))}
+            for band in BAND_NAMES if band in rows}
 
 
 def compute_metrics(inputs: list[str], targets: list[str], preds: list[str]) -> dict:
@@ -47,10 +51,6 @@ def compute_metrics(inputs: list[str], targets: list[str], preds: list[str]) -> 
     n = len(targets)
     correct = [p == t for p, t in zip(preds, targets)]
     edits = [Levenshtein.distance(p, t) for p, t in zip(preds, targets)]
-    by_len: dict[str, list[bool]] = {}
-    for x, ok in zip(inputs, correct):
-        by_len.setdefault(bucket_name(len(x)), []).append(ok)
-    order = [f"{lo}-{hi}" for lo, hi in LENGTH_BUCKETS] + [f"{LENGTH_BUCKETS[-1][1]}+"]
     non_ascii = [ok for x, ok in zip(inputs, correct) if not x.isascii()]
     return {
         "exact_match_accuracy": sum(correct) / n,
@@ -62,8 +62,7 @@ def compute_metrics(inputs: list[str], targets: list[str], preds: list[str]) -> 
         "avg_edit_distance": sum(edits) / n,
         "max_edit_distance": max(edits),
         "avg_length_diff": sum(abs(len(p) - len(t)) for p, t in zip(preds, targets)) / n,
-        "accuracy_by_length": {k: {"accuracy": sum(by_len[k]) / len(by_len[k]),
-                                   "count": len(by_len[k])} for k in order if k in by_len},
+        "accuracy_by_length": by_band(inputs, correct),
         "non_ascii": {"accuracy": sum(non_ascii) / len(non_ascii) if non_ascii else None,
                       "count": len(non_ascii)},
     }
@@ -164,7 +163,9 @@ def format_metrics(m: dict) -> str:
         f"avg length diff     {m['avg_length_diff']:.4f}",
     ]
     for k, v in m["accuracy_by_length"].items():
-        lines.append(f"  length {k:<8}    {100 * v['accuracy']:.2f}%  ({v['count']} rows)")
+        lo, hi = v.get("ci95", (None, None))
+        ci = f"; 95% CI {100 * lo:.2f}-{100 * hi:.2f}%" if lo is not None else ""
+        lines.append(f"  length {k:<8}    {100 * v['accuracy']:.2f}%  ({v['count']} rows{ci})")
     if m["non_ascii"]["count"]:
         lines.append(f"  non-ASCII rows      {100 * m['non_ascii']['accuracy']:.2f}%  "
                      f"({m['non_ascii']['count']} rows)")

@@ -18,6 +18,7 @@ from bltlab.config import PatcherConfig
 from bltlab.data import default_data_dir, final_test, generate, load_pairs, robustness_files
 from bltlab.decoding import predict
 from bltlab.evaluation import (
+    by_band,
     default_output_csv,
     evaluate,
     format_metrics,
@@ -223,6 +224,7 @@ def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
         out[name] = {"exact_match": sum(correct) / len(pairs), "rows": len(pairs),
                      "too_long": preds.count(None), "by_length": buckets,
                      "longest_length_at_99": longest_at(buckets),
+                     "by_band": by_band(pairs.inputs, correct),
                      "unknown_character_rows": unknown["rows"]}
         print(f"{label} on {name}: {100 * out[name]['exact_match']:.2f}% exact")
     path = Path(opts.output_dir) / "robustness.json"

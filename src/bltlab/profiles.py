@@ -292,6 +292,32 @@ def draw(profile: str, n: int, rng: np.random.Generator, non_ascii_rate: float =
 
 # ---------------------------------------------------------------- held-out robustness sets
 
+LENGTH_BANDS = ((0, 10), (10, 20), (20, 50), (50, 100), (100, 200), (200, 300))  # characters
+BAND_NAMES = tuple(f"{lo}-{hi}" for lo, hi in LENGTH_BANDS) + (f"{LENGTH_BANDS[-1][1]}+",)
+PER_BAND = 500  # rows per band of the `bands` set: 99.5% exact allows 2 wrong
+
+
+def band_name(length: int) -> str:
+    """The length band (of evaluation and the `bands` set) of an input of `length` characters."""
+    for (lo, hi), name in zip(LENGTH_BANDS, BAND_NAMES):
+        if lo <= length < hi:
+            return name
+    return BAND_NAMES[-1]
+
+
+def banded_rows(rng: np.random.Generator, per_band: int = PER_BAND) -> list[str]:
+    """Broad rows as trained on, `per_band` in every length band (each drawn row is kept
+    while its band has room): a 2,000-row test set has ~120 rows of 200-300 characters,
+    where one wrong row is already below 99.5%."""
+    kept: dict[str, list[str]] = {name: [] for name in BAND_NAMES}
+    while any(len(rows) < per_band for rows in kept.values()):
+        row = broad_row(rng)
+        band = kept[band_name(len(row))]
+        if len(band) < per_band:
+            band.append(row)
+    return [row for name in BAND_NAMES for row in kept[name]]
+
+
 ROBUSTNESS_SEED = 31337
 LONG_CHARS = (MAX_CHARS + 1, 400)  # longer than every broad training row
 ENGLISH_ONLY: dict[str, int] = {}
@@ -349,12 +375,13 @@ def repeats_row(rng: np.random.Generator) -> str:
     return w + w[-1] * int(rng.integers(1, 4)) + choice(rng, ("", "!!", "...", "??"))
 
 
-def robustness_sets(rows: int = 300, per_length: int = 3) -> dict[str, list[str]]:
+def robustness_sets(rows: int = 300, per_length: int = 3, per_band: int = PER_BAND
+                    ) -> dict[str, list[str]]:
     """The held-out sets, fixed by ROBUSTNESS_SEED: short (1-10 characters), long (longer
     than every training row), real text (capitals, commas, quotes), the unseen script,
-    `lengths` (`per_length` rows of every length from 1 to 400 characters) and repeats
-    (runs of one character)."""
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(ROBUSTNESS_SEED).spawn(6)]
+    `lengths` (`per_length` rows of every length from 1 to 400 characters), repeats
+    (runs of one character) and `bands` (unseen broad rows, `per_band` per length band)."""
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(ROBUSTNESS_SEED).spawn(7)]
     return {
         "short": [short_row(rngs[0]) for _ in range(rows)],
         "long": [cut_to(rngs[1], int(rngs[1].integers(*LONG_CHARS, endpoint=True)),
@@ -364,4 +391,5 @@ def robustness_sets(rows: int = 300, per_length: int = 3) -> dict[str, list[str]
         "lengths": [cut_to(rngs[4], n, ENGLISH_ONLY) for n in range(1, 401)
                     for _ in range(per_length)],
         "repeats": [repeats_row(rngs[5]) for _ in range(rows)],
+        "bands": banded_rows(rngs[6], per_band),
     }

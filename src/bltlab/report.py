@@ -25,6 +25,7 @@ from bltlab.errors import BltlabError
 from bltlab.evaluation import default_output_csv, metrics_path
 from bltlab.fileio import write_atomic, write_json
 from bltlab.plots import make_plots, patching_png
+from bltlab.profiles import BAND_NAMES, PER_BAND
 from bltlab.stats import mcnemar_exact, paired_bootstrap, wilson_interval
 
 MODES = ("char", "blt")
@@ -70,6 +71,19 @@ def robustness_rows(robustness: dict) -> list[list[str]]:
     """Exact match of each model (and training profile) on each held-out set."""
     return [[label, *(f"{100 * sets[name]['exact_match']:.1f}%" if name in sets else "—"
                       for name in ROBUSTNESS_SETS)] for label, sets in robustness.items()]
+
+
+def band_rows(robustness: dict) -> list[list[str]]:
+    """Exact match [95% Wilson interval] of each model in each length band of the
+    `bands` set (models evaluated before it existed are left out)."""
+    rows = []
+    for label, sets in robustness.items():
+        bands = sets.get("bands", {}).get("by_band")
+        if bands:
+            rows.append([label, *(f"{100 * b['accuracy']:.2f}% [{100 * b['ci95'][0]:.1f}, "
+                                  f"{100 * b['ci95'][1]:.1f}]" if b else "—"
+                                  for b in (bands.get(name) for name in BAND_NAMES))])
+    return rows
 
 
 def pm(v: dict | None, scale: float = 1.0, fmt: str = ".2f", unit: str = "") -> str:
@@ -365,6 +379,10 @@ def text_report(results: dict) -> str:
         lines += ["", "Held-out robustness sets (exact match):"]
         lines += ["  " + "  ".join(f"{h}: {c}" for h, c in zip(("model", *ROBUSTNESS_SETS), r))
                   for r in robustness_rows(results["robustness"])]
+        if bands := band_rows(results["robustness"]):
+            lines += ["", "Exact match per length band of the bands set [95% interval]:"]
+            lines += ["  " + "  ".join(f"{h}: {c}" for h, c in zip(("model", *BAND_NAMES), r))
+                      for r in bands]
     lines += ["", "Is BLT tokenization more computationally efficient?", results["efficiency"]]
     return "\n".join(lines) + "\n"
 
@@ -377,6 +395,10 @@ def html_report(results: dict, plots: dict[str, Path], patches: str) -> str:
         sections.append(("Robustness: held-out sets the models never trained on",
                          table(robustness_rows(results["robustness"]),
                                ["model (training profile)", *ROBUSTNESS_SETS])))
+        if bands := band_rows(results["robustness"]):
+            sections.append((f"Exact match per input length band (characters) on the bands "
+                             f"set: {PER_BAND} unseen broad-profile rows per band [95% Wilson "
+                             "interval]", table(bands, ["model (training profile)", *BAND_NAMES])))
     if results.get("frontier"):
         f = results["frontier"]
         sections.append((f"Compute frontier: every run {f['budget_train_flops']:.3g} training "
