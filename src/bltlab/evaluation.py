@@ -41,9 +41,9 @@ def by_band(inputs: list[str], correct: list[bool]) -> dict[str, dict]:
     rows: dict[str, list[bool]] = {}
     for x, ok in zip(inputs, correct):
         rows.setdefault(band_name(len(x)), []).append(ok)
-    return {band: {"accuracy": sum(rows[band]) / len(rows[band]), "count": len(rows[band]),
-                   "ci95": wilson_interval(sum(rows[band]), len(rows[band]))}
-            for band in BAND_NAMES if band in rows}
+    return {band: {"accuracy": sum(ok) / len(ok), "count": len(ok),
+                   "ci95": wilson_interval(sum(ok), len(ok))}
+            for band in BAND_NAMES if (ok := rows.get(band))}
 
 
 def compute_metrics(inputs: list[str], targets: list[str], preds: list[str]) -> dict:
@@ -163,9 +163,9 @@ def format_metrics(m: dict) -> str:
         f"avg length diff     {m['avg_length_diff']:.4f}",
     ]
     for k, v in m["accuracy_by_length"].items():
-        lo, hi = v.get("ci95", (None, None))
-        ci = f"; 95% CI {100 * lo:.2f}-{100 * hi:.2f}%" if lo is not None else ""
-        lines.append(f"  length {k:<8}    {100 * v['accuracy']:.2f}%  ({v['count']} rows{ci})")
+        lo, hi = v["ci95"]
+        lines.append(f"  length {k:<8}    {100 * v['accuracy']:.2f}%  ({v['count']} rows; "
+                     f"95% CI {100 * lo:.2f}-{100 * hi:.2f}%)")
     if m["non_ascii"]["count"]:
         lines.append(f"  non-ASCII rows      {100 * m['non_ascii']['accuracy']:.2f}%  "
                      f"({m['non_ascii']['count']} rows)")
