@@ -16,6 +16,7 @@ def codec(size=3):
 
 
 MEMORIES = {"patches": {"global_factor": 1}, "bytes": {"decoder_memory": "bytes"},
+            "offsets": {"global_factor": 2, "decoder_memory": "offsets"},
             "wide": {"global_factor": 2},  # 2 decoder vectors per patch
             "utf8": {"global_factor": 2, "byte_embedding": "utf8"}}
 
@@ -59,10 +60,29 @@ def test_shapes(pooling, memory):
     logits = model(batch)
     assert logits.shape == (4, 3, 260) and torch.isfinite(logits).all()
     states = model.encode(batch).states
-    expected = {"bytes": batch["src"].shape[1], "patches": int(batch["n_patches"].max()),
+    expected = {"bytes": batch["src"].shape[1], "offsets": batch["src"].shape[1],
+                "patches": int(batch["n_patches"].max()),
                 "wide": 2 * int(batch["n_patches"].max()),
                 "utf8": 2 * int(batch["n_patches"].max())}[memory]
     assert states.shape == (4, expected, 32)
+
+
+def test_offsets_memory_reads_each_byte_from_its_patch_at_its_offset():
+    model = tiny(decoder_memory="offsets")
+    c = codec(3)
+    batch = batch_for(c, ["abcdefgh", "xy"])  # patches abc|def|gh and xy
+    with torch.no_grad():
+        model.unpool.weight.zero_()  # every vector is then its in-patch position's bias
+        model.unpool.bias.normal_()
+        memory = model.encode(batch)
+    per_offset = model.unpool.bias.view(6, 32)
+    expected = per_offset[batch["in_patch"]]
+    torch.testing.assert_close(memory.states, expected)
+    assert memory.mask[:, 0, 0].tolist() == [[True] * 8, [True] * 2 + [False] * 6]
+    with torch.no_grad():
+        model.unpool.weight.normal_()
+        states = model.encode(batch).states
+    assert not torch.allclose(states[0, 0], states[0, 1])  # one patch, two offsets
 
 
 @pytest.mark.parametrize("pooling", ["project", "cross"])

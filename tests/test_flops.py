@@ -28,10 +28,12 @@ def counted(model, codec, inputs):
     return c.get_total_flops()
 
 
-@pytest.fixture(scope="module", params=["char", "blt"])
+@pytest.fixture(scope="module", params=["char", "blt", "blt-offsets"])
 def setup(request):
     texts = strings(300, 7, 30)
-    spec, codec = resolve(RunSpec.of(request.param, **TINY), texts)
+    mode, _, memory = request.param.partition("-")
+    extra = {"decoder_memory": memory} if memory else {}
+    spec, codec = resolve(RunSpec.of(mode, **TINY, **extra), texts)
     return build_model(spec.model).eval(), codec, texts
 
 

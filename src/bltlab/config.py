@@ -20,6 +20,7 @@ POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 PATCHERS = ("window-entropy", "entropy-model", "space", "static")
 ENTROPY_PATCHERS = ("window-entropy", "entropy-model")
 PROFILES = ("seed", "broad")
+DECODER_MEMORIES = ("patches", "offsets", "bytes")
 MAX_LOOK = 16  # the farthest look-back or look-ahead of patchers and n-grams (bytes)
 MAX_ENTROPY_BITS = 8.0  # a byte's entropy is at most 8 bits
 
@@ -137,8 +138,11 @@ class BLTConfig(ModelConfig):
     ngram_init_std: float | None = setting(
         0.0, "blt: initial std of the n-gram tables (0: zeros, so an unseen n-gram adds "
              "nothing)")
-    decoder_memory: str = setting("patches", "blt: the decoder attends to patch states, or "
-                                  "(an ablation) to byte states", choices=("patches", "bytes"))
+    decoder_memory: str = setting(
+        "patches", "blt: the decoder attends to k vectors per patch keyed by the patch's end "
+                   "(patches), to one vector per byte read out of its patch's state by a map "
+                   "per in-patch position and keyed by the byte (offsets), or (an ablation, "
+                   "not a BLT) to byte states", choices=DECODER_MEMORIES)
     relative_values: bool = setting(True, "blt with rope: decoder cross-attention also "
                                           "returns how far the step is past each patch's end")
 
@@ -148,7 +152,7 @@ class BLTConfig(ModelConfig):
         at_least(self, 0, "num_local_layers", "num_global_layers", "patch_slots")
         at_least(self, 1, "global_factor", "slots", "ngram_buckets")
         one_of("pooling", self.pooling, ("project", "cross"))
-        one_of("decoder_memory", self.decoder_memory, ("patches", "bytes"))
+        one_of("decoder_memory", self.decoder_memory, DECODER_MEMORIES)
         one_of("byte_embedding", self.byte_embedding, ("table", "utf8"))
         need(len(self.ngram_sizes) > 0 and all(1 <= n <= MAX_LOOK for n in self.ngram_sizes),
              "ngram_sizes", list(self.ngram_sizes), f"each between 1 and {MAX_LOOK}")

@@ -34,7 +34,7 @@ from bltlab.vocab import BOS, PAD
 
 PARTS = {"BLT": {"local_encoder": ("embed", "local", "ln_local", "pool", "ln_pool",
                                    "pool_attn", "ngram_embeds", "pos"),
-                 "global": ("global_blocks", "ln_global"), "decoder": ("decoder",)},
+                 "global": ("global_blocks", "ln_global"), "decoder": ("decoder", "unpool")},
          "CharTransformer": {"encoder": ("embed", "pos", "encoder", "ln_enc"),
                              "decoder": ("decoder",)}}
 KINDS = ("forward", "train", "infer")

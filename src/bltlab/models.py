@@ -235,6 +235,8 @@ class BLT(EncoderDecoder):
             Block(wide, cfg.nhead * self.factor, cfg.dim_feedforward * self.factor, cfg.dropout)
             for _ in range(cfg.num_global_layers))
         self.ln_global = nn.LayerNorm(wide)
+        if cfg.decoder_memory == "offsets":
+            self.unpool = nn.Linear(wide, cfg.patch_slots * d)
         self.decoder = Decoder(cfg, self.embed)
         self.register_buffer("seen_bytes", torch.zeros(256, dtype=torch.bool))
         self.apply(init_weights)
@@ -320,16 +322,31 @@ class BLT(EncoderDecoder):
         for block in self.global_blocks:
             h = block(h, mask=patch_mask, rot=self.pos.rotary(patch_pos))
         h = self.ln_global(h)
-        if self.cfg.decoder_memory == "bytes":  # hourglass ablation: back to bytes
-            per_patch = h.view(b, n, k, d).sum(2)
-            gathered = per_patch.gather(1, batch["patch"].clamp(max=n - 1)[..., None].expand_as(x))
-            keys = per_row(to_end if self.cfg.from_end else pos, b)
-            return Memory(x + gathered, byte_mask, self.pos.rotary(keys))
+        if self.cfg.decoder_memory != "patches":
+            return self.byte_memory(h, x, batch, byte_mask, pos, to_end)
         keys = (patch_to_end if self.cfg.from_end else patch_pos[None].expand(b, n))
         slots_mask = key_padding_mask(batch["n_patches"] * k, n * k)
         return Memory(h.view(b, n * k, d), slots_mask,
                       self.pos.rotary(keys.repeat_interleave(k, dim=1)))
 
+    def byte_memory(self, h: Tensor, x: Tensor, batch: dict[str, Tensor], byte_mask: Tensor,
+                    pos: Tensor, to_end: Tensor) -> Memory:
+        """One memory vector per input byte, keyed by the byte's own position. `offsets`:
+        the byte's vector is read out of its patch's global state alone, by a linear map per
+        in-patch position (hourglass-style unpooling, so the decoder sees only patch
+        states). `bytes` (ablation): the local encoder's byte state plus its patch's."""
+        b, size, d = x.shape
+        n = h.shape[1]
+        patch = batch["patch"].clamp(max=n - 1)  # padding bytes: any patch (masked)
+        if self.cfg.decoder_memory == "offsets":
+            slots = self.unpool(h).view(b, n, self.cfg.patch_slots, d)
+            rows = torch.arange(b, device=x.device)[:, None].expand(b, size)
+            states = slots[rows, patch, batch["in_patch"]]
+        else:
+            per_patch = h.view(b, n, self.factor, d).sum(2)
+            states = x + per_patch.gather(1, patch[..., None].expand_as(x))
+        keys = per_row(to_end if self.cfg.from_end else pos, b)
+        return Memory(states, byte_mask, self.pos.rotary(keys))
 
 
 def build_model(cfg: ModelConfig) -> EncoderDecoder:
