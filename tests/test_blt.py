@@ -17,6 +17,7 @@ def codec(size=3):
 
 MEMORIES = {"patches": {"global_factor": 1}, "bytes": {"decoder_memory": "bytes"},
             "offsets": {"global_factor": 2, "decoder_memory": "offsets"},
+            "both": {"global_factor": 2, "decoder_memory": "both"},
             "wide": {"global_factor": 2},  # 2 decoder vectors per patch
             "utf8": {"global_factor": 2, "byte_embedding": "utf8"}}
 
@@ -61,6 +62,7 @@ def test_shapes(pooling, memory):
     assert logits.shape == (4, 3, 260) and torch.isfinite(logits).all()
     states = model.encode(batch).states
     expected = {"bytes": batch["src"].shape[1], "offsets": batch["src"].shape[1],
+                "both": 2 * int(batch["n_patches"].max()) + batch["src"].shape[1],
                 "patches": int(batch["n_patches"].max()),
                 "wide": 2 * int(batch["n_patches"].max()),
                 "utf8": 2 * int(batch["n_patches"].max())}[memory]
@@ -83,6 +85,13 @@ def test_offsets_memory_reads_each_byte_from_its_patch_at_its_offset():
         model.unpool.weight.normal_()
         states = model.encode(batch).states
     assert not torch.allclose(states[0, 0], states[0, 1])  # one patch, two offsets
+    torch.manual_seed(1)
+    both = tiny(decoder_memory="both")
+    both.load_state_dict(model.state_dict())  # same weights: offsets' vectors come last
+    with torch.no_grad():
+        joined = both.encode(batch)
+    torch.testing.assert_close(joined.states[:, -8:], states)
+    assert joined.states.shape[1] == 2 * 3 + 8 and joined.rot[0].shape[2] == 2 * 3 + 8
 
 
 @pytest.mark.parametrize("pooling", ["project", "cross"])
@@ -122,8 +131,9 @@ def test_project_pooling_keeps_byte_order():
     assert not torch.allclose(a, b)
 
 
-def test_relative_values_decode_incrementally_like_the_full_prefix():
-    model = tiny(relative_values=True)
+@pytest.mark.parametrize("memory", ["patches", "offsets", "both"])
+def test_relative_values_decode_incrementally_like_the_full_prefix(memory):
+    model = tiny(relative_values=True, decoder_memory=memory)
     c = codec(3)
     batch = batch_for(c, TEXTS)
     memory = model.encode(batch)

@@ -28,7 +28,7 @@ def counted(model, codec, inputs):
     return c.get_total_flops()
 
 
-@pytest.fixture(scope="module", params=["char", "blt", "blt-offsets"])
+@pytest.fixture(scope="module", params=["char", "blt", "blt-offsets", "blt-both"])
 def setup(request):
     texts = strings(300, 7, 30)
     mode, _, memory = request.param.partition("-")

@@ -20,7 +20,7 @@ POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 PATCHERS = ("window-entropy", "entropy-model", "space", "static")
 ENTROPY_PATCHERS = ("window-entropy", "entropy-model")
 PROFILES = ("seed", "broad")
-DECODER_MEMORIES = ("patches", "offsets", "bytes")
+DECODER_MEMORIES = ("patches", "offsets", "both", "bytes")
 MAX_LOOK = 16  # the farthest look-back or look-ahead of patchers and n-grams (bytes)
 MAX_ENTROPY_BITS = 8.0  # a byte's entropy is at most 8 bits
 
@@ -141,8 +141,9 @@ class BLTConfig(ModelConfig):
     decoder_memory: str = setting(
         "patches", "blt: the decoder attends to k vectors per patch keyed by the patch's end "
                    "(patches), to one vector per byte read out of its patch's state by a map "
-                   "per in-patch position and keyed by the byte (offsets), or (an ablation, "
-                   "not a BLT) to byte states", choices=DECODER_MEMORIES)
+                   "per in-patch position and keyed by the byte (offsets), to both in one "
+                   "memory (both), or (an ablation, not a BLT) to byte states",
+        choices=DECODER_MEMORIES)
     relative_values: bool = setting(True, "blt with rope: decoder cross-attention also "
                                           "returns how far the step is past each patch's end")
 

@@ -35,6 +35,12 @@ class Memory:
     mask: Tensor | None
     rot: Rotary | None
 
+    def cat(self, other: Memory) -> Memory:
+        """One memory holding this one's vectors, then `other`'s (both masked, both RoPE)."""
+        return Memory(torch.cat([self.states, other.states], 1),
+                      torch.cat([self.mask, other.mask], -1),
+                      tuple(torch.cat(t, 2) for t in zip(self.rot, other.rot)))
+
     def select(self, rows: Tensor) -> Memory:
         """Keep, reorder or repeat rows."""
         return Memory(self.states.index_select(0, rows),
@@ -235,7 +241,7 @@ class BLT(EncoderDecoder):
             Block(wide, cfg.nhead * self.factor, cfg.dim_feedforward * self.factor, cfg.dropout)
             for _ in range(cfg.num_global_layers))
         self.ln_global = nn.LayerNorm(wide)
-        if cfg.decoder_memory == "offsets":
+        if cfg.decoder_memory in ("offsets", "both"):
             self.unpool = nn.Linear(wide, cfg.patch_slots * d)
         self.decoder = Decoder(cfg, self.embed)
         self.register_buffer("seen_bytes", torch.zeros(256, dtype=torch.bool))
@@ -322,23 +328,27 @@ class BLT(EncoderDecoder):
         for block in self.global_blocks:
             h = block(h, mask=patch_mask, rot=self.pos.rotary(patch_pos))
         h = self.ln_global(h)
-        if self.cfg.decoder_memory != "patches":
+        if self.cfg.decoder_memory in ("offsets", "bytes"):
             return self.byte_memory(h, x, batch, byte_mask, pos, to_end)
         keys = (patch_to_end if self.cfg.from_end else patch_pos[None].expand(b, n))
         slots_mask = key_padding_mask(batch["n_patches"] * k, n * k)
-        return Memory(h.view(b, n * k, d), slots_mask,
-                      self.pos.rotary(keys.repeat_interleave(k, dim=1)))
+        memory = Memory(h.view(b, n * k, d), slots_mask,
+                        self.pos.rotary(keys.repeat_interleave(k, dim=1)))
+        if self.cfg.decoder_memory == "both":
+            memory = memory.cat(self.byte_memory(h, x, batch, byte_mask, pos, to_end))
+        return memory
 
     def byte_memory(self, h: Tensor, x: Tensor, batch: dict[str, Tensor], byte_mask: Tensor,
                     pos: Tensor, to_end: Tensor) -> Memory:
-        """One memory vector per input byte, keyed by the byte's own position. `offsets`:
+        """One memory vector per input byte, keyed by the byte's own position. `offsets`
+        (and `both`, after the patch vectors):
         the byte's vector is read out of its patch's global state alone, by a linear map per
         in-patch position (hourglass-style unpooling, so the decoder sees only patch
         states). `bytes` (ablation): the local encoder's byte state plus its patch's."""
         b, size, d = x.shape
         n = h.shape[1]
         patch = batch["patch"].clamp(max=n - 1)  # padding bytes: any patch (masked)
-        if self.cfg.decoder_memory == "offsets":
+        if self.cfg.decoder_memory != "bytes":
             slots = self.unpool(h).view(b, n, self.cfg.patch_slots, d)
             rows = torch.arange(b, device=x.device)[:, None].expand(b, size)
             states = slots[rows, patch, batch["in_patch"]]
