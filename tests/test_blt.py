@@ -85,7 +85,6 @@ def test_offsets_memory_reads_each_byte_from_its_patch_at_its_offset():
         model.unpool.weight.normal_()
         states = model.encode(batch).states
     assert not torch.allclose(states[0, 0], states[0, 1])  # one patch, two offsets
-    torch.manual_seed(1)
     both = tiny(decoder_memory="both")
     both.load_state_dict(model.state_dict())  # same weights: offsets' vectors come last
     with torch.no_grad():
@@ -131,9 +130,9 @@ def test_project_pooling_keeps_byte_order():
     assert not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("memory", ["patches", "offsets", "both"])
-def test_relative_values_decode_incrementally_like_the_full_prefix(memory):
-    model = tiny(relative_values=True, decoder_memory=memory)
+@pytest.mark.parametrize("kind", ["patches", "offsets", "both"])
+def test_relative_values_decode_incrementally_like_the_full_prefix(kind):
+    model = tiny(relative_values=True, decoder_memory=kind)
     c = codec(3)
     batch = batch_for(c, TEXTS)
     memory = model.encode(batch)

@@ -341,8 +341,7 @@ class BLT(EncoderDecoder):
     def byte_memory(self, h: Tensor, x: Tensor, batch: dict[str, Tensor], byte_mask: Tensor,
                     pos: Tensor, to_end: Tensor) -> Memory:
         """One memory vector per input byte, keyed by the byte's own position. `offsets`
-        (and `both`, after the patch vectors):
-        the byte's vector is read out of its patch's global state alone, by a linear map per
+        and `both`: read out of its patch's global state alone, by a linear map per
         in-patch position (hourglass-style unpooling, so the decoder sees only patch
         states). `bytes` (ablation): the local encoder's byte state plus its patch's."""
         b, size, d = x.shape
