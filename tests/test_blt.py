@@ -19,7 +19,8 @@ MEMORIES = {"patches": {"global_factor": 1}, "bytes": {"decoder_memory": "bytes"
             "offsets": {"global_factor": 2, "decoder_memory": "offsets"},
             "both": {"global_factor": 2, "decoder_memory": "both"},
             "wide": {"global_factor": 2},  # 2 decoder vectors per patch
-            "utf8": {"global_factor": 2, "byte_embedding": "utf8"}}
+            "utf8": {"global_factor": 2, "byte_embedding": "utf8"},
+            "utf8-pairs": {"global_factor": 2, "byte_embedding": "utf8-pairs"}}
 
 
 def tiny(**kw):
@@ -65,7 +66,8 @@ def test_shapes(pooling, memory):
                 "both": 2 * int(batch["n_patches"].max()) + batch["src"].shape[1],
                 "patches": int(batch["n_patches"].max()),
                 "wide": 2 * int(batch["n_patches"].max()),
-                "utf8": 2 * int(batch["n_patches"].max())}[memory]
+                "utf8": 2 * int(batch["n_patches"].max()),
+                "utf8-pairs": 2 * int(batch["n_patches"].max())}[memory]
     assert states.shape == (4, expected, 32)
 
 
@@ -158,6 +160,22 @@ def test_utf8_embeddings_give_every_byte_a_distinct_trainable_vector():
     assert len({tuple(row.tolist()) for row in weight[4:].detach()}) == 256
     weight[4 + 0xD0].sum().backward()  # a Cyrillic lead byte, never seen by this model
     assert model.embed.bits.weight.grad.abs().sum() > 0  # its vector is made of shared parts
+
+
+def test_bit_pair_terms_start_at_zero_and_add_sign_products():
+    pairs = tiny(byte_embedding="utf8-pairs")
+    assert not pairs.embed.pairs.weight.any()  # starts as a bits-only model
+    before = pairs.embed.weight.detach().clone()
+    u = torch.randn(32, 28)
+    with torch.no_grad():
+        pairs.embed.pairs.weight.copy_(u)
+    b = 0xD0  # 1101 0000: bits 4, 6, 7 set
+    signs = [1.0 if b >> k & 1 else -1.0 for k in range(8)]
+    products = [signs[i] * signs[j] for i in range(8) for j in range(i + 1, 8)]
+    added = pairs.embed.weight[4 + b] - before[4 + b]
+    assert torch.allclose(added, u @ torch.tensor(products), atol=1e-5)
+    pairs.embed.build()[4 + b].sum().backward()  # an unseen byte's pair terms are shared ones
+    assert pairs.embed.pairs.weight.grad.abs().sum() > 0
 
 
 def test_utf8_byte_vectors_are_built_once_per_parameter_state_when_decoding():

@@ -21,6 +21,7 @@ PATCHERS = ("window-entropy", "entropy-model", "space", "static")
 ENTROPY_PATCHERS = ("window-entropy", "entropy-model")
 PROFILES = ("seed", "broad")
 DECODER_MEMORIES = ("patches", "offsets", "both", "bytes")
+BYTE_EMBEDDINGS = ("table", "utf8", "utf8-pairs")
 MAX_LOOK = 16  # the farthest look-back or look-ahead of patchers and n-grams (bytes)
 MAX_ENTROPY_BITS = 8.0  # a byte's entropy is at most 8 bits
 
@@ -131,8 +132,9 @@ class BLTConfig(ModelConfig):
                                derived=True)
     byte_embedding: str = setting(
         "table", "blt: byte vectors from a table, or built from each byte's UTF-8 role and "
-                 "bits (utf8: a byte never seen in training still has a trained vector)",
-        choices=("table", "utf8"))
+                 "bits (utf8: a byte never seen in training still has a trained vector), "
+                 "and pairs of bits (utf8-pairs)",
+        choices=BYTE_EMBEDDINGS)
     ngram_sizes: tuple[int, ...] = setting((1, 2, 3), "blt: hashed n-gram sizes")
     ngram_buckets: int = setting(4096, "blt: hash buckets per n")
     ngram_init_std: float | None = setting(
@@ -154,7 +156,7 @@ class BLTConfig(ModelConfig):
         at_least(self, 1, "global_factor", "slots", "ngram_buckets")
         one_of("pooling", self.pooling, ("project", "cross"))
         one_of("decoder_memory", self.decoder_memory, DECODER_MEMORIES)
-        one_of("byte_embedding", self.byte_embedding, ("table", "utf8"))
+        one_of("byte_embedding", self.byte_embedding, BYTE_EMBEDDINGS)
         need(len(self.ngram_sizes) > 0 and all(1 <= n <= MAX_LOOK for n in self.ngram_sizes),
              "ngram_sizes", list(self.ngram_sizes), f"each between 1 and {MAX_LOOK}")
         need(self.ngram_init_std is None or self.ngram_init_std >= 0, "ngram_init_std",

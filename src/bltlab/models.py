@@ -223,7 +223,8 @@ class BLT(EncoderDecoder):
         d, head_dim = cfg.d_model, cfg.d_model // cfg.nhead
         block = lambda: Block(d, cfg.nhead, cfg.dim_feedforward, cfg.dropout)  # noqa: E731
         self.embed = (nn.Embedding(cfg.vocab_size, d) if cfg.byte_embedding == "table"
-                      else Utf8ByteEmbedding(cfg.vocab_size - 256, d))
+                      else Utf8ByteEmbedding(cfg.vocab_size - 256, d,
+                                             pairs=cfg.byte_embedding == "utf8-pairs"))
         self.ngram_embeds = nn.ModuleList(nn.Embedding(cfg.ngram_buckets, d)
                                           for _ in cfg.ngram_sizes)
         self.pos = PositionSignal(cfg.pos_encoding, d, head_dim, cfg.max_len,
