@@ -14,7 +14,7 @@ def test_train_with_no_flags_is_the_modes_recipe_of_the_default_profile(capsys):
     assert spec.data.profile == DEFAULT_PROFILE == "broad" and spec.data.fresh_pairs
     assert spec.train.epochs == recipe["epochs"] and spec.model.byte_embedding == "utf8"
     assert f"epochs: {recipe['epochs']}" in out and "patcher: space" in out
-    assert spec.patcher.max_patch_len == 4 and "max_patch_len: 4" in out
+    assert spec.patcher.max_patch_len == 3 and "max_patch_len: 3" in out
     assert spec.train.epochs == 50  # the most epochs that fit the one-thread budget
     assert build_spec("char").model.start_token
     assert not build_spec("char", settings={"profile": "seed"}).model.start_token
