@@ -51,7 +51,8 @@ MODEL_CONFIGS = {"char": ModelConfig, "blt": BLTConfig}
 # what a person types, each model at its CPU budget (char 10 epochs, 16-19 min; BLT 50
 # epochs, the most that fit 60 min on one thread), the BLT with byte vectors built from
 # UTF-8 role and bits (better than a byte table on validation rows) and space patches of
-# at most 3 bytes (with 4, rows of random characters lose a byte now and then; docs/results.md).
+# at most 3 bytes (with 4, long rows of random characters now and then exchange a bit
+# between neighbouring bytes; docs/results.md).
 DEFAULT_PROFILE = "broad"
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {
