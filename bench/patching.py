@@ -18,9 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bltlab.config import PatcherConfig
 from bltlab.data import generate, load_pairs
-from bltlab.patching import ByteBatch, build_patcher, ngram_ids
+from bltlab.patching import ByteBatch, PatcherConfig, build_patcher, ngram_ids
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -53,8 +52,8 @@ def main() -> None:
     configs = {
         "window-entropy": PatcherConfig("window-entropy", threshold=2.0, max_patch_len=15),
         "entropy-model": PatcherConfig("entropy-model", max_patch_len=0, target_bpp=4.0),
-        "space": PatcherConfig("space"),
-        "static": PatcherConfig("static"),
+        "space": PatcherConfig("space", max_patch_len=8),
+        "static": PatcherConfig("static", static_size=4, max_patch_len=8),
     }
     batch = ByteBatch.from_texts(texts)
     seconds = best_time(lambda: ByteBatch.from_texts(texts), args.repeats)

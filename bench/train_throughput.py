@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bltlab.batching import Collate, LengthBucketSampler, PairDataset
+from bltlab.batching import EncodedPairs, LengthBucketSampler, as_is
 from bltlab.config import ModelConfig, TrainConfig
 from bltlab.data import generate, load_pairs
 from bltlab.models import build_model
@@ -125,18 +125,17 @@ def main() -> None:
     pairs = load_pairs(path)
     seed_profile = {"profile": "seed"}  # the seed's rows, as every earlier measurement
     char_spec, codec = resolve(build_spec("char", settings=seed_profile), pairs.inputs)
-    data = PairDataset.build(codec, pairs)
-    collate = Collate(codec)
+    data = EncodedPairs.build(codec, pairs.inputs, pairs.targets)
     cfg = char_spec.model
     bucketed = DataLoader(data, batch_sampler=LengthBucketSampler(
-        data.lengths(), args.batch_size, seed=0), collate_fn=collate)
-    shuffled = DataLoader(data, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
+        data.lengths(), args.batch_size, seed=0), collate_fn=as_is)
+    shuffled = DataLoader(data, batch_size=args.batch_size, shuffle=True, collate_fn=as_is,
                           generator=torch.Generator().manual_seed(0))
 
     blt_spec, blt_codec = resolve(build_spec("blt", settings=seed_profile), pairs.inputs)
-    blt_data = PairDataset.build(blt_codec, pairs)
+    blt_data = EncodedPairs.build(blt_codec, pairs.inputs, pairs.targets)
     blt_loader = DataLoader(blt_data, batch_sampler=LengthBucketSampler(
-        blt_data.lengths(), args.batch_size, seed=0), collate_fn=Collate(blt_codec))
+        blt_data.lengths(), args.batch_size, seed=0), collate_fn=as_is)
     blt_cfg = blt_spec.model
     runners = {
         "char": Runner(build_model(cfg), bucketed),

@@ -1,4 +1,6 @@
+import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,12 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flop_cache(tmp_path_factory):
+    """FLOP polynomials kept for this session only (subprocesses inherit it)."""
+    os.environ["BLTLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture
@@ -50,7 +58,8 @@ def tiny_char_run(tmp_path_factory):
     spec = RunSpec.of("char", d_model=48, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
                       dim_feedforward=96, max_len=32, start_token=True, train_csv=write_reversal(
                           tmp_path / "train.csv", inputs), save_dir=str(tmp_path / "ck"),
-                      epochs=5, batch_size=32, lr=3e-3, warmup_steps=20, progress_bars=False)
+                      epochs=5, batch_size=32, lr=3e-3, warmup_steps=20, progress_bars=False,
+                      fresh_pairs=False)
     return tmp_path, train(spec), inputs
 
 
@@ -68,5 +77,17 @@ def tiny_blt_run(tmp_path_factory):
                       ngram_buckets=256, patcher="static", static_size=2, max_patch_len=4,
                       train_csv=write_reversal(tmp_path / "train.csv", inputs),
                       save_dir=str(tmp_path / "ck"), epochs=8, batch_size=32, lr=3e-3,
-                      warmup_steps=20, progress_bars=False, tensorboard=False)
+                      warmup_steps=20, progress_bars=False, tensorboard=False,
+                      fresh_pairs=False)
     return tmp_path, train(spec), inputs
+
+
+CLI = [sys.executable, "-m", "bltlab.cli"]  # the command line in a process of its own
+
+
+def one_line_error(capsys, code, expected_code=2):
+    """The error a command printed: exit code 2, one line, no traceback."""
+    err = capsys.readouterr().err
+    assert code == expected_code, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err

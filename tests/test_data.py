@@ -1,10 +1,17 @@
+"""Data: generated deterministically, loaded with row-level checks."""
+
 import csv
 import functools
 import hashlib
+import os
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bltlab import data, profiles
+from bltlab.checkpoint import load_checkpoint
 from bltlab.cli import main
 from bltlab.config import DataConfig
 from bltlab.errors import BltlabError
@@ -132,3 +139,30 @@ def test_a_carriage_return_in_a_field_keeps_its_row(tmp_path):
     assert data.load_pairs(tmp_path / "d.csv").inputs == inputs
     data.write_pairs(tmp_path / "plain.csv", ["ab"], ["ba"])
     assert (tmp_path / "plain.csv").read_text() == "input,target\nab,ba\n"  # unchanged format
+
+
+def test_a_bom_a_directory_and_an_unclosed_quote(tmp_path, capsys):
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffinput,target\nabc,cba\n".encode())
+    assert data.load_pairs(bom).inputs == ["abc"]
+    with pytest.raises(BltlabError, match="is a directory, not a CSV file"):
+        data.load_pairs(tmp_path)
+    with pytest.raises(BltlabError, match="is a directory, not a checkpoint"):
+        load_checkpoint(tmp_path)
+    quote = tmp_path / "quote.csv"
+    quote.write_text('input,target\n"abc,cba\nx,y\n', encoding="utf-8")
+    with pytest.raises(BltlabError, match="a quote that is never closed"):
+        data.load_pairs(quote)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_csv_loader_raises_only_one_line_errors(raw):
+    path = Path("/tmp") / f"bltlab_fuzz_{os.getpid()}.csv"
+    path.write_bytes(b"input,target\n" + raw)
+    try:
+        data.load_pairs(path)
+    except BltlabError as e:
+        assert "\n" not in str(e)
+    finally:
+        path.unlink()

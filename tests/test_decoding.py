@@ -1,13 +1,14 @@
 """Cached greedy decoding and batched beam search agree with their slow references."""
 
+import numpy as np
 import pytest
 import torch
 
-from bltlab.config import BLTConfig, PatcherConfig
+from bltlab.config import BLTConfig
 from bltlab.decoding import beam_search, greedy_decode, max_output_len
 from bltlab.inputs import ByteCodec
 from bltlab.models import BLT
-from bltlab.patching import Patcher
+from bltlab.patching import Patcher, PatcherConfig
 from tests.test_models import batch_of, tiny
 
 
@@ -35,8 +36,9 @@ def blt_case():
     patcher = Patcher(PatcherConfig("static", static_size=3, max_patch_len=3))
     codec = ByteCodec(patcher, (1, 2, 3), 64)
     texts = ["hello world", "café ❤️ x", "ab", "the quick brown fox", "reversal", "été"] * 3
-    rows = codec.rows(texts)
-    return lively(model), codec.collate(rows), lambda i: codec.collate([rows[i]])
+    features = codec.encode(texts)
+    return (lively(model), codec.collate(features, np.arange(len(texts))),
+            lambda i: codec.collate(features, np.array([i])))
 
 
 def test_rows_stop_at_different_steps():

@@ -8,33 +8,61 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from bltlab.batching import Collate
+from bltlab.batching import EncodedPairs
 from bltlab.evaluation import flop_metrics
-from bltlab.flops import FlopModel, row_lengths
+from bltlab.flops import KINDS, FlopModel, measure, parts
 from bltlab.models import build_model
 from bltlab.spec import RunSpec, resolve
 from tests.conftest import strings
 
 TINY = dict(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
-            dim_feedforward=24, max_len=64)
+            dim_feedforward=24, max_len=64, fresh_pairs=False)
+
+
+def encoded(codec, inputs):
+    return EncodedPairs.build(codec, inputs, [x[::-1] for x in inputs])
 
 
 def counted(model, codec, inputs):
     """torch's FlopCounterMode over one teacher-forced pass of these rows as one batch."""
-    collate = Collate(codec)
-    batch = collate([(r, codec.target(x[::-1])) for r, x in zip(codec.rows(inputs), inputs)])
+    batch = encoded(codec, inputs).batch(range(len(inputs)))
+    with torch.no_grad():  # utf8 byte vectors: built once per model state, not per row
+        _ = model.embeddings.tokens.weight
     with FlopCounterMode(display=False) as c, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
         model(batch)
     return c.get_total_flops()
 
 
-@pytest.fixture(scope="module", params=["char", "blt", "blt-offsets", "blt-both"])
+@pytest.fixture(scope="module", params=["char", "blt", "blt-cross"])
 def setup(request):
     texts = strings(300, 7, 30)
-    mode, _, memory = request.param.partition("-")
-    extra = {"decoder_memory": memory} if memory else {}
+    mode, _, pooling = request.param.partition("-")
+    extra = {"pooling": pooling} if pooling else {}
     spec, codec = resolve(RunSpec.of(mode, **TINY, **extra), texts)
     return build_model(spec.model).eval(), codec, texts
+
+
+VARIANTS = {"char": ("char", {}), "char-sinusoidal": ("char", {"pos_encoding": "sinusoidal"}),
+            "char-learned": ("char", {"pos_encoding": "learned", "from_end": False}),
+            "blt": ("blt", {}), "blt-cross-table": ("blt", {"pooling": "cross",
+                                                           "byte_embedding": "table"}),
+            "blt-bytes-sinusoidal": ("blt", {"decoder_memory": "bytes",
+                                             "pos_encoding": "sinusoidal"})}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_flop_lands_in_a_named_part(variant):
+    mode, extra = VARIANTS[variant]
+    spec, _ = resolve(RunSpec.of(mode, **TINY, **extra), strings(50, 7, 30))
+    model = build_model(spec.model).eval()
+    expected = (["embeddings", "encoder", "decoder", "head"] if mode == "char" else
+                ["embeddings", "local_encoder", "pooling", "global_transformer",
+                 "local_decoder", "head"])
+    assert parts(model) == expected
+    for kind in KINDS:
+        seen = measure(model, kind, 13, 14, 5)
+        assert "other" not in seen and seen["total"] == sum(seen[p] for p in expected)
+        assert all(seen[p] > 0 for p in expected if p != "embeddings")
 
 
 def test_each_rows_cost_is_its_own_and_not_its_batchs(setup):
@@ -56,7 +84,7 @@ def test_equal_rows_in_a_batch_of_any_size_cost_the_same_per_row(setup, size):
     model, codec, _ = setup
     rows = ["abcdefgh abc"] * size  # equal rows: a batch holds no padding
     flops = FlopModel.fit(model.cfg)
-    expected = flops.per_row("forward", *row_lengths(codec, rows, [x[::-1] for x in rows]))
+    expected = flops.per_row("forward", *encoded(codec, rows).sizes())
     assert counted(model, codec, rows) / size == pytest.approx(expected["total"], rel=0.005)
 
 
@@ -68,7 +96,9 @@ def test_a_tiny_char_model_costs_a_hand_count_of_its_matmuls():
     encoder = 2 * L * d * 3 * d + attention(L, L) + 2 * L * d * d + 2 * 2 * L * d * ff
     decoder = (2 * T * d * 3 * d + attention(T, T) + 2 * T * d * d  # self-attention
                + 2 * T * d * d + 2 * L * d * 2 * d + attention(T, L) + 2 * T * d * d  # cross
-               + 2 * 2 * T * d * ff + 2 * T * d * V)  # feed-forward, tied output head
+               + 2 * 2 * T * d * ff)  # feed-forward
+    head = 2 * T * d * V  # the tied output layer
     got = FlopModel.fit(cfg).cost("forward", L, T, 0)
-    assert (got["encoder"], got["decoder"], got["total"]) == (encoder, decoder, encoder + decoder)
-    assert FlopModel.fit(cfg).cost("train", L, T, 0)["total"] == 3 * (encoder + decoder)
+    assert (got["embeddings"], got["encoder"], got["decoder"], got["head"], got["total"]) == (
+        0, encoder, decoder, head, encoder + decoder + head)
+    assert FlopModel.fit(cfg).cost("train", L, T, 0)["total"] == 3 * (encoder + decoder + head)

@@ -12,6 +12,7 @@ TINY = {"d_model": 16, "nhead": 2, "dim_feedforward": 32, "batch_size": 32,
         "warmup_steps": 5, "val_fraction": 0.1}
 
 
+@pytest.mark.workers
 def test_a_tiny_grid_trains_to_its_budget_and_is_summarised(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(frontier.GRIDS, "quick", {"budget": 2e9, "points": {

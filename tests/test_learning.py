@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bltlab.batching import Collate, PairDataset
+from bltlab.batching import EncodedPairs, LengthBucketSampler, as_is
 from bltlab.checkpoint import load_model
 from bltlab.cli import main
-from bltlab.data import Pairs
 from bltlab.decoding import predict
 from bltlab.report import analyze
 from bltlab.training import validation_scores
@@ -50,8 +49,9 @@ def test_validation_exact_match_is_what_greedy_decoding_gets(tiny_char_run, tiny
         model, codec, _ = load_model(run[1]["best_checkpoint"], mode)
         rows = [s for s in strings(300, 5, 30) if not codec.too_long(s)]  # some longer than trained
         greedy = accuracy(predict(model, codec, rows), rows)
-        data = PairDataset.build(codec, Pairs(rows, [s[::-1] for s in rows]))
-        loader = DataLoader(data, batch_size=32, collate_fn=Collate(codec))
+        data = EncodedPairs.build(codec, rows, [s[::-1] for s in rows])
+        loader = DataLoader(data, collate_fn=as_is,
+                            batch_sampler=LengthBucketSampler(data.lengths(), 32))
         _, exact = validation_scores(model, loader, torch.device("cpu"))
         assert 0 < greedy < 1 and exact == pytest.approx(greedy), (mode, greedy, exact)
 
@@ -76,9 +76,9 @@ def test_evaluate_writes_what_analyze_reads(tiny_char_run, tiny_blt_run, tmp_pat
 
 def test_eval_without_a_test_csv_uses_the_checkpoints_profiles_test_set(
         tiny_char_run, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the tiny model trained on the seed profile: data/test.csv
-    write_reversal(tmp_path / "data" / "test.csv", strings(20, 3, 12))
+    monkeypatch.chdir(tmp_path)  # the tiny model's profile is broad: data/broad/test.csv
+    write_reversal(tmp_path / "data" / "broad" / "test.csv", strings(20, 3, 12))
     assert main(["eval", "--mode", "char", "--checkpoint",
                  str(tiny_char_run[1]["best_checkpoint"]), "--output_csv", "p.csv"]) == 0
     metrics = json.loads((tmp_path / "p_metrics.json").read_text())
-    assert metrics["test_csv"] == "data/test.csv" and metrics["total_samples"] == 20
+    assert metrics["test_csv"] == "data/broad/test.csv" and metrics["total_samples"] == 20

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from bltlab import patchview
 from bltlab.cli import main
-from bltlab.config import PatcherConfig
 from bltlab.errors import BltlabError
 from bltlab.patching import (
     ByteBatch,
     ByteNgramLM,
     Patcher,
+    PatcherConfig,
     build_patcher,
     calibrate,
     ngram_ids,
@@ -111,11 +111,13 @@ def test_patches_are_utf8_safe_and_lossless(texts):
 
 
 def test_space_and_static():
-    seg = Patcher(PatcherConfig("space")).segment(["ab  cd e", "  x", "a" * 20])
+    seg = Patcher(PatcherConfig("space", max_patch_len=8)).segment(["ab  cd e", "  x", "a" * 20])
     assert seg.row_patches(2) == [b"a" * 8, b"a" * 8, b"a" * 4]  # max_patch_len applies to all
     assert seg.row_patches(0) == [b"ab  ", b"cd ", b"e"]
     assert seg.row_patches(1) == [b"  ", b"x"]
-    seg = Patcher(PatcherConfig("static", static_size=4)).segment(["abcdefghij"])
+    seg = Patcher(PatcherConfig("static", static_size=4, max_patch_len=8)).segment(["abcdefghij"])
+    with pytest.raises(BltlabError, match="--static_size 4: longer than --max_patch_len 3"):
+        PatcherConfig("static", static_size=4, max_patch_len=3)
     assert seg.row_patches(0) == [b"abcd", b"efgh", b"ij"]
     assert list(seg.patch_ids()) == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
 
@@ -143,6 +145,7 @@ def test_calibration_reaches_the_target(mode):
     assert Patcher(higher, LM).segment(TEXTS).bytes_per_patch() >= 3.0 - 0.35
 
 
+@pytest.mark.subprocess
 def test_ngram_ids_are_stable_across_processes():
     batch = ByteBatch.from_texts(["hello world", "é❤"])
     ids = ngram_ids(batch, (1, 2, 3), 4096)

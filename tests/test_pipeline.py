@@ -7,18 +7,22 @@ import pytest
 
 from bltlab.cli import main
 from bltlab.evaluation import compute_metrics
+from bltlab.experiments import PRESETS
 from bltlab.pipeline import RunOptions, run, run_spec
-from bltlab.spec import RECIPES
+from bltlab.spec import build_spec
 from tests.conftest import strings, write_reversal
 
 
+@pytest.mark.parametrize("profile", ["broad", "seed"])
 @pytest.mark.parametrize("mode", ["char", "blt"])
-def test_quick_run_trains_each_broad_model_for_its_recipes_epochs(tmp_path, mode):
-    recipe = RECIPES["broad"][mode]["epochs"]
-    for preset, epochs in (("quick", recipe), ("full", 2 * recipe)):
-        opts = RunOptions(preset=preset, profile="broad")
+def test_run_trains_what_train_trains_for_the_presets_epochs(tmp_path, mode, profile):
+    """`bltlab run --quick` and `bltlab train` train the same model the same epochs."""
+    plain = build_spec(mode, settings={"profile": profile})
+    for preset, factor in PRESETS.items():
+        opts = RunOptions(preset=preset, profile=profile)
         spec = run_spec(mode, opts, tmp_path / "train.csv", 0, tmp_path / "ck")
-        assert spec.train.epochs == epochs
+        assert spec.train.epochs == factor * plain.train.epochs
+        assert spec.model == plain.model and spec.patcher == plain.patcher
 
 
 def test_compute_metrics_by_hand():

@@ -69,9 +69,8 @@ def test_seed_spread_in_the_report(tmp_path, monkeypatch):
 def test_patching_example_png(tmp_path):
     import numpy as np
 
-    from bltlab.config import PatcherConfig
     from bltlab.inputs import ByteCodec
-    from bltlab.patching import Patcher
+    from bltlab.patching import Patcher, PatcherConfig
     from bltlab.report import patch_view, patching_png
 
     codec = ByteCodec(Patcher(PatcherConfig("static", static_size=3)), (1, 2), 64)

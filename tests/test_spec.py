@@ -4,7 +4,8 @@ import pytest
 
 from bltlab.cli import main, script
 from bltlab.errors import BltlabError
-from bltlab.spec import DEFAULT_PROFILE, RECIPES, RunSpec, build_spec
+from bltlab.experiments import DEFAULT_PROFILE, RECIPES
+from bltlab.spec import RunSpec, build_spec
 
 
 def test_train_with_no_flags_is_the_modes_recipe_of_the_default_profile(capsys):
@@ -12,12 +13,24 @@ def test_train_with_no_flags_is_the_modes_recipe_of_the_default_profile(capsys):
     out = capsys.readouterr().out
     spec, recipe = build_spec("blt"), RECIPES[DEFAULT_PROFILE]["blt"]
     assert spec.data.profile == DEFAULT_PROFILE == "broad" and spec.data.fresh_pairs
+    assert spec.data.train_csv == "data/broad/train.csv"
     assert spec.train.epochs == recipe["epochs"] and spec.model.byte_embedding == "utf8"
     assert f"epochs: {recipe['epochs']}" in out and "patcher: space" in out
     assert spec.patcher.max_patch_len == 3 and "max_patch_len: 3" in out
     assert spec.train.epochs == 50  # the most epochs that fit the one-thread budget
-    assert build_spec("char").model.start_token
+    assert build_spec("char").model.start_token and build_spec("char").train.epochs == 10
     assert not build_spec("char", settings={"profile": "seed"}).model.start_token
+
+
+@pytest.mark.parametrize("mode", ["char", "blt"])
+def test_the_python_api_and_the_dataclass_defaults_are_the_default_recipe(mode):
+    """RunSpec.of(mode) is what `bltlab train --mode M` trains; the dataclass defaults are
+    the default profile's recipe but for what its table entry names."""
+    spec = RunSpec.of(mode)
+    assert spec == build_spec(mode)
+    named = RECIPES[DEFAULT_PROFILE][mode]
+    assert spec.with_settings(named) == RunSpec.defaults(mode).with_settings(
+        {**named, "train_csv": spec.data.train_csv})
 
 
 @pytest.mark.parametrize("settings", [{"profile": "seed"}, {"data.profile": "seed"}])

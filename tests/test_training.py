@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import bltlab.training as training
-from bltlab.batching import Collate, PairDataset
+from bltlab.batching import EncodedPairs
 from bltlab.checkpoint import (
     checkpoint_paths,
     load_checkpoint,
@@ -23,7 +23,6 @@ from bltlab.checkpoint import (
     save_checkpoint,
 )
 from bltlab.config import TrainConfig
-from bltlab.data import Pairs
 from bltlab.errors import BltlabError
 from bltlab.fileio import RunLock
 from bltlab.models import CharTransformer
@@ -41,7 +40,8 @@ def small_run(tmp_path, mode="char", **settings):
                                           if k != "num_encoder_layers"}
     base = dict(train_csv=write_reversal(tmp_path / "train.csv", inputs),
                 save_dir=str(tmp_path / "ck"), epochs=2, batch_size=16, lr=3e-3,
-                warmup_steps=5, progress_bars=False, save_every_steps=7, tensorboard=False)
+                warmup_steps=5, progress_bars=False, save_every_steps=7, tensorboard=False,
+                fresh_pairs=False)
     if mode == "blt":
         base.update(patcher="static", static_size=3, max_patch_len=3, ngram_buckets=64)
     return RunSpec.of(mode, **{**model, **base, **settings})
@@ -49,11 +49,9 @@ def small_run(tmp_path, mode="char", **settings):
 
 def char_batches(n, rows_per_batch):
     inputs = strings(n, 3, 12)
-    spec, codec = resolve(RunSpec.of("char", **MODEL), inputs)
-    data = PairDataset.build(codec, Pairs(inputs, [s[::-1] for s in inputs]))
-    collate = Collate(codec)
-    return spec, [collate([data[i] for i in range(j, j + rows_per_batch)])
-                  for j in range(0, n, rows_per_batch)]
+    spec, codec = resolve(RunSpec.of("char", **MODEL, fresh_pairs=False), inputs)
+    data = EncodedPairs.build(codec, inputs, [s[::-1] for s in inputs])
+    return spec, [data.batch(range(j, j + rows_per_batch)) for j in range(0, n, rows_per_batch)]
 
 
 def test_accumulation_gives_the_gradients_of_one_big_batch():
@@ -140,13 +138,15 @@ def test_fresh_pairs_give_each_epoch_new_rows(tmp_path, monkeypatch):
     assert result["spec"]["model"]["vocab_size"] > 40  # the profile's alphabet is in it
 
 
+@pytest.mark.subprocess
 def test_a_blt_records_the_bytes_it_was_trained_on(tmp_path):
     spec = small_run(tmp_path, "blt", fresh_pairs=True, max_len=256, epochs=2)
     train(spec)
     best = checkpoint_paths(spec.train.save_dir, "blt")[0]
-    model, _, _ = load_model(best, "blt")
+    model, codec, _ = load_model(best, "blt")
+    train_rows = training.load_rows(spec)[0]
     trained = {b for epoch in (0, 1) for b in "".join(
-        training.generated_pairs(380, spec.train.seed, epoch, spec.data).inputs).encode()}
+        training.rows_of_epoch(spec, codec, train_rows, epoch).inputs).encode()}
     assert {b for b in range(256) if model.seen_bytes[b]} == trained
     assert 0xD0 not in trained  # the broad profile leaves Cyrillic out: it backs off
     # a checkpoint from before the record gets the same one by replaying its rows
@@ -240,6 +240,7 @@ def test_a_finished_run_is_not_trained_again(tmp_path, monkeypatch):
     train(spec)
 
 
+@pytest.mark.subprocess
 def test_lock_refuses_a_live_run_and_notes_a_gone_one(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from bltlab.fileio import RunLock; RunLock(sys.argv[1]).acquire();"
@@ -269,6 +270,7 @@ def take_lock(folder, barrier, results):
     barrier.wait()  # hold the lock until every process has tried
 
 
+@pytest.mark.subprocess
 def test_processes_racing_for_a_stale_lock_let_exactly_one_win(tmp_path):
     ctx = multiprocessing.get_context("fork")
     for attempt in range(5):
@@ -292,6 +294,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.torchrun
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 def test_two_torchrun_processes_follow_one_process_at_the_same_global_batch(tmp_path):
     inputs = strings(400, 0, 10)

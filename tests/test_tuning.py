@@ -18,7 +18,7 @@ def test_default_search_space_loads_for_both_models():
     for mode in ("char", "blt"):
         space = load_search_space(None, RunSpec.of(mode))
         assert {"lr", "d_model", "nhead", "dropout", "batch_size"} <= set(space)
-    assert {"target_bpp", "slots"} <= set(load_search_space(None, RunSpec.of("blt")))
+    assert {"max_patch_len", "slots"} <= set(load_search_space(None, RunSpec.of("blt")))
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -58,6 +58,7 @@ def test_bad_storage_is_one_line_before_any_trial(tmp_path, capsys, storage, mes
     assert code == 2 and message in err and err.count("\n") == 1, err
 
 
+@pytest.mark.workers
 def test_two_workers_share_one_study_without_losing_trials(tmp_path):
     inputs = strings(200, 0, 8)
     (tmp_path / "train.csv").write_text(

@@ -1,58 +1,109 @@
-"""Turning encoded rows into padded tensors, in batches of similar length."""
+"""Encoded rows kept concatenated, padded batches cut from them, and the order of batches.
+
+A codec encodes a whole list of rows at once into `Ragged` arrays (every row's values
+concatenated, with row offsets); `EncodedPairs.batch(rows)` pads the rows asked for into
+tensors with one gather per array, so no step loops over rows in Python.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
 from bltlab.vocab import BOS, EOS, PAD
 
-
-def pad(seqs: Sequence[Sequence[int]], value: int = PAD) -> tuple[Tensor, Tensor]:
-    """Right-pad id lists into a (B, T) tensor; also return the (B,) lengths."""
-    lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    out = torch.full((len(seqs), int(lens.max())), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-    return out, lens
+if TYPE_CHECKING:
+    from bltlab.inputs import Codec
 
 
-class PairDataset(torch.utils.data.Dataset):
-    """Encoder features (one dict per row, from a codec) and target ids."""
+@dataclass
+class Ragged:
+    """Rows of varying length, concatenated: row r is `data[offsets[r]:offsets[r + 1]]`
+    (`data` may have trailing dimensions, e.g. one id per n-gram size)."""
 
-    def __init__(self, src: list[dict], tgt: list[list[int]]):
-        self.src, self.tgt = src, tgt
+    data: np.ndarray
+    offsets: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def padded(self, rows: np.ndarray, fill: int, lo: int = 0, hi: int = 0) -> Tensor:
+        """The rows' values from `lo` after their start to `hi` before their end,
+        right-padded with `fill` into a (len(rows), longest, ...) int64 tensor."""
+        start = self.offsets[rows] + lo
+        lengths = self.offsets[rows + 1] - hi - start
+        size = int(lengths.max(initial=0))
+        real = np.arange(size) < lengths[:, None]
+        at = np.where(real, start[:, None] + np.arange(size), 0)
+        out = (self.data[at] if len(self.data)
+               else np.zeros((*at.shape, *self.data.shape[1:]), dtype=np.int64))
+        out[~real] = fill
+        return torch.from_numpy(out.astype(np.int64, copy=False))
+
+    def framed(self, first: int | None = None, last: int | None = None) -> Ragged:
+        """Each row with `first` before it and/or `last` after it."""
+        extra = (first is not None) + (last is not None)
+        rows = np.repeat(np.arange(len(self.offsets) - 1), self.lengths)
+        offsets = self.offsets + extra * np.arange(len(self.offsets))
+        data = np.empty(offsets[-1], dtype=np.int64)
+        if first is not None:
+            data[offsets[:-1]] = first
+        if last is not None:
+            data[offsets[1:] - 1] = last
+        data[np.arange(len(self.data)) + extra * rows + (first is not None)] = self.data
+        return Ragged(data, offsets)
+
+
+@dataclass
+class EncodedPairs:
+    """A list of (input, target) pairs encoded by a codec: encoder features and target ids
+    with BOS before and EOS after. `batch(rows)` gives the padded tensors of a step
+    (teacher forcing: the decoder reads BOS + target and writes target + EOS)."""
+
+    codec: Codec
+    features: dict[str, Ragged]
+    targets: Ragged  # BOS, target ids, EOS
 
     @classmethod
-    def build(cls, codec, pairs) -> PairDataset:
-        """Features of the inputs and ids of the targets of `Pairs`, through `codec`."""
-        return cls(codec.rows(pairs.inputs), [codec.target(t) for t in pairs.targets])
-
-    def lengths(self) -> list[int]:
-        return [len(r["src"]) for r in self.src]
+    def build(cls, codec: Codec, inputs: Sequence[str], targets: Sequence[str]) -> EncodedPairs:
+        return cls(codec, codec.encode(inputs), codec.target_ids(targets).framed(BOS, EOS))
 
     def __len__(self) -> int:
-        return len(self.src)
+        return len(self.targets.offsets) - 1
 
-    def __getitem__(self, i: int) -> tuple[dict, list[int]]:
-        return self.src[i], self.tgt[i]
+    def lengths(self) -> np.ndarray:
+        """Input length of each row in the model's units (tokens the encoder reads)."""
+        return self.features["src"].lengths
+
+    def sizes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What a row's FLOPs depend on (bltlab.flops): L encoder positions, T decoder
+        positions (target + EOS) and n patches (0 without patches), per row."""
+        L = self.lengths()
+        patches = self.features.get("patch_to_end")
+        return L, self.targets.lengths - 1, (patches.lengths if patches else np.zeros_like(L))
+
+    def batch(self, rows: Sequence[int] | np.ndarray) -> dict[str, Tensor]:
+        rows = np.asarray(rows, dtype=np.int64)
+        out = self.codec.collate(self.features, rows)
+        out["tgt_in"] = self.targets.padded(rows, PAD, hi=1)
+        out["tgt_out"] = self.targets.padded(rows, PAD, lo=1)
+        return out
+
+    def __getitems__(self, rows: list[int]) -> dict[str, Tensor]:
+        """A DataLoader's batched fetch (with `collate_fn=as_is`)."""
+        return self.batch(rows)
 
 
-class Collate:
-    """Pads a list of (features, target ids) into a batch; teacher forcing gives the
-    decoder BOS + target as input and target + EOS as output."""
-
-    def __init__(self, codec):
-        self.codec = codec
-
-    def __call__(self, rows: list[tuple[dict, list[int]]]) -> dict[str, Tensor]:
-        batch = self.codec.collate([r[0] for r in rows])
-        batch["tgt_in"], _ = pad([[BOS, *r[1]] for r in rows])
-        batch["tgt_out"], _ = pad([[*r[1], EOS] for r in rows])
-        return batch
+def as_is(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The DataLoader's collate step: `EncodedPairs` batches come collated already."""
+    return batch
 
 
 class LengthBucketSampler(Sampler[list[int]]):
@@ -66,9 +117,9 @@ class LengthBucketSampler(Sampler[list[int]]):
     `set_epoch(epoch, skip)` starts that epoch's order after `skip` batches (resume).
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0,
+    def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, seed: int = 0,
                  pool_batches: int = 50, rank: int = 0, world: int = 1):
-        self.lengths = torch.as_tensor(lengths)
+        self.lengths = torch.as_tensor(np.asarray(lengths))
         self.seed, self.rank, self.world = seed, rank, world
         self.global_batch = batch_size * world
         self.pool = pool_batches * self.global_batch
@@ -96,5 +147,10 @@ class LengthBucketSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         """Batches in a whole epoch (whatever `skip` is)."""
-        full, rest = divmod(len(self.lengths), self.global_batch)
-        return full + (rest >= self.world and rest > 0)
+        return self.batches(len(self.lengths), self.global_batch // self.world, self.world)
+
+    @staticmethod
+    def batches(rows: int, batch_size: int, world: int = 1) -> int:
+        """Batches an epoch of `rows` rows is cut into."""
+        full, rest = divmod(rows, batch_size * world)
+        return full + (rest >= world and rest > 0)

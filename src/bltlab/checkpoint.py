@@ -22,7 +22,27 @@ from bltlab.inputs import Codec, codec_from_state
 from bltlab.models import EncoderDecoder, build_model
 from bltlab.spec import RunSpec
 
-FORMAT = "bltlab-checkpoint-v2"
+FORMAT = "bltlab-checkpoint-v3"
+# v2 (before the models were split into named parts): first name of a weight -> now
+V2_NAMES = {
+    "char": {"embed": "embeddings.tokens", "pos": "embeddings.pos",
+             "encoder": "encoder.blocks", "ln_enc": "encoder.ln"},
+    "blt": {"embed": "embeddings.tokens", "ngram_embeds": "embeddings.ngrams",
+            "pos": "embeddings.pos", "local": "local_encoder.blocks",
+            "ln_local": "local_encoder.ln", "pool": "pooling.proj",
+            "slot_embed": "pooling.slot_embed", "ln_pool": "pooling.ln",
+            "pool_attn": "pooling.attn", "global_blocks": "global_transformer.blocks",
+            "ln_global": "global_transformer.ln", "decoder": "local_decoder"},
+}
+
+
+def from_v2(state: dict) -> dict:
+    """A v2 checkpoint with its weights under today's names."""
+    names = V2_NAMES.get(state.get("mode"), {})
+    if isinstance(state.get("model"), dict):
+        state["model"] = {".".join([names.get(k.split(".")[0], k.split(".")[0]),
+                                    *k.split(".")[1:]]): v for k, v in state["model"].items()}
+    return {**state, "format": FORMAT}
 
 
 def checkpoint_paths(save_dir: str | Path, mode: str) -> tuple[Path, Path, Path]:
@@ -77,6 +97,8 @@ def load_checkpoint(path: str | os.PathLike, mode: str | None = None) -> dict:
         raise BltlabError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(state, dict) or not str(state.get("format", "")).startswith("bltlab-"):
         raise BltlabError(f"{path}: not a bltlab checkpoint")
+    if state["format"] == "bltlab-checkpoint-v2":
+        state = from_v2(state)
     if state["format"] != FORMAT:
         raise BltlabError(f"{path}: written by an earlier bltlab ({state['format']}): train again")
     if mode is not None and state.get("mode") != mode:

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from bltlab.config import BLTConfig, DataConfig, PatcherConfig, TrainConfig
+from bltlab.config import MODES, BLTConfig, DataConfig, TrainConfig, flag
 from bltlab.errors import BltlabError
+from bltlab.patching import PatcherConfig
 
 SPEC = "spec:"  # argparse dest prefix of the run-spec flags
 SPEC_GROUPS = (("model", BLTConfig), ("patching (blt)", PatcherConfig), ("data", DataConfig),
@@ -35,7 +36,7 @@ def _bool(text: str) -> bool:
 def flag_kwargs(f) -> dict[str, Any]:
     """argparse keywords for a config field, from its type and metadata."""
     kinds = {"int": int, "float": float, "str": str, "float | None": float}
-    kwargs: dict[str, Any] = {"default": None, "dest": SPEC + f.metadata.get("flag", f.name),
+    kwargs: dict[str, Any] = {"default": None, "dest": SPEC + flag(f),
                               "help": f.metadata["help"]}
     if f.type == "bool":
         kwargs.update(type=_bool, nargs="?", const=True, metavar="true|false")
@@ -62,7 +63,7 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
             if f.metadata.get("derived") or f.name in seen or f.name == "resume":
                 continue
             seen.add(f.name)
-            g.add_argument(f"--{f.metadata.get('flag', f.name)}", **flag_kwargs(f))
+            g.add_argument(f"--{flag(f)}", **flag_kwargs(f))
     g = p.add_argument_group("aliases")
     g.add_argument("--resume", nargs="?", const="latest", dest=SPEC + "resume",
                    help="continue the save dir's latest checkpoint (or PATH); by default a run "
@@ -114,35 +115,39 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from bltlab.checkpoint import load_model
     from bltlab.data import default_data_dir
     from bltlab.decoding import check_search
-    from bltlab.evaluation import default_output_csv, evaluate, format_metrics, metrics_path
+    from bltlab.evaluation import evaluate, format_metrics
     from bltlab.fileio import check_output_file
-    from bltlab.training import pick_device
+    from bltlab.paths import metrics_json, predictions_csv
+    from bltlab.runtime import pick_device
 
     check_search(args.beam_width, args.length_penalty)
     device = pick_device(args.device)
     model, codec, state = load_model(args.checkpoint, args.mode, device)
     test_csv = args.test_csv or default_data_dir(state["spec"]["data"]["profile"]) / "test.csv"
-    out = args.output_csv or default_output_csv(args.mode)
-    for path in (out, metrics_path(out)):
+    out = args.output_csv or predictions_csv(args.mode)
+    for path in (out, metrics_json(out)):
         check_output_file(path, "--output_csv", inputs=(test_csv, args.checkpoint))
     metrics = evaluate(model, codec, test_csv, out, args.batch_size, device,
                        args.skip_bad_rows, args.beam_width, args.length_penalty,
                        extra={"mode": args.mode, "checkpoint": str(args.checkpoint),
-                              "spec": state["spec"]})
+                              "spec": state["spec"]}, progress=args.progress_bars)
     print(format_metrics(metrics))
-    print(f"wrote {out} and {metrics_path(out)}")
+    print(f"wrote {out} and {metrics_json(out)}")
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
     from bltlab.checkpoint import load_model
     from bltlab.decoding import check_search
     from bltlab.infer import Predictor, interactive, line_groups, stream
-    from bltlab.training import pick_device
+    from bltlab.runtime import pick_device
 
     check_search(args.beam_width, args.length_penalty)
     device = pick_device(args.device)
     model, codec, _ = load_model(args.checkpoint, args.mode, device)
-    predictor = Predictor(model, codec, args.beam_width, args.length_penalty, device)
+    if args.batch_size < 1:
+        raise BltlabError(f"--batch_size {args.batch_size}: must be at least 1")
+    predictor = Predictor(model, codec, args.beam_width, args.length_penalty, device,
+                          args.batch_size)
     if args.text is not None:
         return 0 if predictor.describe(args.text, sys.stdout, sys.stderr) else 1
     if not sys.stdin.isatty():
@@ -163,13 +168,20 @@ def cmd_patch(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from bltlab.spec import build_spec, settings_for
-    from bltlab.tuning import tune
+    import yaml
 
-    for mode in ("char", "blt") if args.mode == "both" else (args.mode,):
+    from bltlab.spec import build_spec, settings_for
+    from bltlab.tuning import load_search_space, tune
+
+    for mode in MODES if args.mode == "both" else (args.mode,):
         settings = spec_settings(args)
         base = build_spec(mode, args.config, settings_for(mode, settings)
                           if args.mode == "both" else settings)
+        if args.print_config:  # the base run, and the space its trials draw from
+            space = {mode: load_search_space(args.search_space, base)}
+            print(base.to_yaml() + yaml.safe_dump({"search_space": space}, sort_keys=False),
+                  end="")
+            continue
         result = tune(base, args.tune_epochs, args.max_tune_combinations, args.sampler,
                       args.search_space, args.storage, args.output_dir, args.runs_dir)
         print(f"{mode}: {result['finished_trials']} finished trials, best validation exact "
@@ -218,8 +230,8 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
 
 def add_data_parser(sub) -> None:
     from bltlab.data import ROBUSTNESS_DIR
+    from bltlab.experiments import DEFAULT_PROFILE
     from bltlab.profiles import PROFILES
-    from bltlab.spec import DEFAULT_PROFILE
 
     p = sub.add_parser("data", help="generate or describe reversal data")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
@@ -257,20 +269,20 @@ def add_patch_parser(sub) -> None:
         kwargs = flag_kwargs(f)
         if f.name == "patcher":
             kwargs.update(nargs="+", default=[PatcherConfig.patcher], dest="patcher")
-        g.add_argument(f"--{f.metadata.get('flag', f.name)}", **kwargs)
+        g.add_argument(f"--{flag(f)}", **kwargs)
     p.set_defaults(func=cmd_patch)
 
 
 def add_model_parsers(sub) -> None:
     """train, eval, infer and tune."""
     p = sub.add_parser("train", help="train a model")
-    p.add_argument("--mode", choices=("char", "blt"), default=None,
+    p.add_argument("--mode", choices=MODES, default=None,
                    help="char (the baseline) or blt; default: the --config file's, else char")
     add_spec_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a CSV")
-    p.add_argument("--mode", choices=("char", "blt"), default="char")
+    p.add_argument("--mode", choices=MODES, default="char")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--test_csv", default=None,
                    help="default: the test set of the checkpoint's profile (data/broad/"
@@ -278,31 +290,36 @@ def add_model_parsers(sub) -> None:
     p.add_argument("--output_csv", default=None,
                    help="default predictions/predictions_baseline.csv (char), "
                         "predictions/predictions_blt.csv (blt)")
-    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--batch_size", type=int, default=256, help="rows decoded together")
     p.add_argument("--device", default="auto")
     p.add_argument("--skip_bad_rows", action="store_true")
+    p.add_argument("--no_progress", dest="progress_bars", action="store_false",
+                   help="no progress bar")
     add_search_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("infer", help="reverse strings with a checkpoint: a prompt, --text, "
                                      "or lines from stdin")
-    p.add_argument("--mode", choices=("char", "blt"), default=None,
+    p.add_argument("--mode", choices=MODES, default=None,
                    help="the checkpoint's mode (checked when given)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--text", default=None, help="one string: print its prediction and exit")
     p.add_argument("--device", default="auto")
+    p.add_argument("--batch_size", type=int, default=256,
+                   help="lines that arrive together are decoded together, this many at most")
     add_search_args(p)
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("tune", help="tune hyperparameters with Optuna (resumable, "
                                     "several workers may share a study)")
-    p.add_argument("--mode", choices=("char", "blt", "both"), default="both")
+    p.add_argument("--mode", choices=(*MODES, "both"), default="both")
     add_tune_args(p)
     add_spec_args(p)
     p.set_defaults(func=cmd_tune)
 
 
 def add_run_parser(sub) -> None:
+    from bltlab.experiments import ABLATIONS
     from bltlab.pipeline import RunOptions
 
     d = RunOptions()
@@ -313,8 +330,9 @@ def add_run_parser(sub) -> None:
     preset.add_argument("--tune", action="store_true",
                         help="tune both models with Optuna first, then train them at full "
                              "length with the best parameters")
-    p.add_argument("--ablation", choices=("patchers",), default=None,
-                   help="also train and evaluate the BLT with each patcher")
+    p.add_argument("--ablation", choices=tuple(ABLATIONS), default=None,
+                   help="also train and evaluate the BLT in each variant of an ablation "
+                        "(patchers: one BLT per patcher)")
     p.add_argument("--frontier", action="store_true",
                    help="the compute frontier: both families over a grid of sizes and "
                         "compressions at one training-FLOP budget (--quick: the CPU grid, "
@@ -372,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from bltlab.training import default_threads
+        from bltlab.runtime import default_threads
 
         if args.threads < 0:
             raise BltlabError(f"--threads {args.threads}: must be at least 0")

@@ -1,36 +1,38 @@
 """Every setting of a run, in one frozen dataclass per concern, checked when it is built.
 
-The sections (model, patcher, data, training) make up a `RunSpec` (spec.py). A field's
-`help` metadata is its command-line help; the flag is `--<field name>` unless `flag`
-says otherwise. A value that makes no sense raises a one-line `BltlabError` naming the
-setting, whichever way the config was made (flags, a YAML file, Python, the tuner).
+The sections (model, patcher, data, training) make up a `RunSpec` (spec.py); the
+patcher's section, `PatcherConfig`, lives with the patchers (bltlab.patching). A field's
+`help` metadata is its command-line help, its `choices` the values it allows; the flag
+is `--<field name>` unless `flag` says otherwise. A value that makes no sense raises a
+one-line `BltlabError` naming the setting, whichever way the config was made (flags, a
+YAML file, Python, the tuner).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from bltlab.errors import BltlabError
 
 T = TypeVar("T", bound="Config")
 
+MODES = ("char", "blt")  # the model families: the char baseline and the BLT
+MODE_NAMES = {"char": "char baseline", "blt": "BLT"}
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
-PATCHERS = ("window-entropy", "entropy-model", "space", "static")
-ENTROPY_PATCHERS = ("window-entropy", "entropy-model")
 PROFILES = ("seed", "broad")
-DECODER_MEMORIES = ("patches", "offsets", "both", "bytes")
-BYTE_EMBEDDINGS = ("table", "utf8", "utf8-pairs")
 MAX_LOOK = 16  # the farthest look-back or look-ahead of patchers and n-grams (bytes)
 MAX_ENTROPY_BITS = 8.0  # a byte's entropy is at most 8 bits
 
 
-def setting(default: Any, help: str, **argparse: Any) -> Any:
-    """A dataclass field with its command-line help (and argparse extras: choices, flag)."""
+def setting(default: Any, help: str, **extras: Any) -> Any:
+    """A dataclass field with its command-line help and extras: `choices` (the values it
+    allows, checked by every Config), `flag` (its flag's name), `derived` (set by
+    resolve(), no flag)."""
     if isinstance(default, (list, dict)):
         raise TypeError("mutable defaults: use a tuple")
-    return field(default=default, metadata={"help": help, **argparse})
+    return field(default=default, metadata={"help": help, **extras})
 
 
 def need(ok: bool, name: str, value: Any, rule: str) -> None:
@@ -50,9 +52,19 @@ def at_least(cfg: Any, low: float, *names: str) -> None:
              f"must be at least {low:g}")
 
 
+def flag(f: Field) -> str:
+    """The command-line name of a setting (without --)."""
+    return f.metadata.get("flag", f.name)
+
+
 class Config:
     """Mixin for the frozen dataclass configs: `to_dict()`, `from_dict()` (which refuses
-    keys it does not know) and `replace()`."""
+    keys it does not know), `replace()`, and the check of every field's `choices`."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            if "choices" in f.metadata:
+                one_of(flag(f), getattr(self, f.name), f.metadata["choices"])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
@@ -87,10 +99,11 @@ class ModelConfig(Config):
     pos_encoding: str = setting("rope", "position signal", choices=POS_ENCODINGS)
     from_end: bool = setting(True, "add a distance-to-end position signal")
     start_token: bool = setting(
-        False, "char: put a start token before the input; with from_end, the output step "
+        True, "char: put a start token before the input; with from_end, the output step "
                "that must end the string finds it by the same position match as any character")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         at_least(self, 1, "d_model", "nhead", "num_decoder_layers", "dim_feedforward")
         at_least(self, 0, "vocab_size", "num_encoder_layers")
         at_least(self, 2, "max_len")
@@ -100,7 +113,6 @@ class ModelConfig(Config):
              self.nhead, f"rope needs an even head width (d_model / nhead = "
                          f"{self.d_model // self.nhead})")
         need(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
-        one_of("pos_encoding", self.pos_encoding, POS_ENCODINGS)
 
     @property
     def head_dim(self) -> int:
@@ -114,7 +126,7 @@ class ModelConfig(Config):
 
 @dataclass(frozen=True)
 class BLTConfig(ModelConfig):
-    """The BLT's size: local encoder, pooling, global transformer, decoder."""
+    """The BLT's size and parts: local encoder, pooling, global transformer, local decoder."""
 
     vocab_size: int = setting(260, "set by resolve(): 256 bytes and the specials", derived=True)
     num_decoder_layers: int = setting(1, "decoder blocks")
@@ -124,17 +136,16 @@ class BLTConfig(ModelConfig):
         2, "blt: the global transformer is k times as wide as d_model; each patch reaches "
            "the decoder as k vectors")
     pooling: str = setting("project", "blt: bytes to patches by in-patch position slots and a "
-                           "linear map (project) or k cross-attention queries (cross)",
-                           choices=("project", "cross"))
+                           "linear map (project) or k cross-attention queries (cross, the "
+                           "paper's)", choices=("project", "cross"))
     slots: int = setting(2, "blt, cross pooling: queries per patch")
     patch_slots: int = setting(0, "set by resolve(): project pooling's in-patch positions "
                                   "(the patcher's max_patch_len + 3, a split character's tail)",
                                derived=True)
     byte_embedding: str = setting(
-        "table", "blt: byte vectors from a table, or built from each byte's UTF-8 role and "
-                 "bits (utf8: a byte never seen in training still has a trained vector), "
-                 "and pairs of bits (utf8-pairs)",
-        choices=BYTE_EMBEDDINGS)
+        "utf8", "blt: byte vectors built from each byte's UTF-8 role and bits (utf8: a byte "
+                "never seen in training still has a trained vector), or from a table",
+        choices=("utf8", "table"))
     ngram_sizes: tuple[int, ...] = setting((1, 2, 3), "blt: hashed n-gram sizes")
     ngram_buckets: int = setting(4096, "blt: hash buckets per n")
     ngram_init_std: float | None = setting(
@@ -142,10 +153,8 @@ class BLTConfig(ModelConfig):
              "nothing)")
     decoder_memory: str = setting(
         "patches", "blt: the decoder attends to k vectors per patch keyed by the patch's end "
-                   "(patches), to one vector per byte read out of its patch's state by a map "
-                   "per in-patch position and keyed by the byte (offsets), to both in one "
-                   "memory (both), or (an ablation, not a BLT) to byte states",
-        choices=DECODER_MEMORIES)
+                   "(patches), or (an ablation, not a BLT) to byte states", choices=(
+                       "patches", "bytes"))
     relative_values: bool = setting(True, "blt with rope: decoder cross-attention also "
                                           "returns how far the step is past each patch's end")
 
@@ -154,9 +163,6 @@ class BLTConfig(ModelConfig):
         object.__setattr__(self, "ngram_sizes", tuple(self.ngram_sizes))
         at_least(self, 0, "num_local_layers", "num_global_layers", "patch_slots")
         at_least(self, 1, "global_factor", "slots", "ngram_buckets")
-        one_of("pooling", self.pooling, ("project", "cross"))
-        one_of("decoder_memory", self.decoder_memory, DECODER_MEMORIES)
-        one_of("byte_embedding", self.byte_embedding, BYTE_EMBEDDINGS)
         need(len(self.ngram_sizes) > 0 and all(1 <= n <= MAX_LOOK for n in self.ngram_sizes),
              "ngram_sizes", list(self.ngram_sizes), f"each between 1 and {MAX_LOOK}")
         need(self.ngram_init_std is None or self.ngram_init_std >= 0, "ngram_init_std",
@@ -164,78 +170,22 @@ class BLTConfig(ModelConfig):
 
 
 @dataclass(frozen=True)
-class PatcherConfig(Config):
-    """Which patcher and its parameters (BLT only).
-
-    θ rule: an entropy patcher with `threshold` unset is calibrated at resolve() time to
-    `target_bpp` mean bytes/patch on the training inputs; a given `threshold` is used as
-    it is (the seed's rule: window-entropy with threshold 2.0)."""
-
-    patcher: str = setting("entropy-model", "how bytes are cut into patches",
-                           choices=PATCHERS)
-    window: int = setting(10, "window-entropy: window size W in bytes", flag="W")
-    threshold: float | None = setting(
-        None, "entropy patchers: θ in bits; given, it is used as it is (no calibration)",
-        flag="entropy_threshold")
-    target_bpp: float = setting(4.0, "entropy patchers without a threshold: calibrate θ to "
-                                      "this mean bytes/patch on the training inputs")
-    max_patch_len: int = setting(8, "cut patches longer than this (0: no limit; the seed: 15)")
-    entropy_mode: str = setting("global", "entropy-model: H_t > θ (global) or "
-                                "H_t - H_t-1 > θ (monotonic)", choices=("global", "monotonic"))
-    context: int = setting(3, "entropy-model: bytes of context of the byte language model")
-    static_size: int = setting(4, "static: bytes per patch")
-
-    def __post_init__(self) -> None:
-        one_of("patcher", self.patcher, PATCHERS)
-        one_of("entropy_mode", self.entropy_mode, ("global", "monotonic"))
-        need(1 <= self.window <= MAX_LOOK, "W", self.window, f"must be 1 to {MAX_LOOK}")
-        need(0 <= self.context < MAX_LOOK, "context", self.context,
-             f"must be 0 to {MAX_LOOK - 1}")
-        at_least(self, 0, "max_patch_len")
-        at_least(self, 1, "static_size")
-        if self.threshold is not None:
-            low = -MAX_ENTROPY_BITS if self.entropy_mode == "monotonic" else 0.0
-            need(math.isfinite(self.threshold) and low <= self.threshold <= MAX_ENTROPY_BITS,
-                 "entropy_threshold", self.threshold, f"must be {low:g} to {MAX_ENTROPY_BITS:g} "
-                                                      "bits")
-        top = (self.max_patch_len or 64) if self.calibrated else 64
-        need(math.isfinite(self.target_bpp) and 1.0 <= self.target_bpp <= top,
-             "target_bpp", self.target_bpp, f"must be 1 to {top} (the longest patch)")
-
-    @property
-    def calibrated(self) -> bool:
-        """Whether resolve() sets θ from `target_bpp` (an entropy patcher with no θ)."""
-        return self.patcher in ENTROPY_PATCHERS and self.threshold is None
-
-    def describe(self) -> str:
-        cap = f" max_len={self.max_patch_len}" if self.max_patch_len else ""
-        theta = (f"θ={self.threshold:.4g}" if self.threshold is not None
-                 else f"θ for {self.target_bpp:g} B/patch")
-        if self.patcher == "window-entropy":
-            return f"window-entropy W={self.window} {theta}{cap}"
-        if self.patcher == "entropy-model":
-            return f"entropy-model {self.entropy_mode} {theta} context={self.context}{cap}"
-        if self.patcher == "static":
-            return f"static k={self.static_size}{cap}"
-        return f"{self.patcher}{cap}"
-
-
-@dataclass(frozen=True)
 class DataConfig(Config):
     """The training data regime: which rows each epoch sees, and the validation split."""
 
-    train_csv: str = setting("data/train.csv", "training rows (input,target CSV)")
-    profile: str = setting("seed", "the generator's distribution for --fresh_pairs (and "
-                                   "the char vocabulary it needs)", choices=PROFILES)
-    fresh_pairs: bool = setting(False, "each epoch, train on as many newly generated rows "
-                                       "(of --profile) instead of the training rows")
+    train_csv: str = setting("data/broad/train.csv", "training rows (input,target CSV); "
+                             "with --fresh_pairs, the validation rows and the epoch's size")
+    profile: str = setting("broad", "the generator's distribution for --fresh_pairs (and "
+                                    "the char vocabulary it needs)", choices=PROFILES)
+    fresh_pairs: bool = setting(True, "each epoch, train on as many newly generated rows "
+                                      "(of --profile) instead of the training rows")
     fresh_non_ascii: float = setting(0.0, "seed profile, fresh rows: share given one word "
                                           "with non-ASCII characters (the data's own: ~0.01)")
     val_fraction: float = setting(0.05, "share of the training CSV held out for validation")
     skip_bad_rows: bool = setting(False, "skip and count bad CSV rows instead of stopping")
 
     def __post_init__(self) -> None:
-        one_of("profile", self.profile, PROFILES)
+        super().__post_init__()
         need(0.0 <= self.fresh_non_ascii <= 1.0, "fresh_non_ascii", self.fresh_non_ascii,
              "must be in [0, 1]")
         need(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction,
@@ -248,7 +198,7 @@ class TrainConfig(Config):
     """Optimisation, schedule, checkpoints and where the run lives."""
 
     save_dir: str = setting("checkpoints", "where checkpoints and the history go")
-    epochs: int = setting(6, "epochs (set from --flops_budget when that is given)")
+    epochs: int = setting(10, "epochs (set from --flops_budget when that is given)")
     flops_budget: float = setting(0.0, "train for this many training FLOPs (forward + "
                                        "backward, real positions) instead of --epochs: the "
                                        "epochs are the budget over one epoch's FLOPs, "
@@ -291,6 +241,7 @@ class TrainConfig(Config):
     progress_bars: bool = setting(True, "show progress bars")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         at_least(self, 1, "epochs", "batch_size", "grad_accum_steps", "plateau_patience",
                  "step_cuts", "val_batch_size")
         at_least(self, 0, "weight_decay", "warmup_steps", "grad_clip", "save_every_steps",
@@ -300,8 +251,4 @@ class TrainConfig(Config):
             need(0.0 <= getattr(self, name) < 1.0, name, getattr(self, name), "must be in [0, 1)")
         for name in ("plateau_factor", "step_factor"):
             need(0.0 < getattr(self, name) < 1.0, name, getattr(self, name), "must be in (0, 1)")
-        one_of("optimizer", self.optimizer, ("adamw", "adam", "sgd"))
-        one_of("lr_scheduler", self.lr_scheduler, ("cosine", "step", "constant", "plateau"))
-        one_of("early_stopping_metric", self.early_stopping_metric, ("exact_match", "loss"))
-        one_of("amp", self.amp, ("auto", "on", "off"))
         need(bool(self.resume), "resume", repr(self.resume), "auto, latest, never or a PATH")

@@ -8,8 +8,10 @@ stop costing work.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from bltlab.errors import BltlabError
 from bltlab.models import EncoderDecoder
@@ -165,20 +167,24 @@ def decode_batch(model: EncoderDecoder, batch: dict[str, Tensor], beam_width: in
 @torch.no_grad()
 def predict(model: EncoderDecoder, codec, texts: list[str], batch_size: int = 256,
             device: str | torch.device = "cpu", beam_width: int = 1,
-            length_penalty: float = 1.0, use_cache: bool = True) -> list[str]:
+            length_penalty: float = 1.0, use_cache: bool = True,
+            progress: bool = False) -> list[str]:
     """Decode a list of strings, batching rows of similar length together (an empty
-    string reverses to itself without the model)."""
+    string reverses to itself without the model); `progress`: a bar on a terminal."""
     check_search(beam_width, length_penalty)
     model.eval()
     out: list[str] = [""] * len(texts)
     todo = [i for i, t in enumerate(texts) if t]
-    rows = dict(zip(todo, codec.rows([texts[i] for i in todo]) if todo else []))
-    order = sorted(todo, key=lambda i: len(rows[i]["src"]))
+    if not todo:
+        return out
+    features = codec.encode([texts[i] for i in todo])
+    order = np.argsort(features["src"].lengths, kind="stable")
     size = max(1, batch_size // beam_width)
-    for start in range(0, len(order), size):
-        idx = order[start: start + size]
-        batch = {k: v.to(device) for k, v in codec.collate([rows[i] for i in idx]).items()}
-        for i, ids in zip(idx, decode_batch(model, batch, beam_width, length_penalty,
-                                                use_cache)):
-            out[i] = codec.decode(ids)
+    for start in tqdm(range(0, len(order), size), desc="decoding", unit="batch",
+                      leave=False, disable=None if progress else True):
+        rows = order[start: start + size]
+        batch = {k: v.to(device) for k, v in codec.collate(features, rows).items()}
+        for r, ids in zip(rows, decode_batch(model, batch, beam_width, length_penalty,
+                                             use_cache)):
+            out[todo[r]] = codec.decode(ids)
     return out

@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 from rapidfuzz.distance import Levenshtein
 
+from bltlab.batching import EncodedPairs
 from bltlab.data import load_pairs
 from bltlab.decoding import predict
 from bltlab.fileio import write_atomic, write_csv_rows, write_json
+from bltlab.paths import metrics_json
 from bltlab.profiles import BAND_NAMES, band_name
 from bltlab.stats import wilson_interval
 
@@ -44,6 +46,28 @@ def by_band(inputs: list[str], correct: list[bool]) -> dict[str, dict]:
     return {band: {"accuracy": sum(ok) / len(ok), "count": len(ok),
                    "ci95": wilson_interval(sum(ok), len(ok))}
             for band in BAND_NAMES if (ok := rows.get(band))}
+
+
+LENGTH_BUCKET = 20  # characters per bucket of the robustness plot
+
+
+def length_buckets(inputs: list[str], correct: list[bool]) -> dict[str, float]:
+    """Exact match per bucket of LENGTH_BUCKET characters of input length."""
+    buckets: dict[int, list[bool]] = {}
+    for x, ok in zip(inputs, correct):
+        buckets.setdefault(len(x) // LENGTH_BUCKET, []).append(ok)
+    return {f"{b * LENGTH_BUCKET}-{(b + 1) * LENGTH_BUCKET}": sum(v) / len(v)
+            for b, v in sorted(buckets.items())}
+
+
+def longest_at(buckets: dict[str, float], level: float = 0.99) -> int:
+    """The input length up to which every length bucket is at least `level` exact."""
+    longest = 0
+    for name, value in buckets.items():
+        if value < level:
+            break
+        longest = int(name.split("-")[1])
+    return longest
 
 
 def compute_metrics(inputs: list[str], targets: list[str], preds: list[str]) -> dict:
@@ -96,16 +120,6 @@ def write_predictions(path: str | Path, inputs: list[str], targets: list[str],
     write_atomic(path, write)
 
 
-def metrics_path(output_csv: str | Path) -> Path:
-    """predictions/x.csv -> predictions/x_metrics.json (the seed's naming)."""
-    p = Path(output_csv)
-    return p.with_name(f"{p.stem}_metrics.json")
-
-
-def default_output_csv(mode: str) -> str:
-    return f"predictions/predictions_{'baseline' if mode == 'char' else mode}.csv"
-
-
 def patch_metrics(codec, inputs: list[str]) -> dict:
     """Bytes and patches per row of a BLT codec's segmentation of `inputs`."""
     seg = codec.segment(inputs)
@@ -119,10 +133,10 @@ def patch_metrics(codec, inputs: list[str]) -> dict:
 def flop_metrics(model, codec, inputs: list[str], targets: list[str]) -> dict:
     """Mean FLOPs per row on real positions only (bltlab.flops), by part: a teacher-forced
     forward pass, and cached greedy decoding of the right answer (+ EOS)."""
-    from bltlab.flops import FlopModel, row_lengths
+    from bltlab.flops import FlopModel
 
     flops = FlopModel.fit(model.cfg)
-    L, T, n = row_lengths(codec, inputs, targets)
+    L, T, n = EncodedPairs.build(codec, inputs, targets).sizes()
     return {"forward_flops_per_row": flops.per_row("forward", L, T, n),
             "inference_flops_per_row": flops.per_row("infer", L, T, n),
             "flop_polynomial": flops.to_dict()}
@@ -131,12 +145,12 @@ def flop_metrics(model, codec, inputs: list[str], targets: list[str]) -> dict:
 def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: str | Path,
              batch_size: int = 256, device: str | torch.device = "cpu",
              skip_bad_rows: bool = False, beam_width: int = 1, length_penalty: float = 1.0,
-             extra: dict | None = None) -> dict:
+             extra: dict | None = None, progress: bool = False) -> dict:
     """Decode every row of `test_csv`, write the predictions CSV and its metrics JSON."""
     pairs = load_pairs(test_csv, too_long=codec.too_long, skip_bad_rows=skip_bad_rows)
     t0 = time.perf_counter()
     preds = predict(model, codec, pairs.inputs, batch_size=batch_size, device=device,
-                    beam_width=beam_width, length_penalty=length_penalty)
+                    beam_width=beam_width, length_penalty=length_penalty, progress=progress)
     seconds = time.perf_counter() - t0
     metrics = compute_metrics(pairs.inputs, pairs.targets, preds)
     metrics["unknown_characters"] = unknown_characters(model, codec, pairs.inputs)
@@ -149,7 +163,35 @@ def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: st
                     "decode_seconds": round(seconds, 2), "test_csv": str(test_csv),
                     "skipped_rows": pairs.skipped, **(extra or {})})
     write_predictions(output_csv, pairs.inputs, pairs.targets, preds)
-    write_json(metrics_path(output_csv), metrics)
+    write_json(metrics_json(output_csv), metrics)
+    return metrics
+
+
+def evaluate_checkpoint(checkpoint: str | Path, mode: str, test_csv: str | Path,
+                        output_csv: str | Path, device: str = "auto",
+                        skip_bad_rows: bool = False, beam_width: int = 1,
+                        extra: dict | None = None, progress: bool = False) -> dict:
+    """Evaluate a checkpoint on `test_csv` unless `output_csv`'s metrics already describe
+    the same checkpoint, test file and search (then they are returned as they are)."""
+    from bltlab.checkpoint import load_model
+    from bltlab.runtime import file_sha256, pick_device
+
+    stamp = {"checkpoint_sha256": file_sha256(checkpoint),
+             "test_csv_sha256": file_sha256(test_csv), "beam_width": beam_width}
+    done = metrics_json(output_csv)
+    if done.is_file() and Path(output_csv).is_file():
+        old = json.loads(done.read_text(encoding="utf-8"))
+        if all(old.get(k) == v for k, v in stamp.items()):
+            print(f"{mode}: {done} is up to date")
+            return old
+    device = pick_device(device)
+    model, codec, state = load_model(checkpoint, mode, device)
+    metrics = evaluate(model, codec, test_csv, output_csv, device=device,
+                       skip_bad_rows=skip_bad_rows, beam_width=beam_width,
+                       extra={"mode": mode, "checkpoint": str(checkpoint),
+                              "spec": state["spec"], **stamp, **(extra or {})},
+                       progress=progress)
+    print(f"\n== {mode} on {test_csv} ==\n{format_metrics(metrics)}\n")
     return metrics
 
 

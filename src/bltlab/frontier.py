@@ -1,13 +1,15 @@
 """`bltlab run --frontier`: both model families over a grid of sizes and (for the BLT)
-compressions, each trained to the same budget of training FLOPs, in one data regime.
+compressions (bltlab.experiments.GRIDS), each trained to the same budget of training
+FLOPs, in one data regime.
 
-Each grid point is a run spec (written to `<save_dir>/frontier/<name>/spec.yaml`), so a
-point is an independent job: `--workers N` runs N at a time on this machine, and
-`--points NAME ...` runs some of them (e.g. on another machine sharing the folder);
-a finished point is not trained again. Every point is evaluated on the test set, and
-`results/frontier.json` holds, per point, its validation exact match against its
-cumulative training FLOPs (after each epoch) and its test exact match against its
-forward and inference FLOPs per row. `summarise` reads off each family's Pareto front.
+Each grid point is a run spec (written to `<save_dir>/frontier/<name>/seed_<s>/spec.yaml`),
+so a point is an independent job: `--workers N` runs N at a time on this machine, and
+`--points NAME ...` runs some of them (e.g. on another machine sharing the folder); a
+finished point is not trained again. Every point is evaluated on the test set and the
+reserved final set, and `results/frontier.json` holds, per point, its validation exact
+match against its cumulative training FLOPs (after each epoch) and its test exact match
+against its forward and inference FLOPs per row. `summarise` reads off each family's
+front.
 """
 
 from __future__ import annotations
@@ -20,49 +22,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from bltlab import paths
 from bltlab.checkpoint import checkpoint_paths
 from bltlab.errors import BltlabError
+from bltlab.evaluation import evaluate_checkpoint
+from bltlab.experiments import FRONTIER_SHARED, GRIDS
 from bltlab.fileio import write_atomic, write_json
 from bltlab.spec import RunSpec, build_spec
+from bltlab.stats import first_reaching, mean_std
 
 THRESHOLDS = (0.99, 0.999)  # validation exact match the summary reads the FLOPs at
 TEST_TARGET = 0.995  # test exact match at which the cheapest inference is read
-SHARED = {"profile": "seed", "tensorboard": False, "progress_bars": False,
-          "save_every_steps": 200}
-SMALL = {"d_model": 32, "dim_feedforward": 128}
-ENTROPY = {"patcher": "entropy-model"}  # θ calibrated to the point's target_bpp
-GRIDS: dict[str, dict[str, Any]] = {
-    # about an hour on a 2-core CPU with --workers 2 (one thread each), per seed
-    "quick": {"budget": 1.2e13, "points": {
-        "char-d64": ("char", {}),
-        "char-d64-3+1": ("char", {"num_encoder_layers": 3, "num_decoder_layers": 1}),
-        "char-d32": ("char", SMALL),
-        "char-d32-3+1": ("char", {**SMALL, "num_encoder_layers": 3, "num_decoder_layers": 1}),
-        "blt-d64-e2": ("blt", {**ENTROPY, "target_bpp": 2.0}),
-        "blt-d64-e4": ("blt", {**ENTROPY, "target_bpp": 4.0}),
-        "blt-d64-e6": ("blt", {**ENTROPY, "target_bpp": 6.0, "max_patch_len": 12}),
-        "blt-d64-space": ("blt", {"patcher": "space"}),
-        "blt-d32-e4": ("blt", {**ENTROPY, "target_bpp": 4.0, **SMALL}),
-        "blt-d32-space": ("blt", {"patcher": "space", **SMALL}),
-    }},
-    # for a GPU: three widths, more compressions, ten times the budget
-    "full": {"budget": 1.2e14, "points": {
-        **{f"char-d{d}": ("char", {"d_model": d, "dim_feedforward": 4 * d})
-           for d in (64, 128, 256)},
-        **{f"char-d{d}-3+1": ("char", {"d_model": d, "dim_feedforward": 4 * d,
-                                       "num_encoder_layers": 3, "num_decoder_layers": 1})
-           for d in (64, 128)},
-        **{f"blt-d{d}-e{b}": ("blt", {"d_model": d, "dim_feedforward": 4 * d, **ENTROPY,
-                                      "target_bpp": float(b),
-                                      "max_patch_len": 8 if b < 6 else 12})
-           for d in (64, 128, 256) for b in (2, 4, 6)},
-        **{f"blt-d{d}-space": ("blt", {"d_model": d, "dim_feedforward": 4 * d,
-                                       "patcher": "space"}) for d in (64, 128, 256)},
-    }},
-}
 
 
 def point_specs(preset: str, train_csv: Path, save_dir: Path, seeds: list[int],
@@ -74,7 +46,7 @@ def point_specs(preset: str, train_csv: Path, save_dir: Path, seeds: list[int],
     for name, (mode, settings) in grid["points"].items():
         for seed in seeds:
             specs[name, seed] = build_spec(mode, settings={
-                **SHARED, "train_csv": str(train_csv), "flops_budget": grid["budget"],
+                **FRONTIER_SHARED, "train_csv": str(train_csv), "flops_budget": grid["budget"],
                 "seed": seed, "device": device, **settings,
                 "save_dir": str(save_dir / name / f"seed_{seed}")})
     return specs
@@ -119,18 +91,6 @@ def point_result(name: str, spec: RunSpec, metrics: dict, final: dict) -> dict:
     if spec.mode == "blt":
         out["bytes_per_patch"] = metrics["bytes_per_patch"]
     return out
-
-
-def first_reaching(curve: list[dict], level: float) -> float | None:
-    return next((p["train_flops"] for p in curve if p["val_exact_match"] >= level), None)
-
-
-def mean_std(values: list[float]) -> dict | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))
-            if len(values) > 1 else 0.0, "n": len(values)}
 
 
 def table(points: list[dict]) -> dict[str, dict]:
@@ -178,11 +138,22 @@ def summarise(rows: dict[str, dict]) -> dict:
     return out
 
 
-def frontier(preset: str, train_csv: Path, test_csv: Path, save_dir: Path, out_dir: Path,
-             seeds: list[int], device: str, workers: int, only: list[str] | None,
-             skip_train: bool, evaluate_run) -> dict:
-    """Train (unless `skip_train`) and evaluate the grid's runs (points x seeds); write
-    frontier.json. `evaluate_run(name, spec)` returns (test metrics, final-set metrics)."""
+def evaluate_point(name: str, spec: RunSpec, sets: dict[str, Path], device: str,
+                   skip_bad_rows: bool = False) -> dict[str, dict]:
+    """A point's metrics on each set (`test`, `final`), evaluated once per checkpoint."""
+    best = checkpoint_paths(spec.train.save_dir, spec.mode)[0]
+    return {kind: evaluate_checkpoint(best, spec.mode, csv_path,
+                                      paths.frontier_csv(name, spec.train.seed, kind), device,
+                                      skip_bad_rows, extra={"frontier_point": name})
+            for kind, csv_path in sets.items()}
+
+
+def frontier(preset: str, train_csv: Path, test_csv: Path, final_csv: Path, save_dir: Path,
+             out_dir: Path, seeds: list[int], device: str = "auto", workers: int = 1,
+             only: list[str] | None = None, skip_train: bool = False,
+             skip_bad_rows: bool = False) -> dict:
+    """Train (unless `skip_train`) and evaluate the grid's runs (points x seeds) on the
+    test and final sets; write frontier.json."""
     specs = point_specs(preset, train_csv, save_dir / "frontier", seeds, device)
     names = list(GRIDS[preset]["points"])
     unknown = sorted(set(only or []) - set(names))
@@ -193,11 +164,14 @@ def frontier(preset: str, train_csv: Path, test_csv: Path, save_dir: Path, out_d
         train_points({k: v for k, v in specs.items() if not only or k[0] in only}, workers)
     done = {k: v for k, v in specs.items() if checkpoint_paths(v.train.save_dir, v.mode)[0]
             .is_file()}
-    points = [point_result(name, spec, *evaluate_run(name, spec))
-              for (name, _), spec in done.items()]
+    sets = {"test": test_csv, "final": final_csv}
+    points = []
+    for (name, _), spec in done.items():
+        metrics = evaluate_point(name, spec, sets, device, skip_bad_rows)
+        points.append(point_result(name, spec, metrics["test"], metrics["final"]))
     rows = table(points)
     result = {"preset": preset, "budget_train_flops": GRIDS[preset]["budget"],
               "test_csv": str(test_csv), "points": points, "table": rows,
               "summary": summarise(rows)}
-    write_json(out_dir / "frontier.json", result)
+    write_json(out_dir / paths.FRONTIER, result)
     return result

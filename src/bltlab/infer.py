@@ -28,7 +28,6 @@ from bltlab.patchview import bracketed
 
 HISTORY = Path(os.environ.get("BLTLAB_HISTORY", Path.home() / ".bltlab_history"))
 QUIT = {"quit", "exit", ":q"}
-BATCH = 256  # lines decoded together at most
 READ = 1 << 16
 
 
@@ -41,6 +40,7 @@ class Predictor:
     beam_width: int = 1
     length_penalty: float = 1.0
     device: str | torch.device = "cpu"
+    batch_size: int = 256  # lines decoded together at most
 
     def problems(self, text: str) -> tuple[str | None, str | None]:
         """(why the line cannot be answered, a warning) for one input."""
@@ -58,7 +58,8 @@ class Predictor:
         """Predictions; None for an input the model cannot take."""
         texts = [as_text(t) for t in texts]
         ok = [i for i, t in enumerate(texts) if self.codec.too_long(t) is None]
-        preds = predict(self.model, self.codec, [texts[i] for i in ok], device=self.device,
+        preds = predict(self.model, self.codec, [texts[i] for i in ok], self.batch_size,
+                        device=self.device,
                         beam_width=self.beam_width, length_penalty=self.length_penalty)
         out: list[str | None] = [None] * len(texts)
         for i, p in zip(ok, preds):
@@ -131,8 +132,9 @@ def stream(predictor: Predictor, groups: Iterable[list[bytes]], out: TextIO,
     could not be answered (each got an empty line and a message on stderr)."""
     failed, number = 0, 0
     for group in groups:
-        for start in range(0, len(group), BATCH):
-            lines = [decode_line(raw) for raw in group[start: start + BATCH]]
+        size = predictor.batch_size
+        for start in range(0, len(group), size):
+            lines = [decode_line(raw) for raw in group[start: start + size]]
             preds = predictor.predict([text for text, _ in lines])
             for (text, valid), pred in zip(lines, preds):
                 number += 1

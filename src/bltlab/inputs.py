@@ -1,7 +1,8 @@
 """From text to model inputs and back.
 
-A codec turns strings into per-row encoder features and target ids, pads a batch of
-them into tensors, and turns output ids back into text. It is stored in checkpoints.
+A codec encodes a list of strings at once into encoder features and target ids (numpy
+arrays, every row concatenated: batching.Ragged), pads the rows of a batch from them into
+tensors, and turns output ids back into text. It is stored in checkpoints.
 
 - `CharCodec` (baseline): character ids, after a start token (BOS) when the spec asks.
 - `ByteCodec` (BLT): UTF-8 byte ids, hashed n-gram ids per byte, and the patching:
@@ -20,12 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bltlab.batching import pad
-from bltlab.config import PatcherConfig
-from bltlab.patching import ByteNgramLM, Patcher, Segmentation, ngram_ids
-from bltlab.vocab import BOS, SPECIALS, ByteVocab, CharVocab, vocab_from_state
+from bltlab.batching import Ragged
+from bltlab.patching import ByteNgramLM, Patcher, PatcherConfig, Segmentation, ngram_ids
+from bltlab.vocab import BOS, PAD, SPECIALS, ByteVocab, CharVocab, vocab_from_state
 
-Row = dict[str, np.ndarray]
+Features = dict[str, Ragged]
 
 
 def as_text(text: str) -> str:
@@ -67,11 +67,23 @@ class Codec:
         """Why `text` is too long for this codec's model, or None."""
         return self.check_length(text, self.max_input)
 
-    def target(self, text: str) -> list[int]:
-        return self.vocab.encode(text)
+    def target_ids(self, texts: Sequence[str]) -> Ragged:
+        return Ragged(*self.vocab.ids(texts))
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.vocab.decode(ids)
+
+    def encode(self, texts: Sequence[str]) -> Features:
+        """The encoder's features of every text ("src": the input ids, and per codec more)."""
+        raise NotImplementedError
+
+    def collate(self, features: Features, rows: np.ndarray) -> dict[str, Tensor]:
+        """The padded tensors of rows `rows` of `features` ("src", "src_lens", ...)."""
+        raise NotImplementedError
+
+    def batch(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """The encoder's padded tensors of `texts`, in order."""
+        return self.collate(self.encode(texts), np.arange(len(texts)))
 
 
 class CharCodec(Codec):
@@ -88,14 +100,14 @@ class CharCodec(Codec):
         """The characters of `text` outside the vocabulary (read as UNK), in order."""
         return list(dict.fromkeys(c for c in text if c not in self.vocab.index))
 
-    def rows(self, texts: Sequence[str]) -> list[Row]:
-        """Character ids per row, after BOS when the codec has a start token."""
-        first = [BOS] if self.start else []
-        return [{"src": np.asarray(first + self.vocab.encode(t), dtype=np.int64)} for t in texts]
+    def encode(self, texts: Sequence[str]) -> Features:
+        """Character ids, after BOS when the codec has a start token."""
+        ids = self.target_ids(texts)
+        return {"src": ids.framed(BOS) if self.start else ids}
 
-    def collate(self, rows: Sequence[Row]) -> dict[str, Tensor]:
-        src, lens = pad([r["src"] for r in rows])
-        return {"src": src, "src_lens": lens}
+    def collate(self, features: Features, rows: np.ndarray) -> dict[str, Tensor]:
+        src = features["src"]
+        return {"src": src.padded(rows, PAD), "src_lens": torch.from_numpy(src.lengths[rows])}
 
     def to_state(self) -> dict:
         return {"mode": self.mode, "vocab": self.vocab.to_state(), "start": self.start}
@@ -117,44 +129,33 @@ class ByteCodec(Codec):
     def segment(self, texts: Sequence[str]) -> Segmentation:
         return self.patcher.segment(texts)
 
-    def rows(self, texts: Sequence[str]) -> list[Row]:
-        """Per row: byte ids, n-gram ids, patch index and in-patch position per byte,
-        and per patch the bytes after its last byte."""
+    def encode(self, texts: Sequence[str]) -> Features:
+        """Byte ids and n-gram ids per byte, each byte's patch and position in it, and per
+        patch the bytes after its last byte ("patch_to_end")."""
         seg = self.segment(texts)
         batch = seg.batch
-        ngrams = ngram_ids(batch, self.ngram_sizes, self.ngram_buckets)
-        patch = seg.patch_ids()
         idx = np.arange(len(batch.data))
         in_patch = idx - np.maximum.accumulate(np.where(seg.starts, idx, 0))
         # the last byte of every patch (no patch at all when every row is empty)
         last = np.flatnonzero(np.append(seg.starts[1:], len(seg.starts) > 0))
         to_end = (batch.offsets[1:][batch.row_ids[last]] - 1 - last) if len(last) else last
-        patch_bounds = np.concatenate([[0], np.cumsum(seg.patches_per_row())])
-        out = []
-        for r in range(len(batch)):
-            lo, hi = batch.offsets[r], batch.offsets[r + 1]
-            out.append({"src": batch.data[lo:hi].astype(np.int64) + len(SPECIALS),
-                        "ngrams": ngrams[lo:hi], "patch": patch[lo:hi],
-                        "in_patch": in_patch[lo:hi],
-                        "patch_to_end": to_end[patch_bounds[r]:patch_bounds[r + 1]]})
-        return out
+        patch_offsets = np.concatenate([[0], np.cumsum(seg.patches_per_row())])
+        per_byte = {"src": batch.data.astype(np.int64) + len(SPECIALS),
+                    "ngrams": ngram_ids(batch, self.ngram_sizes, self.ngram_buckets),
+                    "patch": seg.patch_ids(), "in_patch": in_patch}
+        return {**{k: Ragged(v, batch.offsets) for k, v in per_byte.items()},
+                "patch_to_end": Ragged(to_end.astype(np.int64), patch_offsets)}
 
-    def collate(self, rows: Sequence[Row]) -> dict[str, Tensor]:
-        src, lens = pad([r["src"] for r in rows])
-        n_patches = torch.tensor([len(r["patch_to_end"]) for r in rows])
-        most = int(n_patches.max())
-        size = src.shape[1]
-        patch = torch.full((len(rows), size), most, dtype=torch.long)  # padding: no patch
-        in_patch = torch.zeros((len(rows), size), dtype=torch.long)
-        ngrams = torch.zeros((len(rows), size, len(self.ngram_sizes)), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["src"])
-            patch[i, :n] = torch.from_numpy(r["patch"])
-            in_patch[i, :n] = torch.from_numpy(r["in_patch"])
-            ngrams[i, :n] = torch.from_numpy(r["ngrams"])
-        patch_to_end, _ = pad([r["patch_to_end"] for r in rows])
-        return {"src": src, "src_lens": lens, "ngrams": ngrams, "patch": patch,
-                "in_patch": in_patch, "n_patches": n_patches, "patch_to_end": patch_to_end}
+    def collate(self, features: Features, rows: np.ndarray) -> dict[str, Tensor]:
+        src, per_patch = features["src"], features["patch_to_end"]
+        n_patches = per_patch.lengths[rows]
+        most = int(n_patches.max(initial=0))  # padding bytes: in no patch
+        return {"src": src.padded(rows, PAD), "src_lens": torch.from_numpy(src.lengths[rows]),
+                "ngrams": features["ngrams"].padded(rows, 0),
+                "patch": features["patch"].padded(rows, most),
+                "in_patch": features["in_patch"].padded(rows, 0),
+                "n_patches": torch.from_numpy(n_patches),
+                "patch_to_end": per_patch.padded(rows, PAD)}
 
     def to_state(self) -> dict:
         lm = self.patcher.lm

@@ -181,14 +181,9 @@ class Utf8ByteEmbedding(nn.Module):
     """Byte vectors built from parts every byte shares: its UTF-8 role and its 8 bits
     (E[b] = role[r(b)] + Σ_i ±w_i), so a byte never seen in training still has a trained
     vector, and the tied output head can name it bit by bit. The `specials` ids before
-    the bytes keep vectors of their own.
+    the bytes keep vectors of their own."""
 
-    With `pairs`, each of the 28 pairs of bits adds a vector times the product of their
-    signs (+ Σ_{i<j} s_i s_j u_ij, started at zero): the head's scores then hold bit
-    interactions, so it can prefer whole bytes to hybrids of two, and every part of an
-    unseen byte's vector is still shared with seen bytes."""
-
-    def __init__(self, specials: int, d_model: int, pairs: bool = False):
+    def __init__(self, specials: int, d_model: int):
         super().__init__()
         self.specials = nn.Embedding(specials, d_model)
         self.roles = nn.Embedding(6, d_model)
@@ -196,18 +191,11 @@ class Utf8ByteEmbedding(nn.Module):
         signs = 2.0 * ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).float() - 1.0
         self.register_buffer("bit_signs", signs, persistent=False)
         self.register_buffer("role_ids", utf8_roles(), persistent=False)
-        self.pairs = nn.Linear(28, d_model, bias=False) if pairs else None
-        if pairs:
-            i, j = torch.triu_indices(8, 8, offset=1)
-            self.register_buffer("pair_signs", signs[:, i] * signs[:, j], persistent=False)
         self._cache: tuple[tuple, Tensor] | None = None
 
     def reset_bits(self) -> None:
-        """Bits at a scale that gives their sum about unit norm, like a table's rows; pair
-        terms at zero (the model starts as the bits-only one)."""
+        """Bits at a scale that gives their sum about unit norm, like a table's rows."""
         nn.init.normal_(self.bits.weight, std=(8 * self.bits.out_features) ** -0.5)
-        if self.pairs is not None:
-            nn.init.zeros_(self.pairs.weight)
 
     @property
     def weight(self) -> Tensor:
@@ -222,8 +210,6 @@ class Utf8ByteEmbedding(nn.Module):
 
     def build(self) -> Tensor:
         bytes_ = self.roles(self.role_ids) + self.bits(self.bit_signs)
-        if self.pairs is not None:
-            bytes_ = bytes_ + self.pairs(self.pair_signs)
         return torch.cat([self.specials.weight, bytes_])
 
     def forward(self, ids: Tensor) -> Tensor:

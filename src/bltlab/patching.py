@@ -5,7 +5,7 @@ return a boolean "a patch starts here" flag per byte, computed with numpy over t
 batch at once. `segment()` then enforces the rules every patcher shares: each row starts
 a patch, and no patch starts on a UTF-8 continuation byte (a character is never split).
 
-Patchers:
+Patchers (`RULES`, the registry; `PatcherConfig` holds their settings):
 - `window-entropy`: the seed's rule (entropy of the byte histogram of a look-ahead window).
 - `entropy-model`: the BLT paper's, next-byte entropy from a small byte language model
   (`ByteNgramLM`), with a global (H_t > θ) or monotonic (H_t - H_{t-1} > θ) threshold.
@@ -15,14 +15,15 @@ Patchers:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bltlab.config import ENTROPY_PATCHERS, MAX_ENTROPY_BITS, MAX_LOOK, PatcherConfig
+from bltlab.config import MAX_ENTROPY_BITS, MAX_LOOK, Config, at_least, need, setting
 from bltlab.errors import BltlabError
 from bltlab.fileio import atomic_path
 
@@ -280,6 +281,104 @@ def static_starts(batch: ByteBatch, k: int) -> np.ndarray:
     return batch.position_in_row() % k == 0
 
 
+# ---------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One patcher: where its patches start, the per-byte entropy it thresholds (None for
+    rules without one), the level to draw under that entropy, and its short label."""
+
+    starts: Callable[[ByteBatch, PatcherConfig, ByteNgramLM | None], np.ndarray]
+    entropy: Callable[[ByteBatch, PatcherConfig, ByteNgramLM | None], np.ndarray] | None
+    level: Callable[[PatcherConfig], float | None]
+    label: Callable[[PatcherConfig], str]
+    uses_lm: bool = False  # needs a byte language model fitted on training text
+    own_max_len: bool = False  # cuts long patches itself (else the shared max_patch_len cut)
+
+
+def theta(cfg: PatcherConfig) -> str:
+    return (f"θ={cfg.threshold:.4g}" if cfg.threshold is not None
+            else f"θ for {cfg.target_bpp:g} B/patch")
+
+
+RULES: dict[str, Rule] = {
+    "window-entropy": Rule(
+        lambda b, cfg, lm: window_entropy_starts(b, cfg),
+        lambda b, cfg, lm: window_entropy(b, cfg.window),
+        lambda cfg: cfg.threshold, lambda cfg: f"window-entropy W={cfg.window} {theta(cfg)}",
+        own_max_len=True),
+    "entropy-model": Rule(
+        entropy_model_starts, lambda b, cfg, lm: lm.entropy(b),
+        lambda cfg: cfg.threshold if cfg.entropy_mode == "global" else None,  # monotonic:
+        lambda cfg: f"entropy-model {cfg.entropy_mode} {theta(cfg)} context={cfg.context}",
+        uses_lm=True),  # its θ is not a level of H
+    "space": Rule(lambda b, cfg, lm: space_starts(b), None, lambda cfg: None,
+                  lambda cfg: "space"),
+    "static": Rule(lambda b, cfg, lm: static_starts(b, cfg.static_size), None,
+                   lambda cfg: None, lambda cfg: f"static k={cfg.static_size}"),
+}
+
+
+@dataclass(frozen=True)
+class PatcherConfig(Config):
+    """Which patcher and its parameters (BLT only).
+
+    θ rule: an entropy patcher with `threshold` unset is calibrated at resolve() time to
+    `target_bpp` mean bytes/patch on the training inputs; a given `threshold` is used as
+    it is (the seed's rule: window-entropy with threshold 2.0)."""
+
+    patcher: str = setting("space", "how bytes are cut into patches", choices=tuple(RULES))
+    window: int = setting(10, "window-entropy: window size W in bytes", flag="W")
+    threshold: float | None = setting(
+        None, "entropy patchers: θ in bits; given, it is used as it is (no calibration)",
+        flag="entropy_threshold")
+    target_bpp: float = setting(4.0, "entropy patchers without a threshold: calibrate θ to "
+                                      "this mean bytes/patch on the training inputs")
+    max_patch_len: int = setting(3, "cut patches longer than this (0: no limit; the seed: 15)")
+    entropy_mode: str = setting("global", "entropy-model: H_t > θ (global) or "
+                                "H_t - H_t-1 > θ (monotonic)", choices=("global", "monotonic"))
+    context: int = setting(3, "entropy-model: bytes of context of the byte language model")
+    static_size: int = setting(3, "static: bytes per patch (at most max_patch_len)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        need(1 <= self.window <= MAX_LOOK, "W", self.window, f"must be 1 to {MAX_LOOK}")
+        need(0 <= self.context < MAX_LOOK, "context", self.context,
+             f"must be 0 to {MAX_LOOK - 1}")
+        at_least(self, 0, "max_patch_len")
+        at_least(self, 1, "static_size")
+        need(self.patcher != "static" or not self.max_patch_len
+             or self.static_size <= self.max_patch_len, "static_size", self.static_size,
+             f"longer than --max_patch_len {self.max_patch_len}")
+        if self.threshold is not None:
+            low = -MAX_ENTROPY_BITS if self.entropy_mode == "monotonic" else 0.0
+            need(math.isfinite(self.threshold) and low <= self.threshold <= MAX_ENTROPY_BITS,
+                 "entropy_threshold", self.threshold, f"must be {low:g} to {MAX_ENTROPY_BITS:g} "
+                                                      "bits")
+        top = (self.max_patch_len or 64) if self.calibrated else 64
+        need(math.isfinite(self.target_bpp) and 1.0 <= self.target_bpp <= top,
+             "target_bpp", self.target_bpp, f"must be 1 to {top} (the longest patch)")
+
+    @property
+    def rule(self) -> Rule:
+        return RULES[self.patcher]
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether resolve() sets θ from `target_bpp` (an entropy patcher with no θ)."""
+        return self.rule.entropy is not None and self.threshold is None
+
+    @property
+    def needs_text(self) -> bool:
+        """Whether building it needs training text (a byte LM to fit, or θ to calibrate)."""
+        return self.rule.uses_lm or self.calibrated
+
+    def describe(self) -> str:
+        return self.rule.label(self) + (f" max_len={self.max_patch_len}"
+                                        if self.max_patch_len else "")
+
+
 # ---------------------------------------------------------------- segmentation
 
 
@@ -332,8 +431,8 @@ class Patcher:
     """A configured patcher; `entropy-model` needs a fitted `ByteNgramLM`."""
 
     def __init__(self, cfg: PatcherConfig, lm: ByteNgramLM | None = None):
-        if cfg.patcher == "entropy-model" and lm is None:
-            raise BltlabError("the entropy-model patcher needs a fitted byte language model")
+        if cfg.rule.uses_lm and lm is None:
+            raise BltlabError(f"the {cfg.patcher} patcher needs a fitted byte language model")
         if cfg.calibrated:
             raise BltlabError(f"--patcher {cfg.patcher} needs a threshold: give "
                               "--entropy_threshold, or build it with build_patcher()")
@@ -341,32 +440,20 @@ class Patcher:
 
     def entropy(self, batch: ByteBatch) -> np.ndarray | None:
         """The per-byte entropy the rule compares with θ (None for rules without one)."""
-        if self.cfg.patcher == "window-entropy":
-            return window_entropy(batch, self.cfg.window)
-        if self.cfg.patcher == "entropy-model":
-            return self.lm.entropy(batch)
-        return None
+        rule = self.cfg.rule
+        return None if rule.entropy is None else rule.entropy(batch, self.cfg, self.lm)
 
     def segment(self, texts: Sequence[str] | ByteBatch) -> Segmentation:
         batch = texts if isinstance(texts, ByteBatch) else ByteBatch.from_texts(texts)
         cfg = self.cfg
-        if cfg.patcher == "window-entropy":
-            starts = window_entropy_starts(batch, cfg)
-        elif cfg.patcher == "entropy-model":
-            starts = entropy_model_starts(batch, cfg, self.lm)
-        elif cfg.patcher == "space":
-            starts = space_starts(batch)
-        else:
-            starts = static_starts(batch, cfg.static_size)
-        if cfg.max_patch_len > 0 and cfg.patcher != "window-entropy":  # (part of that rule)
+        starts = cfg.rule.starts(batch, cfg, self.lm)
+        if cfg.max_patch_len > 0 and not cfg.rule.own_max_len:
             starts |= runs_cut_every(starts | batch.row_starts(), cfg.max_patch_len)
         return Segmentation(batch, utf8_safe(batch, starts))
 
     def threshold_level(self) -> float | None:
-        """The level to draw under an entropy curve: θ for the global rules, None where θ
-        is not a level of H (monotonic) or there is no entropy."""
-        monotonic = self.cfg.patcher == "entropy-model" and self.cfg.entropy_mode == "monotonic"
-        return None if self.cfg.patcher not in ENTROPY_PATCHERS or monotonic else self.cfg.threshold
+        """The level to draw under an entropy curve: θ where θ is a level of H, else None."""
+        return self.cfg.rule.level(self.cfg)
 
 
 def patch_slots(cfg: PatcherConfig) -> int:
@@ -383,8 +470,8 @@ def calibrate(texts: Sequence[str], cfg: PatcherConfig, lm: ByteNgramLM | None =
     """The threshold θ whose mean bytes/patch on `texts` is closest to `cfg.target_bpp`,
     by bisection (bytes/patch never falls as θ rises). Returns a copy of `cfg` with it."""
     batch = ByteBatch.from_texts(texts)
-    global_rule = cfg.patcher == "window-entropy" or cfg.entropy_mode == "global"
-    lo, hi = (0.0 if global_rule else -MAX_ENTROPY_BITS), MAX_ENTROPY_BITS
+    monotonic = cfg.rule.uses_lm and cfg.entropy_mode == "monotonic"
+    lo, hi = (-MAX_ENTROPY_BITS if monotonic else 0.0), MAX_ENTROPY_BITS
     best = (lo, 0.0)
     for _ in range(iters):
         mid = (lo + hi) / 2
@@ -438,10 +525,9 @@ def build_patcher(cfg: PatcherConfig, train_texts: Sequence[str] | None = None) 
     """A ready patcher: fits the byte LM for `entropy-model` on `train_texts` and, when
     `cfg` has no θ, calibrates it on them (the θ found is in the returned config)."""
     lm = None
-    needs_text = cfg.patcher == "entropy-model" or cfg.calibrated
-    if needs_text and not train_texts:
+    if cfg.needs_text and not train_texts:
         raise BltlabError(f"{cfg.describe()} needs training text (--train_csv) to fit on")
-    if cfg.patcher == "entropy-model":
+    if cfg.rule.uses_lm:
         lm = ByteNgramLM.fit(train_texts, cfg.context)
     if cfg.calibrated:
         cfg = calibrate(train_texts, cfg, lm)

@@ -125,10 +125,9 @@ def show_patches(text: str | None, file: str | None, train_csv: str, patchers: l
                  skip_bad_rows: bool) -> None:
     """`bltlab patch`: each patcher's cut of a string or a CSV's inputs, as brackets,
     statistics, JSON and/or an HTML view with the entropy curve."""
-    from bltlab.config import PatcherConfig
     from bltlab.data import load_pairs
     from bltlab.fileio import check_output_file, write_atomic
-    from bltlab.patching import build_patcher
+    from bltlab.patching import PatcherConfig, build_patcher
     from bltlab.spec import flag_names
 
     if html_path:
@@ -138,8 +137,7 @@ def show_patches(text: str | None, file: str | None, train_csv: str, patchers: l
     results, sections = {}, []
     for name in patchers:
         cfg = PatcherConfig(patcher=name, **{names[k]: v for k, v in settings.items()})
-        needs_train = cfg.patcher == "entropy-model" or cfg.calibrated
-        patcher = build_patcher(cfg, load_pairs(train_csv).inputs if needs_train else None)
+        patcher = build_patcher(cfg, load_pairs(train_csv).inputs if cfg.needs_text else None)
         seg = patcher.segment(texts)
         label = patcher.cfg.describe()
         results[label] = {**stats(seg), "config": patcher.cfg.to_dict()}

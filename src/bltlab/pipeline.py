@@ -13,32 +13,26 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bltlab import paths
 from bltlab.checkpoint import checkpoint_paths, load_model
-from bltlab.config import PatcherConfig
+from bltlab.config import MODES
 from bltlab.data import default_data_dir, final_test, generate, load_pairs, robustness_files
 from bltlab.decoding import predict
 from bltlab.evaluation import (
     by_band,
-    default_output_csv,
-    evaluate,
-    format_metrics,
-    metrics_path,
+    evaluate_checkpoint,
+    length_buckets,
+    longest_at,
     unknown_characters,
     write_predictions,
 )
+from bltlab.experiments import ABLATIONS, DEFAULT_PROFILE, PRESETS
 from bltlab.fileio import write_json
-from bltlab.spec import DEFAULT_PROFILE, RECIPES, RunSpec, build_spec
-from bltlab.training import file_sha256, pick_device, train
+from bltlab.patching import PatcherConfig
+from bltlab.runtime import pick_device
+from bltlab.spec import RunSpec, build_spec
+from bltlab.training import train
 
-# Epochs per profile, preset and model (the rest is the profile's recipe, spec.RECIPES).
-# Broad, quick: the recipes' own epochs (each model at its CPU budget); full: twice that.
-BROAD_EPOCHS = {mode: recipe["epochs"] for mode, recipe in RECIPES["broad"].items()}
-BROAD_LONG = {mode: 2 * epochs for mode, epochs in BROAD_EPOCHS.items()}
-PRESET_EPOCHS = {
-    "seed": {"quick": {"char": 4, "blt": 12}, "full": {"char": 10, "blt": 24},
-             "tune": {"char": 10, "blt": 24}},
-    "broad": {"quick": BROAD_EPOCHS, "full": BROAD_LONG, "tune": BROAD_LONG},
-}
 SEED_METRICS = ("exact_match_accuracy", "character_accuracy", "one_minus_cer",
                 "avg_edit_distance")
 
@@ -77,12 +71,13 @@ class RunOptions:
 def run_spec(mode: str, opts: RunOptions, train_csv: Path, seed: int, save_dir: Path,
              params: dict | None = None) -> RunSpec:
     """The spec of one model's run in the pipeline: the mode's recipe (both recipes share
-    one data regime), the preset's epochs, then tuned parameters."""
+    one data regime), the preset's epochs (experiments.PRESETS), then tuned parameters."""
+    recipe_epochs = build_spec(mode, settings={"profile": opts.profile}).train.epochs
     settings = {"train_csv": str(train_csv), "save_dir": str(save_dir), "seed": seed,
                 "device": opts.device, "skip_bad_rows": opts.skip_bad_rows,
                 "profile": opts.profile,
                 "progress_bars": opts.progress_bars,
-                "epochs": opts.epochs or PRESET_EPOCHS[opts.profile][opts.preset][mode]}
+                "epochs": opts.epochs or PRESETS[opts.preset] * recipe_epochs}
     if opts.batch_size:
         settings["batch_size"] = opts.batch_size
     return build_spec(mode, settings={**settings, **(params or {})})
@@ -93,7 +88,7 @@ def tune_stage(mode: str, opts: RunOptions, train_csv: Path) -> dict:
     from its results file with --use_existing_tuning)."""
     from bltlab.tuning import tune
 
-    path = Path(opts.output_dir) / f"hyperparameter_tuning_{mode}.json"
+    path = paths.tuning(opts.output_dir, mode)
     if opts.use_existing_tuning and path.is_file():
         print(f"{mode}: using the tuning results in {path}")
         return json.loads(path.read_text(encoding="utf-8"))["best_params"] or {}
@@ -103,50 +98,16 @@ def tune_stage(mode: str, opts: RunOptions, train_csv: Path) -> dict:
     return result["best_params"] or {}
 
 
-def eval_stage(mode: str, test_csv: Path, opts: RunOptions, save_dir: Path, out: Path,
-               extra: dict | None = None) -> dict:
-    """Evaluate the best checkpoint, unless its metrics for this test file exist."""
-    best, _, _ = checkpoint_paths(save_dir, mode)
-    stamp = {"checkpoint_sha256": file_sha256(best), "test_csv_sha256": file_sha256(test_csv),
-             "beam_width": opts.beam_width}
-    done = metrics_path(out)
-    if done.is_file() and Path(out).is_file():
-        old = json.loads(done.read_text(encoding="utf-8"))
-        if all(old.get(k) == v for k, v in stamp.items()):
-            print(f"{mode}: {done} is up to date")
-            return old
-    device = pick_device(opts.device)
-    model, codec, state = load_model(best, mode, device)
-    metrics = evaluate(model, codec, test_csv, out, device=device,
-                       skip_bad_rows=opts.skip_bad_rows, beam_width=opts.beam_width,
-                       extra={"mode": mode, "checkpoint": str(best), "spec": state["spec"],
-                              **stamp, **(extra or {})})
-    print(f"\n== {mode} on {test_csv} ==\n{format_metrics(metrics)}\n")
-    return metrics
-
-
-def ablation_patchers() -> dict[str, dict]:
-    """The patcher ablation: name -> patcher settings (no θ: calibrated to target_bpp)."""
-    return {
-        "window-entropy-seed": {"patcher": "window-entropy", "entropy_threshold": 2.0,
-                                "max_patch_len": 15},
-        "window-entropy-4": {"patcher": "window-entropy"},
-        "entropy-model-global": {"patcher": "entropy-model"},
-        "entropy-model-monotonic": {"patcher": "entropy-model", "entropy_mode": "monotonic"},
-        "space": {"patcher": "space"},
-        "static-4": {"patcher": "static", "static_size": 4},
-    }
-
-
 def ablation_stage(train_csv: Path, test_csv: Path, opts: RunOptions) -> dict:
-    """Train and evaluate the BLT with each patcher; results/ablation_patchers.json."""
+    """Train and evaluate the BLT in each variant of the ablation; results/ablation_<name>.json."""
     out = {}
-    for name, patcher in ablation_patchers().items():
+    for name, settings in ABLATIONS[opts.ablation].items():
         save_dir = Path(opts.save_dir) / "ablation" / name
         if not opts.skip_train:
-            train(run_spec("blt", opts, train_csv, opts.seed, save_dir, patcher))
-        csv_path = Path("predictions") / "ablation" / f"predictions_blt_{name}.csv"
-        m = eval_stage("blt", test_csv, opts, save_dir, csv_path, {"ablation": name})
+            train(run_spec("blt", opts, train_csv, opts.seed, save_dir, settings))
+        m = evaluate_checkpoint(checkpoint_paths(save_dir, "blt")[0], "blt", test_csv,
+                                paths.ablation_csv(name), opts.device, opts.skip_bad_rows,
+                                opts.beam_width, {"ablation": name}, opts.progress_bars)
         described = PatcherConfig.from_dict(m["patcher"]).describe()
         out[name] = {"patcher": described, "bytes_per_patch": m["bytes_per_patch"],
                      "exact_match": m["exact_match_accuracy"],
@@ -154,14 +115,14 @@ def ablation_stage(train_csv: Path, test_csv: Path, opts: RunOptions) -> dict:
                      "forward_flops_per_row": m["forward_flops_per_row"]["total"]}
         print(f"ablation {name}: {described}, {m['bytes_per_patch']:.2f} bytes/patch, "
               f"exact match {100 * m['exact_match_accuracy']:.2f}%")
-    write_json(Path(opts.output_dir) / "ablation_patchers.json", out)
+    write_json(paths.ablation(opts.output_dir, opts.ablation), out)
     return out
 
 
 def seed_paths(mode: str, opts: RunOptions, k: int, seed: int) -> tuple[Path, Path]:
     """Save dir and predictions CSV of the k-th seed (the first at the usual paths)."""
     save_dir = Path(opts.save_dir) / (f"seed_{seed}" if k else "")
-    out = Path(default_output_csv(mode))
+    out = paths.predictions_csv(mode)
     return save_dir, (out.parent / f"seed_{seed}" / out.name if k else out)
 
 
@@ -179,28 +140,6 @@ def data_files(opts: RunOptions) -> tuple[Path, Path]:
     return train_csv, test_csv
 
 
-LENGTH_BUCKET = 20  # characters per bucket of the robustness plot
-
-
-def length_buckets(inputs: list[str], correct: list[bool]) -> dict[str, float]:
-    """Exact match per bucket of LENGTH_BUCKET characters of input length."""
-    buckets: dict[int, list[bool]] = {}
-    for x, ok in zip(inputs, correct):
-        buckets.setdefault(len(x) // LENGTH_BUCKET, []).append(ok)
-    return {f"{b * LENGTH_BUCKET}-{(b + 1) * LENGTH_BUCKET}": sum(v) / len(v)
-            for b, v in sorted(buckets.items())}
-
-
-def longest_at(buckets: dict[str, float], level: float = 0.99) -> int:
-    """The input length up to which every length bucket is at least `level` exact."""
-    longest = 0
-    for name, value in buckets.items():
-        if value < level:
-            break
-        longest = int(name.split("-")[1])
-    return longest
-
-
 def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
                      label: str | None = None) -> dict:
     """Evaluate a model on every held-out robustness set (a row too long for the model
@@ -216,8 +155,7 @@ def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
             model, codec, [x if not codec.too_long(x) else "" for x in pairs.inputs],
             device=device))]
         correct = [p == t for p, t in zip(preds, pairs.targets)]
-        write_predictions(Path("predictions") / "robustness" / label.replace(" ", "_")
-                          / f"{name}.csv", pairs.inputs, pairs.targets,
+        write_predictions(paths.robustness_csv(label, name), pairs.inputs, pairs.targets,
                           [p if p is not None else "" for p in preds])
         buckets = length_buckets(pairs.inputs, correct)
         unknown = unknown_characters(model, codec, pairs.inputs)
@@ -227,7 +165,7 @@ def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
                      "by_band": by_band(pairs.inputs, correct),
                      "unknown_character_rows": unknown["rows"]}
         print(f"{label} on {name}: {100 * out[name]['exact_match']:.2f}% exact")
-    path = Path(opts.output_dir) / "robustness.json"
+    path = Path(opts.output_dir) / paths.ROBUSTNESS
     merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     write_json(path, {**merged, label: out})
     return out
@@ -241,19 +179,10 @@ def frontier_stage(opts: RunOptions) -> dict:
 
     opts = dataclasses.replace(opts, profile="seed")
     train_csv, test_csv = data_files(opts)
-    final_csv = final_test("seed")
-    preset = "full" if opts.preset == "full" else "quick"
-
-    def evaluate_run(name: str, spec: RunSpec) -> tuple[dict, dict]:
-        folder = Path("predictions") / "frontier" / name / f"seed_{spec.train.seed}"
-        return tuple(eval_stage(spec.mode, csv_path, opts, Path(spec.train.save_dir),
-                                folder / f"predictions_{kind}.csv", {"frontier_point": name})
-                     for kind, csv_path in (("test", test_csv), ("final", final_csv)))
-
-    seeds = [opts.seed + k for k in range(opts.seeds)]
-    result = frontier(preset, train_csv, test_csv, Path(opts.save_dir),
-                      Path(opts.output_dir), seeds, opts.device, opts.workers,
-                      list(opts.points), opts.skip_train, evaluate_run)
+    result = frontier("full" if opts.preset == "full" else "quick", train_csv, test_csv,
+                      final_test("seed"), Path(opts.save_dir), Path(opts.output_dir),
+                      [opts.seed + k for k in range(opts.seeds)], opts.device, opts.workers,
+                      list(opts.points), opts.skip_train, opts.skip_bad_rows)
     print(json.dumps(result["summary"], indent=2))
     return result
 
@@ -266,13 +195,15 @@ def run(opts: RunOptions) -> dict:
     results = {"preset": opts.preset, "profile": opts.profile, "data_dir": str(data_dir(opts))}
     seeds = [opts.seed + k for k in range(opts.seeds)]
     per_seed: dict[str, list[dict]] = {}
-    for mode in ("char", "blt"):
+    for mode in MODES:
         params = tune_stage(mode, opts, train_csv) if opts.preset == "tune" else {}
         for k, seed in enumerate(seeds):
             save_dir, out = seed_paths(mode, opts, k, seed)
             if not opts.skip_train:
                 train(run_spec(mode, opts, train_csv, seed, save_dir, params))
-            metrics = eval_stage(mode, test_csv, opts, save_dir, out)
+            metrics = evaluate_checkpoint(checkpoint_paths(save_dir, mode)[0], mode, test_csv,
+                                          out, opts.device, opts.skip_bad_rows,
+                                          opts.beam_width, progress=opts.progress_bars)
             if k == 0:
                 results[mode] = metrics
                 results[f"{mode}_robustness"] = robustness_stage(mode, opts, save_dir)
@@ -280,11 +211,11 @@ def run(opts: RunOptions) -> dict:
                 {"seed": seed, **{name: metrics[name] for name in SEED_METRICS},
                  "non_ascii_accuracy": metrics["non_ascii"]["accuracy"]})
     if len(seeds) > 1:
-        write_json(Path(opts.output_dir) / "seeds.json", per_seed)
-    if opts.ablation == "patchers":
-        results["ablation_patchers"] = ablation_stage(train_csv, test_csv, opts)
-    write_json(Path(opts.output_dir) / "run_summary.json", results)
+        write_json(Path(opts.output_dir) / paths.SEEDS, per_seed)
+    if opts.ablation:
+        results[f"ablation_{opts.ablation}"] = ablation_stage(train_csv, test_csv, opts)
+    write_json(Path(opts.output_dir) / paths.RUN_SUMMARY, results)
     from bltlab.report import analyze
 
-    analyze(opts.output_dir, Path(default_output_csv("char")).parent, opts.save_dir)
+    analyze(opts.output_dir, paths.PREDICTIONS, opts.save_dir)
     return results

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bltlab import paths
+from bltlab.config import MODE_NAMES
 from bltlab.fileio import atomic_path
-
-NAMES = {"char": "char baseline", "blt": "BLT"}
 
 
 def figure_png(fig, path: Path, dpi: int) -> Path:
@@ -28,11 +28,11 @@ def plot_training_curves(plt, runs: dict):
             continue
         ep = run["history"]["epochs"]
         x = [e["epoch"] for e in ep]
-        axes[0].plot(x, [e["train_loss"] for e in ep], label=f"{NAMES[mode]} train")
+        axes[0].plot(x, [e["train_loss"] for e in ep], label=f"{MODE_NAMES[mode]} train")
         axes[0].plot(x, [e.get("val_loss", np.nan) for e in ep], "--",
-                     label=f"{NAMES[mode]} validation")
+                     label=f"{MODE_NAMES[mode]} validation")
         axes[1].plot(x, [100 * e.get("val_exact_match", np.nan) for e in ep],
-                     label=NAMES[mode])
+                     label=MODE_NAMES[mode])
     axes[0].set(yscale="log", xlabel="epoch", ylabel="token loss", title="Loss")
     axes[1].set(xlabel="epoch", ylabel="%", title="Validation exact match")
     for ax in axes:
@@ -49,7 +49,7 @@ def plot_accuracy(plt, models: dict):
     for i, (mode, m) in enumerate(models.items()):
         values = [100 * m["accuracy_by_length"].get(g, {}).get("accuracy", np.nan)
                   for g in groups] + [100 * (m["non_ascii"]["accuracy"] or np.nan)]
-        ax.bar(np.arange(len(labels)) + i * width, values, width, label=NAMES[mode])
+        ax.bar(np.arange(len(labels)) + i * width, values, width, label=MODE_NAMES[mode])
     ax.set_xticks(np.arange(len(labels)) + width * (len(models) - 1) / 2, labels)
     ax.set(ylabel="exact match %", title="Exact match by input length", ylim=(0, 101))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(models))
@@ -62,18 +62,18 @@ def plot_detailed(plt, models: dict):
     width = 0.8 / len(models)
     for i, (mode, m) in enumerate(models.items()):
         axes[0].bar(np.arange(3) + i * width, [100 * m[k] for k in names], width,
-                    label=NAMES[mode])
+                    label=MODE_NAMES[mode])
         bottom = 0.0
         for part, value in (m.get("forward_flops_per_row") or {}).items():
             if part != "total":
-                axes[1].bar(i, value / 1e6, bottom=bottom, label=f"{NAMES[mode]}: {part}")
+                axes[1].bar(i, value / 1e6, bottom=bottom, label=f"{MODE_NAMES[mode]}: {part}")
                 bottom += value / 1e6
     axes[0].set_xticks(np.arange(3) + width * (len(models) - 1) / 2,
                        ["exact match", "char. accuracy", "1 - CER"])
     axes[0].set(ylim=(min(90, *(100 * m["exact_match"] for m in models.values())), 100.5),
                 ylabel="%", title="Accuracy")
     axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(models))
-    axes[1].set_xticks(range(len(models)), [NAMES[m] for m in models])
+    axes[1].set_xticks(range(len(models)), [MODE_NAMES[m] for m in models])
     axes[1].set(ylabel="MFLOPs per row (forward)", title="Forward FLOPs by part")
     axes[1].legend(fontsize=7)
     return fig
@@ -98,7 +98,7 @@ def plot_tuning(plt, tuned: dict):
             pts = [(tr["params"][p], 100 * tr["value"]) for tr in t["trials"]
                    if tr["value"] is not None and p in tr["params"]]
             if pts:
-                ax.scatter(*zip(*pts), s=12, label=NAMES[mode])
+                ax.scatter(*zip(*pts), s=12, label=MODE_NAMES[mode])
         ax.set(title=p, ylabel="val exact match %")
     axes[0][0].legend()
     return fig
@@ -121,7 +121,7 @@ def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Pat
                                               predictions_dir / "accuracy_analysis.png", dpi)
         out["detailed_metrics"] = figure_png(plot_detailed(plt, models),
                                              predictions_dir / "detailed_metrics.png", dpi)
-    ablation = results_dir / "ablation_patchers.json"
+    ablation = paths.ablation(results_dir, "patchers")
     if ablation.is_file():
         points = json.loads(ablation.read_text(encoding="utf-8"))
         out["patcher_frontier"] = figure_png(plot_patcher_frontier(plt, points),
@@ -130,12 +130,12 @@ def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Pat
     if tuned:
         out["hyperparameter_analysis"] = figure_png(
             plot_tuning(plt, tuned), results_dir / "hyperparameter_analysis.png", dpi)
-    robustness = results_dir / "robustness.json"
+    robustness = results_dir / paths.ROBUSTNESS
     if robustness.is_file():
         out["robustness_by_length"] = figure_png(
             plot_robustness(plt, json.loads(robustness.read_text(encoding="utf-8"))),
             results_dir / "robustness_by_length.png", dpi)
-    frontier = results_dir / "frontier.json"
+    frontier = results_dir / paths.FRONTIER
     if frontier.is_file():
         points = json.loads(frontier.read_text(encoding="utf-8"))
         if points["points"]:
@@ -195,7 +195,7 @@ def plot_frontier_training(plt, frontier: dict):
         if pts:
             front = np.maximum.accumulate([e for _, e in pts])
             ax.step([f for f, _ in pts], 100 * front, where="post", color=colour,
-                    linewidth=2.5, label=f"{NAMES[family]}: Pareto front")
+                    linewidth=2.5, label=f"{MODE_NAMES[family]}: Pareto front")
     ax.set(xscale="log", xlabel="training FLOPs (forward + backward, real positions)",
            ylabel="validation exact match %", ylim=(max(0, ax.get_ylim()[0]), 100.5),
            title="Compute frontier: accuracy against training compute")
@@ -213,7 +213,7 @@ def plot_frontier_inference(plt, frontier: dict):
         ax.errorbar(x, y, yerr=100 * row["test_exact_match"]["std"], fmt=marker, color=colour)
         ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     for family, (marker, colour) in markers.items():
-        ax.scatter([], [], marker=marker, color=colour, label=NAMES[family])
+        ax.scatter([], [], marker=marker, color=colour, label=MODE_NAMES[family])
     ax.axhline(99.5, color="#6b7280", linestyle="--", linewidth=1)
     ax.set(xscale="log", xlabel="inference FLOPs per row (cached greedy decoding)",
            ylabel="test exact match %", title="Accuracy against the cost of reversing a string")

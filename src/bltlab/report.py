@@ -15,21 +15,20 @@ import base64
 import csv
 import html
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+from bltlab import paths
+from bltlab.config import MODE_NAMES, MODES
 from bltlab.data import ROBUSTNESS_SETS
 from bltlab.errors import BltlabError
-from bltlab.evaluation import default_output_csv, metrics_path
 from bltlab.fileio import write_atomic, write_json
 from bltlab.plots import make_plots, patching_png
 from bltlab.profiles import BAND_NAMES, PER_BAND
-from bltlab.stats import mcnemar_exact, paired_bootstrap, wilson_interval
-
-MODES = ("char", "blt")
-NAMES = {"char": "char baseline", "blt": "BLT"}
+from bltlab.stats import first_reaching, mcnemar_exact, mean_std, paired_bootstrap, wilson_interval
 
 
 def read_predictions(path: Path) -> list[dict]:
@@ -44,20 +43,20 @@ def load_results(predictions_dir: Path, checkpoints_dir: Path, results_dir: Path
     """Each model's metrics, predictions and history (models not evaluated are left out)."""
     runs = {}
     for mode in MODES:
-        csv_path = predictions_dir / Path(default_output_csv(mode)).name
-        if not csv_path.is_file() or not metrics_path(csv_path).is_file():
+        csv_path = paths.predictions_csv(mode, predictions_dir)
+        if not csv_path.is_file() or not paths.metrics_json(csv_path).is_file():
             continue
         history = checkpoints_dir / f"history_{mode}.json"
         runs[mode] = {
-            "metrics": json.loads(metrics_path(csv_path).read_text(encoding="utf-8")),
+            "metrics": json.loads(paths.metrics_json(csv_path).read_text(encoding="utf-8")),
             "rows": read_predictions(csv_path),
             "history": (json.loads(history.read_text(encoding="utf-8"))
                         if history.is_file() else None),
         }
-        tuning = results_dir / f"hyperparameter_tuning_{mode}.json"
+        tuning = paths.tuning(results_dir, mode)
         if tuning.is_file():
             runs[mode]["tuning"] = json.loads(tuning.read_text(encoding="utf-8"))
-    if not runs and not (results_dir / "frontier.json").is_file():
+    if not runs and not (results_dir / paths.FRONTIER).is_file():
         raise BltlabError(f"{predictions_dir}: no evaluated model (run `bltlab eval` or "
                           "`bltlab run` first)")
     return runs
@@ -170,19 +169,12 @@ def model_summary(mode: str, run: dict) -> dict:
 
 def seed_spread(results_dir: Path) -> dict | None:
     """Mean and standard deviation over seeds of each headline number (`run --seeds N`)."""
-    path = results_dir / "seeds.json"
-    if not path.is_file():
+    runs_by_mode = load_json(results_dir / paths.SEEDS)
+    if runs_by_mode is None:
         return None
-    out = {}
-    for mode, runs in json.loads(path.read_text(encoding="utf-8")).items():
-        names = [k for k in runs[0] if k != "seed"]
-        out[mode] = {"seeds": [r["seed"] for r in runs]}
-        for k in names:
-            values = [r[k] for r in runs if r[k] is not None]
-            out[mode][k] = {"mean": float(np.mean(values)) if values else None,
-                            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                            "n": len(values)}
-    return out
+    return {mode: {"seeds": [r["seed"] for r in runs],
+                   **{k: mean_std([r[k] for r in runs]) for k in runs[0] if k != "seed"}}
+            for mode, runs in runs_by_mode.items()}
 
 
 def mflops(x: float) -> str:
@@ -191,10 +183,6 @@ def mflops(x: float) -> str:
 
 def more_or_fewer(a: float, b: float) -> str:
     return "fewer" if a < b else "more" if a > b else "as many"
-
-
-def first_at(curve: list[dict], level: float) -> float | None:
-    return next((e["train_flops"] for e in curve if e.get("val_exact_match", 0) >= level), None)
 
 
 def per_row_findings(models: dict, comp: dict | None) -> tuple[list[str], dict]:
@@ -217,7 +205,7 @@ def per_row_findings(models: dict, comp: dict | None) -> tuple[list[str], dict]:
     lines.append(f"Exact match: BLT {100 * b['exact_match']:.2f}% vs baseline "
                  f"{100 * c['exact_match']:.2f}%" + (f" (McNemar p = {p:.3g})" if p else "") + ".")
     verdict["as_accurate"] = b["exact_match"] >= c["exact_match"] or (p is not None and p >= 0.05)
-    reach = {m: first_at(models[m].get("curve") or [], 0.99) for m in MODES}
+    reach = {m: first_reaching(models[m].get("curve") or [], 0.99) for m in MODES}
     if all(reach.values()):
         lines.append(f"Training FLOPs to 99% validation exact match: BLT {reach['blt']:.3g} vs "
                      f"baseline {reach['char']:.3g} ({reach['blt'] / reach['char']:.2f}x).")
@@ -236,8 +224,8 @@ def frontier_findings(frontier: dict) -> tuple[list[str], dict]:
     s, lines, verdict = frontier["summary"], [], {}
     for level in ("0.99", "0.999"):
         got = {f: s.get(f, {}).get(f"train_flops_to_{level}") for f in MODES}
-        text = "; ".join(f"{NAMES[f]} {v['flops']:.3g} ({v['point']}, {seeds(v)})" if v else
-                         f"{NAMES[f]} not reached" for f, v in got.items())
+        text = "; ".join(f"{MODE_NAMES[f]} {v['flops']:.3g} ({v['point']}, {seeds(v)})" if v else
+                         f"{MODE_NAMES[f]} not reached" for f, v in got.items())
         lines.append(f"Frontier, training FLOPs to {100 * float(level):g}% validation exact "
                      f"match: {text}.")
         if level == "0.99" and all(got.values()):
@@ -325,7 +313,8 @@ def headline_rows(models: dict) -> list[list]:
     rows = []
     for mode, m in models.items():
         lo, hi = m["exact_match_wilson_95"]
-        rows.append([NAMES[mode], f"{100 * m['exact_match']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]",
+        rows.append([MODE_NAMES[mode],
+                     f"{100 * m['exact_match']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]",
                      f"{100 * m['character_accuracy']:.2f}%", f"{100 * m['one_minus_cer']:.2f}%",
                      f"{m['avg_edit_distance']:.4f}",
                      f"{100 * (m['non_ascii']['accuracy'] or 0):.1f}% of {m['non_ascii']['count']}",
@@ -351,83 +340,80 @@ def paired_rows(comp: dict) -> list[list[str]]:
              f"95% CI [{100 * ce['ci_low']:+.3f}, {100 * ce['ci_high']:+.3f}]"]]
 
 
-def text_report(results: dict) -> str:
-    lines = ["bltlab experimental report", "=" * 26, ""]
-    for row in headline_rows(results["models"]):
-        lines.append("  ".join(f"{h}: {c}" for h, c in zip(HEADER, row)))
-    comp = results["comparison"]
-    if comp:
-        lines += ["", f"Paired comparison on {comp['rows']} rows:"]
-        lines += [f"  {test}: {value}, {interval}" for test, value, interval in paired_rows(comp)]
-    for mode, m in results["models"].items():
-        lines += ["", f"{NAMES[mode]}: hyperparameters"]
-        tr = m.get("training")
-        if tr:
-            lines += [f"  {section}: {json.dumps(values, ensure_ascii=False)}"
-                      for section, values in tr["spec"].items() if isinstance(values, dict)]
+@dataclass
+class Section:
+    """One part of the report: a table (`header` and `rows`) and/or paragraphs."""
+
+    title: str
+    header: list[str] = field(default_factory=list)
+    rows: list[list] = field(default_factory=list)
+    paragraphs: list[str] = field(default_factory=list)
+
+
+def sections(results: dict) -> list[Section]:
+    """The report's parts, in order; the text and the HTML report render the same list."""
+    out = [Section("Results", HEADER, headline_rows(results["models"]))]
+    if comp := results["comparison"]:
+        out.append(Section(f"Paired statistics on {comp['rows']} rows",
+                           ["test", "value", "interval / p"], paired_rows(comp)))
     for mode, spread in (results.get("seeds") or {}).items():
-        lines += ["", f"{NAMES[mode]} over seeds {spread['seeds']} (mean ± std):"]
-        lines += [f"  {k}: {v['mean']:.4f} ± {v['std']:.4f} (n={v['n']})"
-                  for k, v in spread.items() if k != "seeds" and v["mean"] is not None]
-    if results.get("frontier"):
-        f = results["frontier"]
-        lines += ["", f"Compute frontier ({f['preset']}, {f['budget_train_flops']:.3g} training "
-                      f"FLOPs per run; test set {f['test_csv']}):"]
-        lines += ["  " + "  ".join(f"{h}: {c}" for h, c in zip(FRONTIER_HEADER, row))
-                  for row in frontier_rows(f)]
-    if results.get("robustness"):
-        lines += ["", "Held-out robustness sets (exact match):"]
-        lines += ["  " + "  ".join(f"{h}: {c}" for h, c in zip(("model", *ROBUSTNESS_SETS), r))
-                  for r in robustness_rows(results["robustness"])]
-        if bands := band_rows(results["robustness"]):
-            lines += ["", "Exact match per length band of the bands set [95% interval]:"]
-            lines += ["  " + "  ".join(f"{h}: {c}" for h, c in zip(("model", *BAND_NAMES), r))
-                      for r in bands]
-    lines += ["", "Is BLT tokenization more computationally efficient?", results["efficiency"]]
+        out.append(Section(f"{MODE_NAMES[mode]} over seeds {spread['seeds']}",
+                           ["metric", "mean ± std", "seeds"],
+                           [[k, f"{v['mean']:.4f} ± {v['std']:.4f}", v["n"]]
+                            for k, v in spread.items() if k != "seeds" and v is not None]))
+    if f := results.get("frontier"):
+        out.append(Section(f"Compute frontier ({f['preset']}): every run "
+                           f"{f['budget_train_flops']:.3g} training FLOPs, same data, test set "
+                           f"{f['test_csv']} (mean ± std over seeds)", FRONTIER_HEADER,
+                           frontier_rows(f)))
+    if robustness := results.get("robustness"):
+        out.append(Section("Robustness: held-out sets the models never trained on (exact "
+                           "match)", ["model (training profile)", *ROBUSTNESS_SETS],
+                           robustness_rows(robustness)))
+        if bands := band_rows(robustness):
+            out.append(Section(f"Exact match per input length band (characters) on the bands "
+                               f"set: {PER_BAND} unseen broad-profile rows per band [95% "
+                               "Wilson interval]", ["model (training profile)", *BAND_NAMES],
+                               bands))
+    out.append(Section("Is BLT tokenization more computationally efficient?",
+                       paragraphs=results["efficiency"].split("\n\n")))
+    for mode, m in results["models"].items():
+        if tr := m.get("training"):
+            out.append(Section(f"{MODE_NAMES[mode]}: hyperparameters", ["name", "value"],
+                               [[f"{section}.{k}", json.dumps(v, ensure_ascii=False)]
+                                for section, values in tr["spec"].items()
+                                if isinstance(values, dict) for k, v in values.items()]))
+    return out
+
+
+def text_report(results: dict) -> str:
+    lines = ["bltlab experimental report", "=" * 26]
+    for sec in sections(results):
+        lines += ["", sec.title]
+        lines += ["  " + "  ".join(f"{h}: {c}" for h, c in zip(sec.header, row))
+                  for row in sec.rows]
+        lines += sec.paragraphs
     return "\n".join(lines) + "\n"
 
 
 def html_report(results: dict, plots: dict[str, Path], patches: str) -> str:
+    """The same sections as the text report, then the plots and the BLT's patches (the
+    hyperparameters last)."""
     from bltlab.patchview import page
 
-    sections = [("Results", table(headline_rows(results["models"]), HEADER))]
-    if results.get("robustness"):
-        sections.append(("Robustness: held-out sets the models never trained on",
-                         table(robustness_rows(results["robustness"]),
-                               ["model (training profile)", *ROBUSTNESS_SETS])))
-        if bands := band_rows(results["robustness"]):
-            sections.append((f"Exact match per input length band (characters) on the bands "
-                             f"set: {PER_BAND} unseen broad-profile rows per band [95% Wilson "
-                             "interval]", table(bands, ["model (training profile)", *BAND_NAMES])))
-    if results.get("frontier"):
-        f = results["frontier"]
-        sections.append((f"Compute frontier: every run {f['budget_train_flops']:.3g} training "
-                         "FLOPs, same data (mean ± std over seeds)",
-                         table(frontier_rows(f), FRONTIER_HEADER)))
-    comp = results["comparison"]
-    if comp:
-        sections.append(("Paired statistics", table(paired_rows(comp),
-                                                    ["test", "value", "interval / p"])))
-    for mode, spread in (results.get("seeds") or {}).items():
-        sections.append((f"{NAMES[mode]} over seeds {spread['seeds']}", table(
-            [[k, f"{v['mean']:.4f} ± {v['std']:.4f}", v["n"]] for k, v in spread.items()
-             if k != "seeds" and v["mean"] is not None], ["metric", "mean ± std", "seeds"])))
-    answer = "".join(f"<p>{html.escape(p)}</p>" for p in results["efficiency"].split("\n\n"))
-    sections.append(("Is BLT tokenization more computationally efficient?", answer))
-    for name, path in plots.items():
-        data = base64.b64encode(path.read_bytes()).decode()
-        sections.append((name.replace("_", " "),
-                         f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'))
+    parts = []
+    for sec in sections(results):
+        body = (table(sec.rows, sec.header) if sec.header else "") + "".join(
+            f"<p>{html.escape(p)}</p>" for p in sec.paragraphs)
+        parts.append((sec.title, body))
+    last = [i for i, (title, _) in enumerate(parts) if title.endswith("hyperparameters")]
+    extra = [(name.replace("_", " "), f'<img alt="{html.escape(name)}" src="data:image/png;'
+                                      f'base64,{base64.b64encode(path.read_bytes()).decode()}">')
+             for name, path in plots.items()]
     if patches:
-        sections.append(("How the BLT patches test rows (entropy per byte below)", patches))
-    for mode, m in results["models"].items():
-        tr = m.get("training")
-        if tr:
-            rows = [[f"{section}.{k}", json.dumps(v, ensure_ascii=False)]
-                    for section, values in tr["spec"].items() if isinstance(values, dict)
-                    for k, v in values.items()]
-            sections.append((f"{NAMES[mode]}: hyperparameters", table(rows, ["name", "value"])))
-    return page("bltlab report", sections)
+        extra.append(("How the BLT patches test rows (entropy per byte below)", patches))
+    at = last[0] if last else len(parts)
+    return page("bltlab report", parts[:at] + extra + parts[at:])
 
 
 def analyze(output_dir: str | Path = "results", predictions_dir: str | Path = "predictions",
@@ -438,15 +424,15 @@ def analyze(output_dir: str | Path = "results", predictions_dir: str | Path = "p
     runs = load_results(predictions_dir, Path(checkpoints_dir), results_dir)
     models = {mode: model_summary(mode, run) for mode, run in runs.items()}
     comp = comparison(runs)
-    frontier = load_json(results_dir / "frontier.json")
+    frontier = load_json(results_dir / paths.FRONTIER)
     results = {"models": models, "comparison": comp, "frontier": frontier,
-               "robustness": load_json(results_dir / "robustness.json"),
+               "robustness": load_json(results_dir / paths.ROBUSTNESS),
                "efficiency": efficiency_answer(models, comp, frontier),
                "seeds": seed_spread(results_dir),
                "tuning": {m: r["tuning"] for m, r in runs.items() if r.get("tuning")}}
-    write_json(results_dir / "comprehensive_results.json", results)
+    write_json(results_dir / paths.COMPREHENSIVE, results)
     report = text_report(results)
-    for path in (results_dir / "experimental_report.txt", predictions_dir / "summary_report.txt"):
+    for path in (results_dir / paths.REPORT_TXT, predictions_dir / paths.SUMMARY_TXT):
         write_atomic(path, lambda f: f.write(report))
     made = make_plots(runs, models, predictions_dir, results_dir, dpi) if plots else {}
     shown = runs.get("blt", runs.get("char", {"rows": []}))["rows"][:8]
@@ -455,7 +441,7 @@ def analyze(output_dir: str | Path = "results", predictions_dir: str | Path = "p
     if plots and patches is not None:
         made["patching_example"] = patching_png(patches, results_dir / "patching_example.png",
                                                 dpi)
-    write_atomic(results_dir / "report.html",
+    write_atomic(results_dir / paths.REPORT_HTML,
                  lambda f: f.write(html_report(results, made, patch_view(patches))))
     print(report)
     print(f"wrote {results_dir}/comprehensive_results.json, experimental_report.txt, "

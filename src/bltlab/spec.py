@@ -1,10 +1,10 @@
 """The run specification: one frozen object that says everything a training run does.
 
 A `RunSpec` holds the mode and its four sections (model, patcher, data, train). It is
-built in layers: the recipe of the mode and profile (`RECIPES`, what the README
-reports), then a YAML or JSON file (`--config run.yaml`), then flags; each layer names
-settings by field name (`epochs`), flag (`entropy_threshold`) or section and field
-(`train.epochs`).
+built in layers: the recipe of the mode and profile (bltlab.experiments.RECIPES, what
+the README reports), then a YAML or JSON file (`--config run.yaml`), then flags; each
+layer names settings by field name (`epochs`), flag (`entropy_threshold`) or section
+and field (`train.epochs`).
 
 `resolve()` then fits what depends on the training inputs: the char vocabulary, or
 the BLT's patcher (the byte LM, θ calibrated when not given), `vocab_size` and the
@@ -25,46 +25,23 @@ import yaml
 
 from bltlab import profiles
 from bltlab.config import (
+    MODES,
     BLTConfig,
     Config,
     DataConfig,
     ModelConfig,
-    PatcherConfig,
     TrainConfig,
     need,
     one_of,
 )
 from bltlab.data import default_data_dir
 from bltlab.errors import BltlabError
+from bltlab.experiments import DEFAULT_PROFILE, RECIPES, recipe
 from bltlab.inputs import ByteCodec, CharCodec, Codec
-from bltlab.patching import build_patcher, patch_slots
+from bltlab.patching import PatcherConfig, build_patcher, patch_slots
 from bltlab.vocab import ByteVocab, CharVocab
 
-MODES = ("char", "blt")
 MODEL_CONFIGS = {"char": ModelConfig, "blt": BLTConfig}
-# The recipes the README reports, per profile and mode (only what differs from the
-# dataclass defaults, the profile itself and its training file, data.default_data_dir);
-# `bltlab train` takes DEFAULT_PROFILE's unless told `--profile`.
-# Every recipe trains on freshly generated rows of its profile each epoch. Seed: the
-# seed's distribution (5% of rows with a non-ASCII word), the BLT with space patches and
-# 12 epochs, the best BLT on validation rows at the compute frontier's budget. Broad:
-# what a person types, each model at its CPU budget (char 10 epochs, 16-19 min; BLT 50
-# epochs, the most that fit 60 min on one thread), the BLT with byte vectors built from
-# UTF-8 role and bits (better than a byte table on validation rows) and space patches of
-# at most 3 bytes (with 4, long rows of random characters now and then exchange a bit
-# between neighbouring bytes; docs/results.md).
-DEFAULT_PROFILE = "broad"
-RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "seed": {
-        "char": {"fresh_pairs": True, "fresh_non_ascii": 0.05},
-        "blt": {"patcher": "space", "epochs": 12, "fresh_pairs": True, "fresh_non_ascii": 0.05},
-    },
-    "broad": {
-        "char": {"epochs": 10, "start_token": True, "fresh_pairs": True},
-        "blt": {"patcher": "space", "max_patch_len": 3, "epochs": 50, "byte_embedding": "utf8",
-                "fresh_pairs": True},
-    },
-}
 # Settings that say where or how a run is watched, not what it computes: not part of its
 # identity, so changing them continues the same run.
 VOLATILE = {"save_dir", "resume", "progress_bars", "num_workers", "device", "tensorboard",
@@ -124,12 +101,18 @@ class RunSpec(Config):
 
     @classmethod
     def of(cls, mode: str = "char", **settings: Any) -> RunSpec:
-        """A spec from the dataclass defaults (no recipe) and `settings` by name: the
-        Python API's short form, e.g. `RunSpec.of("blt", epochs=3, d_model=32)`."""
+        """What `bltlab train --mode M` trains (the recipe of the default profile, or of
+        the `profile` given) with `settings` by name: the Python API's short form, e.g.
+        `RunSpec.of("blt", epochs=3, d_model=32)`."""
+        return build_spec(mode, settings=settings)
+
+    @classmethod
+    def defaults(cls, mode: str) -> RunSpec:
+        """The dataclass defaults of a mode (the default profile's recipe but for what
+        its RECIPES entry names)."""
         one_of("mode", mode, MODES)
-        base = cls(mode=mode, model=MODEL_CONFIGS[mode](),
+        return cls(mode=mode, model=MODEL_CONFIGS[mode](),
                    patcher=PatcherConfig() if mode == "blt" else None)
-        return base.with_settings(settings, "RunSpec.of")
 
     def with_settings(self, settings: dict[str, Any], where: str = "settings") -> RunSpec:
         """A copy with `settings` applied: keys are field names, flags or section.field."""
@@ -209,8 +192,9 @@ def build_spec(mode: str | None = None, config: str | Path | None = None,
     from_file, settings = flatten(from_file, mode), settings or {}
     profile = named_profile(settings) or named_profile(from_file) or DEFAULT_PROFILE
     one_of("profile", profile, tuple(RECIPES))
-    spec = RunSpec.of(mode, profile=profile, **RECIPES[profile][mode],
-                      train_csv=str(default_data_dir(profile) / "train.csv"))
+    spec = RunSpec.defaults(mode).with_settings(
+        {**recipe(profile, mode), "train_csv": str(default_data_dir(profile) / "train.csv")},
+        "recipe")
     if from_file:
         spec = spec.with_settings(from_file, str(config))
     return spec.with_settings(settings, "flags")

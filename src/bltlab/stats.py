@@ -1,5 +1,7 @@
-"""Statistics for comparing two models on the same test rows.
+"""Statistics: summaries over seeds and curves, and comparisons of two models on the
+same test rows.
 
+- Mean and spread over seeds; the first point of a curve that reaches a level.
 - Wilson score interval for one model's exact-match rate.
 - McNemar's exact test on the paired exact-match outcomes (only rows where the models
   disagree carry information; under H0 each disagreement goes either way with p = 1/2).
@@ -13,6 +15,23 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
+
+
+def mean_std(values: Sequence[float | None]) -> dict | None:
+    """Mean, sample standard deviation (0 for one value) and count of the values given
+    (None left out); None when there are none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def first_reaching(curve: Sequence[dict], level: float, x: str = "train_flops",
+                   y: str = "val_exact_match") -> float | None:
+    """`x` at the first point of `curve` whose `y` is at least `level`, or None."""
+    return next((p[x] for p in curve if p.get(y, 0) >= level), None)
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

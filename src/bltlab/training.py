@@ -11,10 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import math
-import os
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from bltlab import distributed, profiles
-from bltlab.batching import Collate, LengthBucketSampler, PairDataset
+from bltlab.batching import EncodedPairs, LengthBucketSampler, as_is
 from bltlab.checkpoint import (
     checkpoint_paths,
     complete_weights,
@@ -42,28 +39,12 @@ from bltlab.data import Pairs, load_pairs, reverse
 from bltlab.distributed import World
 from bltlab.errors import BltlabError
 from bltlab.fileio import RunLock, ensure_dir, write_json
-from bltlab.flops import FlopModel, batch_lengths, row_lengths
+from bltlab.flops import FlopModel, batch_lengths
 from bltlab.inputs import CODECS, Codec, codec_from_state
 from bltlab.models import BLT, EncoderDecoder, build_model, count_parameters
+from bltlab.runtime import file_sha256, pick_device, seed_everything
 from bltlab.spec import RunSpec, resolve
 from bltlab.vocab import PAD, UNK
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BltlabError(f"--device {name}: CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise BltlabError(f"--device {name}: not a device (auto, cpu, cuda, cuda:N)") from None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def split_validation(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
@@ -234,10 +215,6 @@ def rows_of_epoch(spec: RunSpec, codec: Codec, train: Pairs, epoch: int) -> Pair
     return pairs.subset([i for i, x in enumerate(pairs.inputs) if not codec.too_long(x)])
 
 
-def epoch_pairs(run: Run, epoch: int) -> Pairs:
-    return rows_of_epoch(run.spec, run.codec, run.rows.train, epoch)
-
-
 @dataclass
 class RunState(Config):
     """Where a run stands; saved in every latest checkpoint so a resume continues exactly."""
@@ -261,19 +238,25 @@ def score(row: dict, metric: str) -> tuple:
     return (-row.get("val_loss", 0.0),)
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 @dataclass
 class Rows:
-    """A run's data: validation rows and the training rows, encoded."""
+    """A run's data: the training CSV's rows, split (fresh-row runs read only their count
+    from the training part), the validation rows encoded, and, when every epoch trains
+    on the training rows, those encoded once."""
 
     train: Pairs
     val: Pairs
-    train_set: PairDataset
     val_loader: DataLoader
-    collate: Collate
+    fixed: EncodedPairs | None
+
+
+@dataclass
+class Epoch:
+    """One epoch's rows, generated (fresh-row runs) and encoded once."""
+
+    number: int
+    pairs: Pairs
+    encoded: EncodedPairs
 
 
 @dataclass
@@ -294,6 +277,7 @@ class Run:
     steps_per_epoch: int
     key: dict  # the run's identity (resume key)
     flops: FlopModel  # FLOPs of a row from its lengths
+    epoch: Epoch | None = None  # the rows of the epoch being trained (or about to be)
     state: RunState = field(default_factory=RunState)
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_exact_match": -1.0, "val_loss": math.inf,
@@ -339,23 +323,32 @@ def codec_and_spec(spec: RunSpec, state: dict | None, train: Pairs) -> tuple[Run
 
 
 def encode_rows(spec: RunSpec, codec: Codec, train: Pairs, val: Pairs) -> Rows:
-    collate = Collate(codec)
-    val_set = PairDataset.build(codec, val)
-    val_loader = DataLoader(val_set, collate_fn=collate, batch_sampler=LengthBucketSampler(
+    val_set = EncodedPairs.build(codec, val.inputs, val.targets)
+    val_loader = DataLoader(val_set, collate_fn=as_is, batch_sampler=LengthBucketSampler(
         val_set.lengths(), spec.train.val_batch_size, 0))
-    return Rows(train, val, PairDataset.build(codec, train), val_loader, collate)
+    fixed = None if spec.data.fresh_pairs else EncodedPairs.build(codec, train.inputs,
+                                                                   train.targets)
+    return Rows(train, val, val_loader, fixed)
 
 
-def micro_batch(spec: RunSpec, model: nn.Module, rows: Rows, device: torch.device,
-                precision: Precision) -> int:
-    """Rows per micro-batch: the batch size, split on CUDA when it does not fit."""
-    if device.type != "cuda":
-        return spec.train.batch_size
-    lengths = rows.train_set.lengths()
-    longest = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return fit_micro_batch(lambda n: step_fits(
-        model, rows.collate([rows.train_set[i] for i in longest[-n:]]), device, precision),
-        spec.train.batch_size)
+def epoch_data(run: Run, epoch: int) -> Epoch:
+    """The rows epoch `epoch` trains on, generated and encoded once."""
+    if run.epoch is None or run.epoch.number != epoch:
+        pairs = rows_of_epoch(run.spec, run.codec, run.rows.train, epoch)
+        encoded = run.rows.fixed or EncodedPairs.build(run.codec, pairs.inputs, pairs.targets)
+        run.epoch = Epoch(epoch, pairs, encoded)
+    return run.epoch
+
+
+def micro_batch(run: Run) -> int:
+    """Rows per micro-batch: the batch size, split on CUDA when it does not fit (tried
+    on the first epoch's longest rows)."""
+    if run.device.type != "cuda":
+        return run.spec.train.batch_size
+    data = epoch_data(run, 0).encoded
+    longest = np.argsort(data.lengths(), kind="stable")
+    return fit_micro_batch(lambda n: step_fits(run.model, data.batch(longest[-n:]), run.device,
+                                               run.precision), run.spec.train.batch_size)
 
 
 def setup(spec: RunSpec, device: torch.device, world: World) -> Run:
@@ -368,17 +361,18 @@ def setup(spec: RunSpec, device: torch.device, world: World) -> Run:
             tmp.unlink()
     state = find_resume(spec.train.resume, spec.train.save_dir, spec.mode, key)
     spec, codec = codec_and_spec(spec, state, train)
-    rows = encode_rows(spec, codec, train, val)
     model = build_model(spec.model).to(device)
-    precision = pick_precision(spec.train, device)
-    micro = micro_batch(spec, model, rows, device, precision)
-    accum = spec.train.grad_accum_steps * (spec.train.batch_size // micro)
-    steps = len(LengthBucketSampler(rows.train_set.lengths(), micro, world=world.size)) // accum
-    if steps == 0:
-        raise BltlabError(f"{spec.data.train_csv}: too few rows for one step of {micro} x "
-                          f"{accum} accumulation x {world.size} processes")
-    run = Run(spec, codec, model, model, make_optimizer(model, spec.train), precision, device,
-              world, rows, micro, accum, steps, key, FlopModel.fit(spec.model))
+    run = Run(spec, codec, model, model, make_optimizer(model, spec.train),
+              pick_precision(spec.train, device), device, world,
+              encode_rows(spec, codec, train, val), spec.train.batch_size, 1, 0, key,
+              FlopModel.fit(spec.model))
+    run.micro = micro_batch(run)
+    run.accum = spec.train.grad_accum_steps * (spec.train.batch_size // run.micro)
+    run.steps_per_epoch = LengthBucketSampler.batches(len(train), run.micro,
+                                                      world.size) // run.accum
+    if run.steps_per_epoch == 0:
+        raise BltlabError(f"{spec.data.train_csv}: too few rows for one step of {run.micro} x "
+                          f"{run.accum} accumulation x {world.size} processes")
     epochs_for_budget(run)
     if state is not None:
         restore(run, state)
@@ -392,9 +386,8 @@ def epochs_for_budget(run: Run) -> None:
     spec = run.spec
     if not spec.train.flops_budget:
         return
-    pairs = epoch_pairs(run, 0)
-    per_epoch = float(run.flops.cost("train", *row_lengths(run.codec, pairs.inputs,
-                                                           pairs.targets))["total"].sum())
+    sizes = epoch_data(run, 0).encoded.sizes()
+    per_epoch = float(run.flops.cost("train", *sizes)["total"].sum())
     epochs = max(1, math.ceil(spec.train.flops_budget / per_epoch))
     run.spec = dataclasses.replace(spec, train=spec.train.replace(epochs=epochs))
 
@@ -433,15 +426,13 @@ def wrap(run: Run) -> nn.Module:
 
 def epoch_batches(run: Run, epoch: int, skip_steps: int) -> Iterator[list[dict]]:
     """The epoch's steps (each a list of micro-batches), from step `skip_steps` on."""
-    pairs = epoch_pairs(run, epoch)
-    fresh = run.spec.data.fresh_pairs
-    dataset = PairDataset.build(run.codec, pairs) if fresh else run.rows.train_set
+    data = epoch_data(run, epoch)
     if isinstance(run.model, BLT):  # the bytes its n-gram vectors are trained on
-        run.model.see_texts(pairs.inputs)
-    sampler = LengthBucketSampler(dataset.lengths(), run.micro, run.spec.train.seed,
+        run.model.see_texts(data.pairs.inputs)
+    sampler = LengthBucketSampler(data.encoded.lengths(), run.micro, run.spec.train.seed,
                                   rank=run.world.rank, world=run.world.size)
     sampler.set_epoch(epoch, skip_steps * run.accum)
-    loader = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=run.rows.collate,
+    loader = iter(DataLoader(data.encoded, batch_sampler=sampler, collate_fn=as_is,
                              num_workers=run.spec.train.num_workers))
     steps = min(run.steps_per_epoch, len(sampler) // run.accum)  # rows left out: fewer
     for _ in range(skip_steps, steps):  # a last partial group is left out
@@ -622,10 +613,3 @@ def train_loop(run: Run, epoch_callback: Callable[[dict], bool] | None) -> dict:
             "parameters": count_parameters(run.model), "spec": run.spec.to_dict(),
             "stopped": run.state.epoch < run.spec.train.epochs}
 
-
-def default_threads() -> int:
-    """Cores this process may use (respects affinity masks and cgroup-limited CPUs)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1

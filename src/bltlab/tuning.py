@@ -1,7 +1,8 @@
 """Hyperparameter tuning with Optuna.
 
-The search space is a YAML (or JSON) file users can edit; the package ships a default
-(`bltlab/resources/search_space.yaml`). Trials train with the ordinary training loop
+The default search space is bltlab.experiments.SEARCH_SPACE; a YAML (or JSON) file of
+the same shape replaces it (`--search_space FILE`; `bltlab tune --print_config` prints
+the default to start from). Trials train with the ordinary training loop
 for `tune_epochs` and report validation exact match after each epoch, so weak trials
 are pruned (median rule). The study lives in a database (SQLite `results/tuning.db` by
 default): a killed tuning run loses no completed trial, the trial that was running is
@@ -27,12 +28,13 @@ import yaml
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import TrialState
 
+from bltlab import paths
 from bltlab.errors import BltlabError
+from bltlab.experiments import SEARCH_SPACE
 from bltlab.fileio import check_output_file, ensure_dir, owner_gone, process_owner, write_json
 from bltlab.spec import RunSpec, locate
 from bltlab.training import train
 
-DEFAULT_SPACE = Path(__file__).with_name("resources") / "search_space.yaml"
 KINDS = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_S = 30  # a trial whose worker sends none for 90 s is failed and retried
@@ -84,8 +86,8 @@ def load_search_space(path: str | Path | None, base: RunSpec) -> dict[str, dict]
     """The `base.mode` section of a search-space file, checked entry by entry: keys name
     settings as flags do (`d_model`, `entropy_threshold`), and every value they can
     take must make a valid run on its own."""
-    path = Path(path) if path else DEFAULT_SPACE
-    spaces = read_space_file(path)
+    spaces = read_space_file(Path(path)) if path else SEARCH_SPACE
+    path = path or "experiments.SEARCH_SPACE"
     mode = base.mode
     if not isinstance(spaces.get(mode), dict):
         raise BltlabError(f"{path}: no '{mode}' section")
@@ -170,7 +172,7 @@ def tune(base: RunSpec, tune_epochs: int = 3, max_trials: int = 20, sampler: str
             raise BltlabError(f"--{name} {value}: must be at least 1")
     space = load_search_space(search_space, base)
     out_dir = ensure_dir(out_dir, "--output_dir")
-    url = storage or f"sqlite:///{out_dir / 'tuning.db'}"
+    url = storage or f"sqlite:///{out_dir / paths.TUNING_DB}"
     db = open_storage(url)
     study = retry(lambda: optuna.create_study(
         study_name=f"bltlab-{mode}", storage=db, direction="maximize", load_if_exists=True,
@@ -180,10 +182,11 @@ def tune(base: RunSpec, tune_epochs: int = 3, max_trials: int = 20, sampler: str
     study.sampler = (optuna.samplers.TPESampler(seed=seed) if sampler == "tpe"
                      else optuna.samplers.GridSampler(grid(space), seed=seed))
     requeue_dead_trials(study, db)
-    work(study, db, objective(base, space, tune_epochs, Path(runs_dir)), max_trials,
-         trial_gate(url))
-    return write_results(study, mode, out_dir / f"hyperparameter_tuning_{mode}.json",
-                         sampler, tune_epochs, url)
+    gate = trial_gate(url)
+    work(study, db, objective(base, space, tune_epochs, Path(runs_dir)), max_trials, gate)
+    with gate():  # read and written whole: a worker ending first cannot write last
+        return write_results(study, mode, paths.tuning(out_dir, mode), sampler, tune_epochs,
+                             url)
 
 
 def trial_gate(url: str):
