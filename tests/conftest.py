@@ -46,37 +46,37 @@ def write_reversal(path, inputs):
 
 @pytest.fixture(scope="session")
 def tiny_char_run(tmp_path_factory):
-    """A tiny char model (with the broad recipe's start token) trained for 5 epochs on
-    8,000 random strings (shared by tests):
+    """A tiny char model (with the broad recipe's start token) trained for 4 epochs on
+    6,000 random strings (shared by tests):
     (its folder, train()'s result, its training inputs)."""
     from bltlab.spec import RunSpec
     from bltlab.training import train
 
     torch.set_num_threads(2)
     tmp_path = tmp_path_factory.mktemp("tiny_char")
-    inputs = strings(8000, 0)
+    inputs = strings(6000, 0)
     spec = RunSpec.of("char", d_model=48, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
                       dim_feedforward=96, max_len=32, start_token=True, train_csv=write_reversal(
                           tmp_path / "train.csv", inputs), save_dir=str(tmp_path / "ck"),
-                      epochs=5, batch_size=32, lr=3e-3, warmup_steps=20, progress_bars=False,
+                      epochs=4, batch_size=32, lr=3e-3, warmup_steps=20, progress_bars=False,
                       fresh_pairs=False)
     return tmp_path, train(spec), inputs
 
 
 @pytest.fixture(scope="session")
 def tiny_blt_run(tmp_path_factory):
-    """A tiny BLT (static 2-byte patches) trained for 8 epochs on 6,000 random strings:
+    """A tiny BLT (static 2-byte patches) trained for 6 epochs on 5,000 random strings:
     (its folder, train()'s result, its training inputs)."""
     from bltlab.spec import RunSpec
     from bltlab.training import train
 
     torch.set_num_threads(2)
     tmp_path = tmp_path_factory.mktemp("tiny_blt")
-    inputs = strings(6000, 0, 12)
+    inputs = strings(5000, 0, 12)
     spec = RunSpec.of("blt", d_model=48, nhead=2, dim_feedforward=96, max_len=32,
                       ngram_buckets=256, patcher="static", static_size=2, max_patch_len=4,
                       train_csv=write_reversal(tmp_path / "train.csv", inputs),
-                      save_dir=str(tmp_path / "ck"), epochs=8, batch_size=32, lr=3e-3,
+                      save_dir=str(tmp_path / "ck"), epochs=6, batch_size=32, lr=4e-3,
                       warmup_steps=20, progress_bars=False, tensorboard=False,
                       fresh_pairs=False)
     return tmp_path, train(spec), inputs

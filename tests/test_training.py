@@ -1,13 +1,16 @@
 """The training loop: accumulation, schedules, exact resume, checkpoint fallback, locks,
 torchrun."""
 
+import functools
 import json
+import math
 import multiprocessing
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -318,3 +321,61 @@ def test_two_torchrun_processes_follow_one_process_at_the_same_global_batch(tmp_
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
     assert two.stdout.count("epoch 1/2") == 1  # only rank 0 prints
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_each_optimizer_steps_downhill_and_decays_only_linear_matrices(name):
+    spec, (batch,) = char_batches(32, 32)
+    cfg = TrainConfig(optimizer=name, lr=0.05 if name == "sgd" else 3e-3, grad_clip=0)
+    torch.manual_seed(0)
+    model = CharTransformer(spec.model)
+    optimizer = training.make_optimizer(model, cfg)
+    kind = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
+    assert type(optimizer) is kind
+    decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
+    assert id(model.embeddings.tokens.weight) not in decayed
+    assert id(model.decoder.blocks[0].mlp.fc.weight) in decayed
+    losses = [train_step(model, [batch], optimizer, cfg, torch.device("cpu")) for _ in range(8)]
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_a_compiled_model_takes_the_step_the_eager_one_takes(monkeypatch):
+    """--compile wraps the model in torch.compile; traced by dynamo (its eager backend
+    here: inductor's code generation takes minutes on a CPU), a step gives the same loss
+    and gradients as without."""
+    if not hasattr(torch, "compile"):
+        pytest.skip("this torch has no torch.compile")
+    spec, (batch,) = char_batches(16, 16)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = CharTransformer(spec.model)
+        run = SimpleNamespace(model=model, world=training.World(),
+                              spec=spec.with_settings({"compile": compiled}))
+        net = training.wrap(run)
+        assert (net is not model) == compiled
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        loss = train_step(net, [batch], optimizer, TrainConfig(grad_clip=0),
+                          torch.device("cpu"))
+        results.append((loss, [p.grad.clone() for p in model.parameters()]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 loss scaling needs CUDA")
+def test_fp16_loss_scaling_trains_where_bf16_is_missing(monkeypatch):
+    """On a GPU without bf16, --amp on is fp16 autocast with a gradient scaler."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    device = torch.device("cuda")
+    precision = training.pick_precision(TrainConfig(amp="on"), device)
+    assert precision.dtype == torch.float16 and precision.scaler is not None
+    spec, (batch,) = char_batches(32, 32)
+    torch.manual_seed(0)
+    model = CharTransformer(spec.model).to(device)
+    cfg = TrainConfig(lr=3e-3)
+    optimizer = training.make_optimizer(model, cfg)
+    losses = [train_step(model, [batch], optimizer, cfg, device, precision) for _ in range(8)]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    assert precision.scaler.get_scale() > 1  # gradients were scaled up, not skipped forever

@@ -74,7 +74,7 @@ def test_two_workers_share_one_study_without_losing_trials(tmp_path):
            str(tmp_path / "train.csv"), "--search_space", str(tmp_path / "space.yaml"),
            "--tune_epochs", "1", "--max_tune_combinations", "6", "--output_dir",
            str(tmp_path / "results"), "--runs_dir", str(tmp_path / "runs"), "--threads", "1",
-           "--batch_size", "32"]
+           "--batch_size", "32", "--fresh_pairs", "false"]
     (tmp_path / "results").mkdir()
     workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
