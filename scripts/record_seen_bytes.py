@@ -27,7 +27,7 @@ def seen_bytes(state: dict) -> torch.Tensor:
     marks them."""
     spec = RunSpec.from_dict(state["spec"])
     codec = codec_from_state(state["codec"], spec.model.max_len - 1)
-    train, _ = load_rows(spec)
+    train, _, _ = load_rows(spec)
     model = build_model(spec.model)
     epochs = state["epoch"] if "epoch" in state else state["run_state"]["epoch"]
     for epoch in range(epochs):

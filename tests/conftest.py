@@ -65,18 +65,18 @@ def tiny_char_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_blt_run(tmp_path_factory):
-    """A tiny BLT (static 2-byte patches) trained for 6 epochs on 5,000 random strings:
+    """A tiny BLT (static 2-byte patches) trained for 6 epochs on 4,000 random strings:
     (its folder, train()'s result, its training inputs)."""
     from bltlab.spec import RunSpec
     from bltlab.training import train
 
     torch.set_num_threads(2)
     tmp_path = tmp_path_factory.mktemp("tiny_blt")
-    inputs = strings(5000, 0, 12)
-    spec = RunSpec.of("blt", d_model=48, nhead=2, dim_feedforward=96, max_len=32,
+    inputs = strings(4000, 0, 12)
+    spec = RunSpec.of("blt", d_model=32, nhead=2, dim_feedforward=64, max_len=32,
                       ngram_buckets=256, patcher="static", static_size=2, max_patch_len=4,
                       train_csv=write_reversal(tmp_path / "train.csv", inputs),
-                      save_dir=str(tmp_path / "ck"), epochs=6, batch_size=32, lr=4e-3,
+                      save_dir=str(tmp_path / "ck"), epochs=6, batch_size=32, lr=5e-3,
                       warmup_steps=20, progress_bars=False, tensorboard=False,
                       fresh_pairs=False)
     return tmp_path, train(spec), inputs

@@ -32,7 +32,8 @@ def test_a_failed_checkpoint_write_keeps_the_good_ones(tmp_path, capsys):
     spec = dict(train_csv=write_reversal(tmp_path / "train.csv", strings(200, 0, 8)),
                 save_dir=str(tmp_path / "ck"), d_model=32, nhead=2, num_encoder_layers=1,
                 num_decoder_layers=1, dim_feedforward=64, max_len=32, batch_size=16,
-                warmup_steps=2, save_every_steps=0, tensorboard=False, progress_bars=False)
+                warmup_steps=2, save_every_steps=0, tensorboard=False, progress_bars=False,
+                fresh_pairs=False)
     flags = [a for k, v in spec.items() for a in (f"--{k}", str(v).lower() if
                                                     isinstance(v, bool) else str(v))]
     assert main(["train", "--threads", "1", "--epochs", "2", *flags]) == 0

@@ -81,7 +81,43 @@ def test_targets_that_are_not_reversals_are_counted(tmp_path, capsys):
     inputs = strings(100, 0, 8)
     data.write_pairs(tmp_path / "t.csv", inputs, [s[::-1] if i % 10 else s + "x"
                                                   for i, s in enumerate(inputs)])
-    main(["train", "--train_csv", str(tmp_path / "t.csv"), "--epochs", "1", "--d_model", "16",
+    main(["train", "--train_csv", str(tmp_path / "t.csv"), "--fresh_pairs", "false",
+          "--epochs", "1", "--d_model", "16",
           "--nhead", "2", "--dim_feedforward", "16", "--save_dir", str(tmp_path / "ck"),
           "--no_progress", "--no_tensorboard"])
     assert "10 of 100 targets are not their input reversed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--quick", "--seeds", "0"], "--seeds 0: must be at least 1"),
+    (["run", "--frontier", "--seeds", "-2"], "--seeds -2: must be at least 1"),
+    (["run", "--quick", "--epochs", "0"], "--epochs 0: must be at least 1"),
+    (["run", "--quick", "--batch_size", "0"], "--batch_size 0: must be at least 1"),
+    (["run", "--quick", "--skip_train", "--save_dir", "none"],
+     "--skip_train: none/best_char_model.pt: no such checkpoint"),
+    (["data", "generate", "--seed", "-1"], "--seed -1: must be at least 0"),
+    (["data", "generate", "--train", "100000000000"], "--train 100000000000: at most"),
+    (["train", "--seed", "-1"], "--seed -1: must be 0 to 2**32 - 1"),
+    (["train", "--device", "meta"], "--device meta: not a device bltlab runs on"),
+    (["train", "--device", "mps"], "--device mps: not a device bltlab runs on"),
+    (["analyze", "--dpi", "0"], "--dpi 0: must be 10 to 1000"),
+    (["analyze", "--dpi", "5000"], "--dpi 5000: must be 10 to 1000"),
+    (["infer", "--checkpoint", "x.pt", "--batch_size", "0"], "--batch_size 0"),
+])
+def test_flags_out_of_range_are_one_line_before_anything_is_written(tmp_path, capsys,
+                                                                     monkeypatch, args,
+                                                                     message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "run_summary.json").write_text("{}")
+    code = main(args)
+    assert message in one_line_error(capsys, code)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["results", "run_summary.json"]
+    assert (tmp_path / "results" / "run_summary.json").read_text() == "{}"
+
+
+def test_a_model_too_big_for_memory_is_one_line(tmp_path, capsys):
+    csv_path = write_reversal(tmp_path / "t.csv", strings(40, 0, 8))
+    code = main(["train", "--train_csv", csv_path, "--fresh_pairs", "false", "--d_model",
+                 "1000000", "--nhead", "2", "--save_dir", str(tmp_path / "ck")])
+    assert "out of memory" in one_line_error(capsys, code)

@@ -145,9 +145,9 @@ def test_a_bom_a_directory_and_an_unclosed_quote(tmp_path, capsys):
     bom = tmp_path / "bom.csv"
     bom.write_bytes("\ufeffinput,target\nabc,cba\n".encode())
     assert data.load_pairs(bom).inputs == ["abc"]
-    with pytest.raises(BltlabError, match="is a directory, not a CSV file"):
+    with pytest.raises(BltlabError, match="is a folder, not a CSV file"):
         data.load_pairs(tmp_path)
-    with pytest.raises(BltlabError, match="is a directory, not a checkpoint"):
+    with pytest.raises(BltlabError, match="is a folder, not a checkpoint"):
         load_checkpoint(tmp_path)
     quote = tmp_path / "quote.csv"
     quote.write_text('input,target\n"abc,cba\nx,y\n', encoding="utf-8")
@@ -166,3 +166,23 @@ def test_fuzz_csv_loader_raises_only_one_line_errors(raw):
         assert "\n" not in str(e)
     finally:
         path.unlink()
+
+
+@pytest.mark.parametrize("flag", ["--test_csv", "--train_csv", "--config"])
+def test_an_endless_input_is_refused_with_a_bound(tmp_path, capsys, flag, tiny_char_run):
+    (tmp_path / "zero.csv").symlink_to("/dev/zero")
+    zero = str(tmp_path / "zero.csv")
+    args = {"--test_csv": ["eval", "--checkpoint", tiny_char_run[1]["best_checkpoint"],
+                           "--test_csv", zero, "--output_csv", str(tmp_path / "p.csv")],
+            "--train_csv": ["train", "--train_csv", zero, "--save_dir", str(tmp_path / "ck")],
+            "--config": ["train", "--config", zero]}[flag]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "zero.csv: larger than" in err and err.count("\n") == 1, err
+
+
+def test_a_repeated_column_is_refused(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("input,target,input\nab,ba,cd\n", encoding="utf-8")
+    with pytest.raises(BltlabError, match="column.s. input appear more than once"):
+        data.load_pairs(path)

@@ -2,8 +2,10 @@
 order, as it arrives), and bad checkpoints or input."""
 
 import io
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -146,3 +148,27 @@ def test_fuzz_infer_answers_every_line(predictors, lines, mode):
     failed = stream(predictors[mode], [lines], out, err)
     assert out.getvalue().count("\n") == len(lines)
     assert failed == sum(line.startswith("error:") for line in err.getvalue().splitlines())
+
+
+def test_an_endless_line_is_answered_and_memory_stays_bounded(predictors):
+    """A line longer than MAX_LINE gets its error as soon as it is that long; the rest of
+    it is skipped, and the lines after it are answered."""
+    from bltlab import infer
+
+    read, write = os.pipe()
+    chunk = b"x" * infer.READ
+
+    def feed():
+        for _ in range(3 * infer.MAX_LINE // infer.READ):
+            os.write(write, chunk)
+        os.write(write, b"\nabc\n")
+        os.close(write)
+
+    threading.Thread(target=feed).start()
+    groups = list(infer.line_groups(read))
+    os.close(read)
+    lines = [line for group in groups for line in group]
+    assert [len(x) for x in lines] == [infer.MAX_LINE + 1, 3]
+    out, err = io.StringIO(), io.StringIO()
+    assert stream(predictors["char"], groups, out, err) == 1
+    assert out.getvalue() == "\ncba\n" and "longer than 1 MiB" in err.getvalue()

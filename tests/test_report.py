@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bltlab.cli import main
 from bltlab.evaluation import compute_metrics, write_predictions
@@ -117,3 +119,82 @@ def test_a_folder_with_only_a_frontier_is_reported(tmp_path):
     assert results["efficiency"].split("Answer: ")[1].startswith("Yes")
     assert (tmp_path / "results" / "report.html").is_file()
     assert not (tmp_path / "predictions" / "accuracy_analysis.png").exists()  # no model
+
+
+DAMAGES = {  # a results file, and what is left of it
+    "metrics truncated": ("predictions/predictions_blt_metrics.json", lambda t: t[: len(t) // 2]),
+    "metrics empty": ("predictions/predictions_blt_metrics.json", lambda t: ""),
+    "metrics a list": ("predictions/predictions_blt_metrics.json", lambda t: "[1, 2]"),
+    "metrics key missing": ("predictions/predictions_blt_metrics.json",
+                            lambda t: json.dumps({k: v for k, v in json.loads(t).items()
+                                                  if k != "exact_match_accuracy"})),
+    "metrics null": ("predictions/predictions_blt_metrics.json",
+                     lambda t: json.dumps({**json.loads(t), "total_correct": None})),
+    "history truncated": ("checkpoints/history_char.json", lambda t: t[:40]),
+    "history no epochs": ("checkpoints/history_char.json",
+                          lambda t: json.dumps({**json.loads(t), "epochs": []})),
+    "predictions not UTF-8": ("predictions/predictions_baseline.csv",
+                              lambda t: t.encode() + b"\xff\xfe"),
+    "predictions without input": ("predictions/predictions_baseline.csv",
+                                  lambda t: t.replace("input,", "inp,", 1)),
+    "frontier truncated": ("results/frontier.json", lambda t: '{"points": [{"name": '),
+    "frontier a list": ("results/frontier.json", lambda t: "[]"),
+    "frontier no table": ("results/frontier.json", lambda t: '{"points": [{"name": "a"}]}'),
+    "robustness damaged": ("results/robustness.json", lambda t: '{"char (seed)": 5}'),
+    "seeds damaged": ("results/seeds.json", lambda t: '{"char": [{"x": 1}]}'),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_results_are_one_line_errors_naming_the_file(tmp_path, monkeypatch, capsys,
+                                                            damage):
+    monkeypatch.chdir(tmp_path)
+    targets = [x[::-1] for x in INPUTS]
+    for mode in ("char", "blt"):
+        fake_run(tmp_path, mode, targets, {"total": 1e6})
+    name, change = DAMAGES[damage]
+    path = tmp_path / name
+    text = path.read_text(encoding="utf-8") if path.is_file() else "{}"
+    changed = change(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.write_bytes if isinstance(changed, bytes) else path.write_text)(changed)
+    code = main(["analyze", "--no_plots"])
+    err = capsys.readouterr().err
+    if code == 0:  # an empty history is not damage: there is nothing to plot
+        assert damage == "history no epochs"
+        return
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert path.name in err
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(sorted({name for name, _ in DAMAGES.values()})),
+       st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.sampled_from(["points", "table", "epochs", "name",
+                                                       "total", "exact_match", "seed",
+                                                       "best", "spec", "curve"]), inner,
+                                      max_size=4), max_leaves=12))
+def test_fuzz_analyze_never_breaks_on_results_files(tmp_path, monkeypatch, name, value):
+    monkeypatch.chdir(tmp_path)
+    targets = [x[::-1] for x in INPUTS]
+    for mode in ("char", "blt"):
+        fake_run(tmp_path, mode, targets, {"total": 1e6})
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value) if name.endswith(".json") else str(value))
+    assert main(["analyze", "--no_plots"]) in (0, 2)
+
+
+def test_a_damaged_cached_evaluation_is_evaluated_again(tiny_char_run, tmp_path, capsys):
+    from bltlab.evaluation import evaluate_checkpoint
+    from tests.conftest import strings, write_reversal
+
+    test_csv = write_reversal(tmp_path / "t.csv", strings(20, 3, 12))
+    out = tmp_path / "p.csv"
+    first = evaluate_checkpoint(tiny_char_run[1]["best_checkpoint"], "char", test_csv, out)
+    (tmp_path / "p_metrics.json").write_text('{"checkpoint_sha256": "x"')  # truncated
+    again = evaluate_checkpoint(tiny_char_run[1]["best_checkpoint"], "char", test_csv, out)
+    assert "evaluating again" in capsys.readouterr().out
+    assert again["exact_match_accuracy"] == first["exact_match_accuracy"]

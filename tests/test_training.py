@@ -2,13 +2,16 @@
 torchrun."""
 
 import functools
+import hashlib
 import json
 import math
 import multiprocessing
 import os
+import runpy
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +28,7 @@ from bltlab.checkpoint import (
     previous_path,
     save_checkpoint,
 )
+from bltlab.cli import main
 from bltlab.config import TrainConfig
 from bltlab.errors import BltlabError
 from bltlab.fileio import RunLock
@@ -135,14 +139,13 @@ def test_fresh_pairs_give_each_epoch_new_rows(tmp_path, monkeypatch):
         return pairs
 
     monkeypatch.setattr(training, "generated_pairs", recording)
-    result = train(small_run(tmp_path, fresh_pairs=True, max_len=256))
+    result = train(small_run(tmp_path, fresh_pairs=True, max_len=256, profile="seed"))
     assert [e for e, _, _ in seen] == [0, 1] and seen[0][1] == 380  # 400 rows - 20 held out
     assert seen[0][2] != seen[1][2]
     assert result["spec"]["model"]["vocab_size"] > 40  # the profile's alphabet is in it
 
 
-@pytest.mark.subprocess
-def test_a_blt_records_the_bytes_it_was_trained_on(tmp_path):
+def test_a_blt_records_the_bytes_it_was_trained_on(tmp_path, monkeypatch):
     spec = small_run(tmp_path, "blt", fresh_pairs=True, max_len=256, epochs=2)
     train(spec)
     best = checkpoint_paths(spec.train.save_dir, "blt")[0]
@@ -157,8 +160,9 @@ def test_a_blt_records_the_bytes_it_was_trained_on(tmp_path):
     del state["model"]["seen_bytes"]
     save_checkpoint(tmp_path / "old.pt", state)
     script = Path(__file__).parents[1] / "scripts" / "record_seen_bytes.py"
-    subprocess.run([sys.executable, str(script), str(tmp_path / "old.pt"),
-                    "--out", str(tmp_path / "new.pt")], check=True, capture_output=True)
+    monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "old.pt"),
+                                      "--out", str(tmp_path / "new.pt")])
+    runpy.run_path(str(script), run_name="__main__")
     assert torch.equal(load_checkpoint(tmp_path / "new.pt")["model"]["seen_bytes"],
                        model.seen_bytes)
 
@@ -195,17 +199,24 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch
         e["epoch"] for e in result["history"]]
 
 
-def test_another_configuration_starts_a_new_run_and_fresh_starts_over(tmp_path, capsys):
+def test_another_configuration_is_refused_where_a_run_lives_unless_fresh(tmp_path, capsys):
+    """A new configuration never replaces another run's checkpoints and history unasked;
+    --fresh (resume never) does."""
     train(small_run(tmp_path, epochs=1))
+    best, latest, history = checkpoint_paths(tmp_path / "ck", "char")
+    kept = {p: p.read_bytes() for p in (best, latest, history)}
+    with pytest.raises(BltlabError, match=r"holds another char run \(train.lr 0.003 -> 0.001\);"
+                                          " --fresh replaces it"):
+        train(small_run(tmp_path, epochs=1, lr=1e-3))  # same folder, other spec
+    assert {p: p.read_bytes() for p in kept} == kept
+    for path in (latest, previous_path(latest)):  # a best checkpoint alone is kept as well
+        path.unlink()
+    with pytest.raises(BltlabError, match="cannot be continued"):
+        train(small_run(tmp_path, epochs=1, lr=1e-3))
     capsys.readouterr()
-    result = train(small_run(tmp_path, epochs=1, lr=1e-3))  # same folder, other spec
-    assert "from another configuration or data: starting a new run" in capsys.readouterr().out
-    assert result["spec"]["train"]["lr"] == 1e-3 and len(result["history"]) == 1
-    saved = load_checkpoint(checkpoint_paths(tmp_path / "ck", "char")[1])
-    assert saved["spec"]["train"]["lr"] == 1e-3
-    train(small_run(tmp_path, epochs=1, lr=1e-3, resume="never"))  # --fresh
-    out = capsys.readouterr().out
-    assert "already complete" not in out and "epoch 1/1" in out
+    result = train(small_run(tmp_path, epochs=1, lr=1e-3, resume="never"))  # --fresh
+    assert "epoch 1/1" in capsys.readouterr().out and result["spec"]["train"]["lr"] == 1e-3
+    assert load_checkpoint(latest)["spec"]["train"]["lr"] == 1e-3
 
 
 def test_resume_path_continues_a_given_checkpoint(tmp_path, capsys):
@@ -219,6 +230,8 @@ def test_resume_path_continues_a_given_checkpoint(tmp_path, capsys):
     assert [e["epoch"] for e in result["history"]] == [1, 2]
     with pytest.raises(BltlabError, match="no such checkpoint"):
         train(small_run(tmp_path / "c", resume=str(tmp_path / "none.pt")))
+    with pytest.raises(BltlabError, match="is a 'char' checkpoint, not 'blt'"):  # one step
+        train(small_run(tmp_path / "e", "blt", resume=str(latest)))
     with pytest.raises(BltlabError, match="no latest checkpoint"):
         train(small_run(tmp_path / "d", resume="latest"))
 
@@ -258,9 +271,9 @@ def test_lock_refuses_a_live_run_and_notes_a_gone_one(tmp_path):
         holder.wait()
     lock = RunLock(tmp_path)
     assert "a run that is gone" in lock.acquire()  # killed: the kernel freed its lock
-    assert (tmp_path / ".lock").read_text().split() == [socket.gethostname(), str(os.getpid())]
+    assert (tmp_path / ".run.lock").read_text().split() == [socket.gethostname(), str(os.getpid())]
     lock.release()
-    assert not (tmp_path / ".lock").exists()
+    assert not (tmp_path / ".run.lock").exists()
 
 
 def take_lock(folder, barrier, results):
@@ -279,7 +292,7 @@ def test_processes_racing_for_a_stale_lock_let_exactly_one_win(tmp_path):
     for attempt in range(5):
         folder = tmp_path / str(attempt)
         folder.mkdir()
-        (folder / ".lock").write_text(f"{socket.gethostname()} 999999999\n")  # a gone run
+        (folder / ".run.lock").write_text(f"{socket.gethostname()} 999999999\n")  # a gone run
         barrier, results = ctx.Barrier(4), ctx.Queue()
         procs = [ctx.Process(target=take_lock, args=(folder, barrier, results))
                  for _ in range(4)]
@@ -305,10 +318,9 @@ def test_two_torchrun_processes_follow_one_process_at_the_same_global_batch(tmp_
               write_reversal(tmp_path / "train.csv", inputs),
               "--epochs", "2", "--d_model", "32", "--nhead", "2", "--num_encoder_layers", "1",
               "--num_decoder_layers", "1", "--dim_feedforward", "64", "--max_len", "32",
-              "--warmup_steps", "5", "--threads", "1", "--no_progress", "--no_tensorboard"]
-    cli = [sys.executable, "-m", "bltlab.cli"]
-    subprocess.run([*cli, *common, "--batch_size", "32", "--save_dir", str(tmp_path / "one")],
-                   check=True, capture_output=True)
+              "--warmup_steps", "5", "--threads", "1", "--no_progress", "--no_tensorboard",
+              "--fresh_pairs", "false"]
+    assert main([*common, "--batch_size", "32", "--save_dir", str(tmp_path / "one")]) == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     two = subprocess.run([*torchrun, "-m", "bltlab.cli", *common, "--batch_size", "16",
@@ -379,3 +391,33 @@ def test_fp16_loss_scaling_trains_where_bf16_is_missing(monkeypatch):
     losses = [train_step(model, [batch], optimizer, cfg, device, precision) for _ in range(8)]
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
     assert precision.scaler.get_scale() > 1  # gradients were scaled up, not skipped forever
+
+
+def test_char_and_blt_runs_may_share_a_folder_but_two_of_a_kind_may_not(tmp_path):
+    char, blt = RunLock(tmp_path, "char"), RunLock(tmp_path, "blt")
+    char.acquire()
+    blt.acquire()  # their files never collide: best_char_model.pt vs best_blt_model.pt
+    with pytest.raises(BltlabError, match="in use by another run"):
+        RunLock(tmp_path, "char").acquire()
+    char.release()
+    blt.release()
+
+
+def test_a_save_dir_that_is_not_utf8_is_refused_before_any_epoch(tmp_path):
+    folder = os.fsdecode(bytes(tmp_path) + b"/ck\xff")  # as a shell passes such bytes
+    with pytest.raises(BltlabError, match="--save_dir .*must be valid UTF-8"):
+        small_run(tmp_path, save_dir=folder)
+    assert [p.name for p in tmp_path.iterdir()] == ["train.csv"]  # the test's own data
+
+
+def test_a_piped_training_csv_is_fingerprinted_by_what_was_read(tmp_path):
+    rows = strings(400, 0, 10)
+    content = Path(write_reversal(tmp_path / "train.csv", rows)).read_bytes()
+    read, write = os.pipe()
+    threading.Thread(target=lambda: (os.write(write, content), os.close(write))).start()
+    try:
+        train(small_run(tmp_path, epochs=1, train_csv=f"/dev/fd/{read}"))
+    finally:
+        os.close(read)
+    key = load_checkpoint(checkpoint_paths(tmp_path / "ck", "char")[1])["run_key"]
+    assert key["data_sha256"] == hashlib.sha256(content).hexdigest()

@@ -1,17 +1,42 @@
 """Optuna tuning: search-space checks, and workers sharing one study lose no trial."""
 
 import json
+import socket
 import subprocess
 import sys
 
 import optuna
 import pytest
 
+import bltlab.tuning as tuning
 from bltlab.cli import main
 from bltlab.errors import BltlabError
 from bltlab.spec import RunSpec
-from bltlab.tuning import load_search_space
-from tests.conftest import strings
+from bltlab.tuning import load_search_space, tune
+from tests.conftest import strings, write_reversal
+
+
+@pytest.fixture
+def tiny_study(tmp_path):
+    """A tiny char model's base spec, a one-setting search space and the tune() call."""
+    base = RunSpec.of("char", d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+                      dim_feedforward=32, max_len=32, batch_size=16, fresh_pairs=False,
+                      progress_bars=False, tensorboard=False,
+                      train_csv=write_reversal(tmp_path / "train.csv", strings(120, 0, 8)))
+    (tmp_path / "space.yaml").write_text(
+        "char:\n  lr: {type: float, low: 1.0e-3, high: 5.0e-3, log: true}\n")
+
+    def run(trials):
+        return tune(base, 1, trials, search_space=tmp_path / "space.yaml",
+                    out_dir=tmp_path / "results", runs_dir=tmp_path / "runs")
+
+    return run
+
+
+def trial_states(tmp_path):
+    study = optuna.load_study(study_name="bltlab-char",
+                              storage=f"sqlite:///{tmp_path / 'results' / 'tuning.db'}")
+    return [t.state.name for t in study.trials], study
 
 
 def test_default_search_space_loads_for_both_models():
@@ -25,10 +50,16 @@ def test_default_search_space_loads_for_both_models():
     ("d_modle: {type: int, low: 1, high: 2}", "char.d_modle: not a setting"),
     ("lr: {type: float, low: 0.1}", "char.lr: missing high"),
     ("lr: {type: float, low: 0.1, high: 0.01}", "low 0.1 is above high 0.01"),
-    ("lr: {type: float, low: abc, high: 0.1}", "low and high must be float numbers"),
+    ("lr: {type: float, low: abc, high: 0.1}", "low and high must be finite float numbers"),
     ("nhead: {type: categorical, choices: [0]}", "0 does not make a valid run"),
     ("d_model: {type: int, low: -8, high: 64}", "-8 does not make a valid run"),
     ("dropout: {type: categorical, choices: []}", "choices must be a non-empty list"),
+    ("lr: {type: float, low: 0.0, high: 0.1, log: true}", "log: true needs low above 0"),
+    ("lr: {type: float, low: 0.01, high: 0.1, grid: 5}", "grid must be a list"),
+    ("d_model: {type: int, low: 16, high: 64, step: 0}", "step must be a whole number"),
+    ("dropout: {type: categorical, choices: [[0.1, 0.2]]}", "list of plain values"),
+    ("lr: {type: float, low: 0.01, high: 0.1, lgo: true}", "unknown key.s. lgo"),
+    ("1: {type: int, low: 1, high: 2}", "char.1: not a setting name"),
 ])
 def test_bad_search_space_is_a_one_line_error(tmp_path, entry, message):
     path = tmp_path / "space.yaml"
@@ -90,3 +121,56 @@ def test_two_workers_share_one_study_without_losing_trials(tmp_path):
     assert len({t.number for t in study.trials}) == 6
     result = json.loads((tmp_path / "results" / "hyperparameter_tuning_char.json").read_text())
     assert result["finished_trials"] == 6 and set(result["best_params"]) >= {"lr", "d_model"}
+
+
+def test_a_trial_left_running_by_a_killed_worker_is_run_again(tiny_study, tmp_path, capsys):
+    """kill -9 during the last trial: the rerun queues it again and runs it, so the study
+    ends with as many finished trials as asked."""
+    tiny_study(2)
+    _, study = trial_states(tmp_path)
+    dead = study.ask()  # what a killed worker leaves: a RUNNING trial owned by a gone pid
+    lr = dead.suggest_float("lr", 1e-3, 5e-3, log=True)
+    dead.set_user_attr("worker", f"{socket.gethostname()} 999999999")
+    result = tiny_study(3)
+    assert "its worker is gone; queued again" in capsys.readouterr().out
+    assert result["finished_trials"] == 3
+    states, study = trial_states(tmp_path)
+    assert states.count("COMPLETE") + states.count("PRUNED") == 3 and "RUNNING" not in states
+    assert any(t.params.get("lr") == lr and t.state.name in ("COMPLETE", "PRUNED")
+               for t in study.trials if t.number != dead.number)
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, ValueError])
+def test_an_interrupted_or_broken_trial_does_not_stay_running(tiny_study, tmp_path,
+                                                              monkeypatch, stop):
+    """Ctrl-C fails the trial and queues it again; a bug fails it before the error goes
+    on; either way the rerun finishes the trials asked for."""
+    real = tuning.train
+    calls = []
+
+    def once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise stop("stopped")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "train", once)
+    with pytest.raises(stop):
+        tiny_study(2)
+    states, _ = trial_states(tmp_path)
+    assert "RUNNING" not in states and states[0] == "FAIL"
+    assert ("WAITING" in states) == (stop is KeyboardInterrupt)
+    assert tiny_study(2)["finished_trials"] == 2
+
+
+def test_tune_print_config_prints_and_tunes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", "--mode", "char", "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert "mode: char" in out and "search_space:" in out and "lr:" in out
+    assert not (tmp_path / "results").exists()
+
+
+def test_tuning_prints_no_heartbeat_warning(tiny_study, recwarn):
+    tiny_study(1)
+    assert not [w for w in recwarn if "heartbeat" in str(w.message).lower()]

@@ -84,7 +84,7 @@ def load_checkpoint(path: str | os.PathLike, mode: str | None = None) -> dict:
     """Load a checkpoint safely; a missing, corrupt or foreign file is a one-line error."""
     path = Path(path)
     if path.is_dir():
-        raise BltlabError(f"{path}: is a directory, not a checkpoint file")
+        raise BltlabError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise BltlabError(f"{path}: no such checkpoint")
     try:
@@ -172,22 +172,44 @@ def load_latest(path: Path, mode: str) -> tuple[dict, Path] | None:
     return None
 
 
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """What differs between two run identities, as `section.setting old -> new`."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {str(a)[:12]} -> {str(b)[:12]}")
+    return out
+
+
 def find_resume(resume: str, save_dir: str, mode: str, key: dict) -> dict | None:
     """The checkpoint to continue from: PATH; latest (the save dir's, which must exist);
-    auto: the save dir's latest when it is of the same run; never."""
-    latest = checkpoint_paths(save_dir, mode)[1]
+    auto: the save dir's latest when it is of the same run, none when the save dir holds
+    no run of this mode, and a one-line error when it holds another run (its files would
+    be replaced: --fresh says to); never."""
+    best, latest, _ = checkpoint_paths(save_dir, mode)
     if resume not in ("auto", "latest", "never"):
-        found = load_latest(Path(resume), mode)
-        if found is None:
-            raise BltlabError(f"--resume {resume}: no such checkpoint")
-        return found[0]
+        state = load_checkpoint(resume, mode)  # a wrong mode says so in its own words
+        if "optimizer" not in state or "run_state" not in state:
+            raise BltlabError(f"--resume {resume}: cannot resume from it (not a latest "
+                              "checkpoint)")
+        return state
     found = None if resume == "never" else load_latest(latest, mode)
     if found is None:
         if resume == "latest":
             raise BltlabError(f"--resume: no latest checkpoint in {save_dir}")
+        if resume == "auto" and best.exists():
+            raise BltlabError(f"--save_dir {save_dir}: holds a {mode} run that cannot be "
+                              "continued (no latest checkpoint); --fresh replaces it, or "
+                              "give another --save_dir")
         return None
     state, path = found
     if resume == "auto" and state.get("run_key") != key:
-        print(f"{path} is from another configuration or data: starting a new run")
-        return None
+        changed = differences(state.get("run_key") or {}, key)
+        raise BltlabError(f"--save_dir {save_dir}: holds another {mode} run ("
+                          f"{'; '.join(changed[:4]) or 'other settings'}"
+                          f"{' ...' if len(changed) > 4 else ''}); --fresh replaces it, or "
+                          "give another --save_dir")
     return state

@@ -84,10 +84,23 @@ def spec_settings(args: argparse.Namespace) -> dict[str, Any]:
             if k.startswith(SPEC) and v is not None}
 
 
+def check_at_least(args: argparse.Namespace, **lows: int) -> None:
+    """One-line errors for numeric flags below their minimum (None: not given)."""
+    for name, low in lows.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            raise BltlabError(f"--{name} {value}: must be at least {low}")
+
+
 def cmd_data(args: argparse.Namespace) -> None:
     from bltlab import data
 
     if args.data_cmd == "generate":
+        check_at_least(args, seed=0, train=0, test=1)
+        for name in ("train", "test"):
+            if getattr(args, name) > data.MAX_ROWS:
+                raise BltlabError(f"--{name} {getattr(args, name)}: at most {data.MAX_ROWS:,} "
+                                  "rows a file")
         out = args.out or data.default_data_dir(args.profile)
         train, test = data.generate(out, args.seed, args.train, args.test, args.profile)
         files = f"{train} ({args.train} rows) and " if args.train else ""
@@ -121,6 +134,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from bltlab.runtime import pick_device
 
     check_search(args.beam_width, args.length_penalty)
+    check_at_least(args, batch_size=1)
     device = pick_device(args.device)
     model, codec, state = load_model(args.checkpoint, args.mode, device)
     test_csv = args.test_csv or default_data_dir(state["spec"]["data"]["profile"]) / "test.csv"
@@ -142,10 +156,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from bltlab.runtime import pick_device
 
     check_search(args.beam_width, args.length_penalty)
+    check_at_least(args, batch_size=1)
     device = pick_device(args.device)
     model, codec, _ = load_model(args.checkpoint, args.mode, device)
-    if args.batch_size < 1:
-        raise BltlabError(f"--batch_size {args.batch_size}: must be at least 1")
     predictor = Predictor(model, codec, args.beam_width, args.length_penalty, device,
                           args.batch_size)
     if args.text is not None:
@@ -191,17 +204,21 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def cmd_analyze(args: argparse.Namespace) -> None:
     from bltlab.report import analyze
 
+    if not 10 <= args.dpi <= 1000:
+        raise BltlabError(f"--dpi {args.dpi}: must be 10 to 1000")
     analyze(args.output_dir, args.predictions_dir, args.checkpoints_dir, not args.no_plots,
             args.dpi)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from bltlab.decoding import check_search
     from bltlab.pipeline import RunOptions, run
 
     names = {f.name for f in fields(RunOptions)}
     preset = "tune" if args.tune else "full" if args.full else "quick"
-    if args.workers < 1:
-        raise BltlabError(f"--workers {args.workers}: must be at least 1")
+    check_at_least(args, workers=1, seeds=1, seed=0, epochs=1, batch_size=1, tune_epochs=1,
+                   max_tune_combinations=1)
+    check_search(args.beam_width, 1.0)
     run(RunOptions(preset=preset, **{k: v for k, v in vars(args).items() if k in names}
                    | {"points": tuple(args.points)}))
 
@@ -354,6 +371,9 @@ def add_run_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--skip_train", action="store_true", help="evaluate existing checkpoints")
+    p.add_argument("--fresh", action="store_true",
+                   help="train anew where a save dir holds a run of other settings (it is "
+                        "replaced); without it such a run is refused")
     p.add_argument("--beam_width", type=int, default=1, help="evaluation: 1 greedy, else beam")
     p.add_argument("--save_dir", default=d.save_dir)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -390,14 +410,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from bltlab.runtime import default_threads
+        from bltlab.runtime import default_threads, die_with_parent
 
+        if os.environ.get("BLTLAB_PARENT"):  # a worker: it ends when its parent does
+            die_with_parent(int(os.environ["BLTLAB_PARENT"]))
         if args.threads < 0:
             raise BltlabError(f"--threads {args.threads}: must be at least 0")
         torch.set_num_threads(args.threads or default_threads())
         return args.func(args) or 0
     except BltlabError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        print(f"error: out of memory ({type(e).__name__}); a smaller model, --batch_size "
+              "or input, or a machine with more memory", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e) and "not enough memory" not in str(e):
+            return internal_error(e)
+        print("error: out of memory (the allocator refused); a smaller model, --batch_size "
+              "or input, or a machine with more memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -406,12 +438,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except Exception as e:  # a bug: one line, and the traceback on request
-        if os.environ.get("BLTLAB_DEBUG"):
-            raise
-        first = str(e).splitlines()[0] if str(e) else ""
-        print(f"error: internal error ({type(e).__name__}: {first}); this is a bug; "
-              "BLTLAB_DEBUG=1 shows the traceback", file=sys.stderr)
-        return 70
+        return internal_error(e)
+
+
+def internal_error(e: Exception) -> int:
+    """A bug: one line (exit 70), and the traceback with BLTLAB_DEBUG=1."""
+    if os.environ.get("BLTLAB_DEBUG"):
+        raise e
+    first = str(e).splitlines()[0] if str(e) else ""
+    print(f"error: internal error ({type(e).__name__}: {first}); this is a bug; "
+          "BLTLAB_DEBUG=1 shows the traceback", file=sys.stderr)
+    return 70
 
 
 def script(command: str) -> None:

@@ -11,6 +11,7 @@ YAML file, Python, the tuner).
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -35,10 +36,55 @@ def setting(default: Any, help: str, **extras: Any) -> Any:
     return field(default=default, metadata={"help": help, **extras})
 
 
+SHOWN = reprlib.Repr()
+SHOWN.maxstring, SHOWN.maxother, SHOWN.maxlist, SHOWN.maxdict = 40, 40, 6, 4
+
+
+def shown(value: Any) -> str:
+    """A value as an error message shows it: short, whatever its size."""
+    return value if isinstance(value, str) and len(value) <= 40 else SHOWN.repr(value)
+
+
 def need(ok: bool, name: str, value: Any, rule: str) -> None:
     """Raise the one-line error for setting `name` when `ok` is false."""
     if not ok:
-        raise BltlabError(f"--{name} {value}: {rule}")
+        raise BltlabError(f"--{name} {shown(value)}: {rule}")
+
+
+def whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return (whole(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+TYPE_RULES = {  # a field's annotation -> (test, what the error says it must be)
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (whole, "a whole number"),
+    "float": (number, "a finite number"),
+    "float | None": (lambda v: v is None or number(v), "a finite number or null"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "tuple[int, ...]": (lambda v: isinstance(v, (list, tuple)) and all(map(whole, v)),
+                        "a list of whole numbers"),
+}
+
+
+def check_type(f: Field, value: Any) -> None:
+    """A one-line error when `value` is not of the field's type; a string that only looks
+    like another type (YAML's "false", "16") is named as a string."""
+    test, rule = TYPE_RULES[f.type]
+    if not test(value):
+        got = f" (it is {type(value).__name__ if value is not None else 'null'}"
+        got += ": write it without quotes)" if isinstance(value, str) else ")"
+        need(False, flag(f), repr(value) if isinstance(value, str) else value,
+             f"must be {rule}{got}")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a path given in bytes that are not UTF-8
+            need(False, flag(f), ascii(value), "must be valid UTF-8 text")
 
 
 def one_of(name: str, value: Any, choices: tuple) -> None:
@@ -63,6 +109,7 @@ class Config:
 
     def __post_init__(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
+            check_type(f, getattr(self, f.name))
             if "choices" in f.metadata:
                 one_of(flag(f), getattr(self, f.name), f.metadata["choices"])
 
@@ -75,10 +122,18 @@ class Config:
 
     @classmethod
     def from_dict(cls: type[T], d: dict[str, Any], where: str = "") -> T:
-        unknown = sorted(set(d) - cls.names())
+        """A config from plain values; an unknown key or a bad value is a one-line error
+        that names `where` (a file, a section)."""
+        if not isinstance(d, dict):
+            raise BltlabError(f"{where or cls.__name__}: must be a mapping of settings, not "
+                              f"{shown(d)}")
+        unknown = sorted(map(shown, set(d) - cls.names()))
         if unknown:
             raise BltlabError(f"{where or cls.__name__}: unknown setting(s) {', '.join(unknown)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except BltlabError as e:
+            raise BltlabError(f"{where}: {e}" if where else str(e)) from None
 
     def replace(self: T, **changes: Any) -> T:
         return type(self).from_dict({**self.to_dict(), **changes})
@@ -247,6 +302,7 @@ class TrainConfig(Config):
         at_least(self, 0, "weight_decay", "warmup_steps", "grad_clip", "save_every_steps",
                  "early_stopping_patience", "num_workers", "flops_budget")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be above 0")
+        need(0 <= self.seed < 2**32, "seed", self.seed, "must be 0 to 2**32 - 1")
         for name in ("beta1", "beta2"):
             need(0.0 <= getattr(self, name) < 1.0, name, getattr(self, name), "must be in [0, 1)")
         for name in ("plateau_factor", "step_factor"):

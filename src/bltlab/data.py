@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from bltlab import profiles
 from bltlab.errors import BltlabError
-from bltlab.fileio import ensure_dir, write_atomic, write_csv_rows
+from bltlab.fileio import MIB, ensure_dir, read_bounded, sha256_of, write_csv_rows, write_files
 
 
 def reverse(text: str) -> str:
@@ -25,15 +26,18 @@ def reverse(text: str) -> str:
     return text[::-1]
 
 
+def pairs_writer(inputs: list[str], targets: list[str]):
+    """What writes an `input,target` CSV of these rows (for fileio.write_files)."""
+    return lambda f: write_csv_rows(f, [["input", "target"], *zip(inputs, targets, strict=True)])
+
+
 def write_pairs(path: str | Path, inputs: list[str], targets: list[str]) -> None:
     """Write an `input,target` CSV atomically."""
-
-    def write(f):
-        write_csv_rows(f, [["input", "target"], *zip(inputs, targets, strict=True)])
-
-    write_atomic(path, write)
+    write_files({path: pairs_writer(inputs, targets)})
 
 
+MAX_ROWS = 10_000_000  # rows a generated file may hold
+CHUNK = 100_000  # rows drawn at a time (the same rows as all at once: one stream)
 FINAL_SEED = 20261129  # reserved: the final test set, which only the report reads
 FINAL_DIR = Path("data") / "final"
 
@@ -55,13 +59,15 @@ def generate(out_dir: str | Path = "data", seed: int = 0, n_train: int = 10000,
         raise BltlabError(f"--profile {profile}: choose one of {', '.join(profiles.PROFILES)}")
     out = ensure_dir(out_dir, "--out")
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    paths = []
+    files = {}
     for name, n, rng in (("train.csv", n_train, train_rng), ("test.csv", n_test, test_rng)):
         if n:
-            inputs = profiles.draw(profile, n, rng)
-            write_pairs(out / name, inputs, [reverse(t) for t in inputs])
-        paths.append(out / name)
-    return paths[0], paths[1]
+            inputs = [row for start in tqdm(range(0, n, CHUNK), desc=name, unit="chunk",
+                                            leave=False, disable=None if n > CHUNK else True)
+                      for row in profiles.draw(profile, min(CHUNK, n - start), rng)]
+            files[out / name] = pairs_writer(inputs, [reverse(t) for t in inputs])
+    write_files(files)  # both files or neither
+    return out / "train.csv", out / "test.csv"
 
 
 ROBUSTNESS_DIR = Path("data") / "robustness"
@@ -91,12 +97,13 @@ def final_test(profile: str = "seed") -> Path:
 
 @dataclass
 class Pairs:
-    """Validated rows of an `input,target` CSV."""
+    """Validated rows of an `input,target` CSV (`sha256`: of the bytes read)."""
 
     inputs: list[str]
     targets: list[str]
     path: str = ""
     skipped: dict[str, int] = field(default_factory=dict)
+    sha256: str = ""
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -122,18 +129,12 @@ def _row_problem(row: dict, too_long: TooLong | None) -> tuple[str, str] | None:
     return None
 
 
-def read_text(path: str | Path, what: str = "file") -> str:
+MAX_CSV = 512 * MIB  # a larger input is refused (or an endless one: a device)
+
+
+def read_text(raw: bytes) -> str:
     """A file's text (a byte-order mark dropped; bytes that are not UTF-8 kept as
-    surrogate escapes for the row checks); a missing or unreadable file is one line."""
-    path = Path(path)
-    if path.is_dir():
-        raise BltlabError(f"{path}: is a directory, not a {what}")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise BltlabError(f"{path}: no such file") from None
-    except OSError as e:
-        raise BltlabError(f"{path}: cannot read it ({e.strerror})") from None
+    surrogate escapes for the row checks)."""
     return raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
 
 
@@ -148,15 +149,23 @@ def load_pairs(path: str | Path, too_long: TooLong | None = None,
     quotes and newlines.
     """
     path = Path(path)
-    text = read_text(path, "CSV file")
+    raw = read_bounded(path, MAX_CSV, "CSV file")
+    text = read_text(raw)
     if not text.strip():
         raise BltlabError(f"{path}: the file is empty")
     reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-    header = reader.fieldnames or []
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as e:
+        raise BltlabError(f"{path}: line 1: malformed CSV header ({e})") from None
     missing = [c for c in ("input", "target") if c not in header]
     if missing:
         raise BltlabError(f"{path}: missing column(s) {', '.join(missing)} in header {header}")
-    pairs = Pairs([], [], str(path))
+    twice = sorted({c for c in header if header.count(c) > 1 and c in ("input", "target")})
+    if twice:
+        raise BltlabError(f"{path}: column(s) {', '.join(twice)} appear more than once in "
+                          f"the header {header}")
+    pairs = Pairs([], [], str(path), sha256=sha256_of(raw))
     try:
         for i, row in enumerate(reader, start=1):
             problem = _row_problem(row, too_long)

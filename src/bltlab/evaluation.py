@@ -22,7 +22,8 @@ from rapidfuzz.distance import Levenshtein
 from bltlab.batching import EncodedPairs
 from bltlab.data import load_pairs
 from bltlab.decoding import predict
-from bltlab.fileio import write_atomic, write_csv_rows, write_json
+from bltlab.errors import BltlabError
+from bltlab.fileio import json_text, read_json, write_csv_rows, write_files
 from bltlab.paths import metrics_json
 from bltlab.profiles import BAND_NAMES, band_name
 from bltlab.stats import wilson_interval
@@ -111,13 +112,15 @@ def unknown_characters(model: torch.nn.Module, codec, inputs: list[str]) -> dict
             "effect": UNSEEN_EFFECT[codec.mode]}
 
 
+def predictions_writer(inputs: list[str], targets: list[str], preds: list[str]):
+    """What writes a predictions CSV: the data's columns, the prediction, whether right."""
+    return lambda f: write_csv_rows(f, [["input", "target", "prediction", "correct"], *(
+        (x, t, p, p == t) for x, t, p in zip(inputs, targets, preds))])
+
+
 def write_predictions(path: str | Path, inputs: list[str], targets: list[str],
                       preds: list[str]) -> None:
-    def write(f):
-        write_csv_rows(f, [["input", "target", "prediction", "correct"],
-                           *((x, t, p, p == t) for x, t, p in zip(inputs, targets, preds))])
-
-    write_atomic(path, write)
+    write_files({path: predictions_writer(inputs, targets, preds)})
 
 
 def patch_metrics(codec, inputs: list[str]) -> dict:
@@ -162,9 +165,14 @@ def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: st
                     "decode_rows_per_s": round(len(pairs) / seconds, 1),
                     "decode_seconds": round(seconds, 2), "test_csv": str(test_csv),
                     "skipped_rows": pairs.skipped, **(extra or {})})
-    write_predictions(output_csv, pairs.inputs, pairs.targets, preds)
-    write_json(metrics_json(output_csv), metrics)
+    write_files({output_csv: predictions_writer(pairs.inputs, pairs.targets, preds),
+                 metrics_json(output_csv): lambda f: f.write(json_text(metrics))})  # together
     return metrics
+
+
+METRIC_KEYS = ("exact_match_accuracy", "character_accuracy", "one_minus_cer",
+               "avg_edit_distance", "total_samples", "total_correct", "accuracy_by_length",
+               "non_ascii", "forward_flops_per_row", "inference_flops_per_row", "parameters")
 
 
 def evaluate_checkpoint(checkpoint: str | Path, mode: str, test_csv: str | Path,
@@ -180,8 +188,13 @@ def evaluate_checkpoint(checkpoint: str | Path, mode: str, test_csv: str | Path,
              "test_csv_sha256": file_sha256(test_csv), "beam_width": beam_width}
     done = metrics_json(output_csv)
     if done.is_file() and Path(output_csv).is_file():
-        old = json.loads(done.read_text(encoding="utf-8"))
-        if all(old.get(k) == v for k, v in stamp.items()):
+        try:
+            old = read_json(done, "metrics file")
+        except BltlabError as e:
+            print(f"warning: {e}; evaluating again")
+            old = None
+        if isinstance(old, dict) and all(old.get(k) == v for k, v in stamp.items()) \
+                and all(old.get(k) is not None for k in METRIC_KEYS):
             print(f"{mode}: {done} is up to date")
             return old
     device = pick_device(device)

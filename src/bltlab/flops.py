@@ -44,11 +44,11 @@ from bltlab.models import BLT, EncoderDecoder, build_model
 from bltlab.vocab import BOS, PAD
 
 KINDS = ("forward", "train", "infer")
-FIT_SHAPES = [(L, L + d, max(1, (L + s - 1) // s) + e) for L, d, s, e in (
-    (3, 1, 3, 0), (5, 0, 2, 0), (8, 3, 4, 1), (11, -2, 3, 2), (16, 1, 5, 0), (19, 4, 2, 3),
-    (24, -5, 6, 1), (29, 2, 3, 4), (33, 0, 7, 2), (40, 7, 4, 0), (6, 9, 3, 1),
-    (27, 11, 2, 2))]
-CHECK_SHAPES = [(37, 38, 9), (61, 50, 17)]
+# (L, T, n) of the rows measured: small (cached decoding runs T steps), varied enough to
+# pin the 10 coefficients; n is raised where the pooling's slots need more patches
+FIT_SHAPES = [(3, 2, 1), (5, 4, 2), (8, 3, 3), (4, 7, 2), (11, 6, 4), (6, 9, 3), (9, 5, 2),
+              (13, 8, 5), (7, 12, 3), (10, 11, 6), (12, 3, 4), (2, 6, 1)]
+CHECK_SHAPES = [(14, 13, 5), (9, 10, 4)]
 
 
 def terms(L, T, n) -> np.ndarray:

@@ -14,10 +14,12 @@ front.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,11 @@ from typing import Any
 import torch
 
 from bltlab import paths
-from bltlab.checkpoint import checkpoint_paths
+from bltlab.checkpoint import checkpoint_paths, load_checkpoint
 from bltlab.errors import BltlabError
 from bltlab.evaluation import evaluate_checkpoint
 from bltlab.experiments import FRONTIER_SHARED, GRIDS
-from bltlab.fileio import write_atomic, write_json
+from bltlab.fileio import read_json, write_atomic, write_json
 from bltlab.spec import RunSpec, build_spec
 from bltlab.stats import first_reaching, mean_std
 
@@ -52,17 +54,61 @@ def point_specs(preset: str, train_csv: Path, save_dir: Path, seeds: list[int],
     return specs
 
 
-def run_point(spec: RunSpec, threads: int) -> str:
+class Workers:
+    """The worker processes of a grid: signals sent to this process reach them (SIGINT
+    and SIGTERM are passed on; a killed parent takes them down with it, see
+    runtime.die_with_parent), so no point trains on with no one to wait for it."""
+
+    def __init__(self):
+        self.live: set[subprocess.Popen] = set()
+        self.guard = threading.Lock()
+
+    def run(self, args: list[str], log) -> int:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "BLTLAB_PARENT": str(os.getpid())}
+        with self.guard:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.live.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self.guard:
+                self.live.discard(proc)
+
+    def signal(self, signum: int) -> None:
+        with self.guard:
+            for proc in self.live:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signum)
+
+    @contextlib.contextmanager
+    def passing_signals(self):
+        """SIGINT and SIGTERM to this process go to every worker, then end it."""
+        def forward(signum, frame):
+            self.signal(signum)
+            raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            self.signal(signal.SIGTERM)  # nothing left running behind us
+
+
+def run_point(spec: RunSpec, threads: int, workers: Workers) -> str:
     """Train one point in its own process (log in its folder); returns its name."""
     folder = Path(spec.train.save_dir)
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "spec.yaml"
     write_atomic(config, lambda f: f.write(spec.to_yaml()))
     with open(folder / "train.log", "a", encoding="utf-8") as log:
-        done = subprocess.run([sys.executable, "-m", "bltlab.cli", "--threads", str(threads),
-                               "train", "--config", str(config)], stdout=log,
-                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if done.returncode:
+        code = workers.run([sys.executable, "-m", "bltlab.cli", "--threads", str(threads),
+                            "train", "--config", str(config)], log)
+    if code:
         raise BltlabError(f"frontier point {folder} failed: see {folder / 'train.log'}")
     return f"{folder.parent.name} {folder.name}"
 
@@ -71,15 +117,34 @@ def train_points(specs: dict[tuple[str, int], RunSpec], workers: int) -> None:
     """Train the points, `workers` at a time, each with its share of the threads this
     process may use (`bltlab --threads N`)."""
     threads = max(1, torch.get_num_threads() // workers)
-    with ThreadPoolExecutor(workers) as pool:
-        for name in pool.map(lambda s: run_point(s, threads), specs.values()):
+    procs = Workers()
+    with procs.passing_signals(), ThreadPoolExecutor(workers) as pool:
+        for name in pool.map(lambda s: run_point(s, threads, procs), specs.values()):
             print(f"frontier: {name} trained")
+
+
+def finished(spec: RunSpec) -> str | None:
+    """Why a point's run is not a result yet (None when it finished training)."""
+    history = checkpoint_paths(spec.train.save_dir, spec.mode)[2]
+    if not history.is_file():
+        return "not trained"
+    try:
+        done = read_json(history, "training history")
+        if isinstance(done, dict) and "finished" not in done:  # written before it said so
+            latest = load_checkpoint(checkpoint_paths(spec.train.save_dir, spec.mode)[1])
+            done["finished"] = latest.get("run_state", {}).get("finished")
+        ok = isinstance(done, dict) and done.get("finished") is True and done.get("epochs")
+    except BltlabError as e:
+        return str(e)
+    if not ok:
+        epochs = done.get("epochs") if isinstance(done, dict) else None
+        return f"unfinished ({len(epochs) if isinstance(epochs, list) else 0} epochs trained)"
+    return None
 
 
 def point_result(name: str, spec: RunSpec, metrics: dict, final: dict) -> dict:
     """One run's row of frontier.json: its curve, its test and final-set numbers."""
-    history = json.loads(checkpoint_paths(spec.train.save_dir, spec.mode)[2]
-                         .read_text(encoding="utf-8"))
+    history = read_json(checkpoint_paths(spec.train.save_dir, spec.mode)[2], "training history")
     out = {"name": name, "seed": spec.train.seed, "family": spec.mode,
            "d_model": spec.model.d_model, "parameters": metrics["parameters"],
            "spec": history["spec"], "final_exact_match": final["exact_match_accuracy"],
@@ -162,8 +227,16 @@ def frontier(preset: str, train_csv: Path, test_csv: Path, final_csv: Path, save
                           f"({', '.join(names)})")
     if not skip_train:
         train_points({k: v for k, v in specs.items() if not only or k[0] in only}, workers)
-    done = {k: v for k, v in specs.items() if checkpoint_paths(v.train.save_dir, v.mode)[0]
-            .is_file()}
+    missing = {f"{name} seed {seed}": why for (name, seed), spec in specs.items()
+               if (why := finished(spec))}
+    done = {k: v for k, v in specs.items() if f"{k[0]} seed {k[1]}" not in missing}
+    if not done:
+        raise BltlabError(f"no finished frontier run ({len(missing)} missing: e.g. "
+                          f"{next(iter(missing.items()), ('-', '-'))}); "
+                          f"{out_dir / paths.FRONTIER} is left as it was")
+    if missing:
+        print(f"warning: {len(missing)} of {len(specs)} frontier runs are not finished and "
+              f"are left out: {', '.join(list(missing)[:6])}{' ...' if len(missing) > 6 else ''}")
     sets = {"test": test_csv, "final": final_csv}
     points = []
     for (name, _), spec in done.items():
@@ -172,6 +245,6 @@ def frontier(preset: str, train_csv: Path, test_csv: Path, final_csv: Path, save
     rows = table(points)
     result = {"preset": preset, "budget_train_flops": GRIDS[preset]["budget"],
               "test_csv": str(test_csv), "points": points, "table": rows,
-              "summary": summarise(rows)}
+              "summary": summarise(rows), "missing": missing}
     write_json(out_dir / paths.FRONTIER, result)
     return result

@@ -29,6 +29,8 @@ from bltlab.patchview import bracketed
 HISTORY = Path(os.environ.get("BLTLAB_HISTORY", Path.home() / ".bltlab_history"))
 QUIT = {"quit", "exit", ":q"}
 READ = 1 << 16
+GROUP_BYTES = 1 << 20  # read at most this much before answering what has arrived
+MAX_LINE = 1 << 20  # bytes: a longer line is refused, whatever the model
 
 
 @dataclass
@@ -107,23 +109,33 @@ def decode_line(raw: bytes) -> tuple[str, bool]:
 def line_groups(fd: int) -> Iterator[list[bytes]]:
     """Lines of a file descriptor, in groups: each group holds every complete line that
     had arrived when the previous group was answered (a slow writer gets its lines
-    answered one at a time, a fast one in batches)."""
-    buffer = b""
-    while True:
-        chunk = os.read(fd, READ)  # waits for the next bytes
-        ended = not chunk
-        buffer += chunk
-        while not ended and select.select([fd], [], [], 0)[0]:
-            chunk = os.read(fd, READ)
-            ended = not chunk
-            buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        if ended and buffer:
-            lines, buffer = [*lines, buffer], b""
-        if lines:
-            yield [line.removesuffix(b"\r") for line in lines]
-        if ended:
-            return
+    answered one at a time, a fast one in batches). A line longer than MAX_LINE bytes is
+    given as its first MAX_LINE + 1 bytes as soon as it is that long (and is answered as
+    too long); the rest of it is skipped. Memory stays bounded whatever the input."""
+    line, skipping, ended = b"", False, False
+    while not ended:
+        data = os.read(fd, READ)  # waits for the next bytes
+        ended = not data
+        while not ended and len(data) < GROUP_BYTES and select.select([fd], [], [], 0)[0]:
+            more = os.read(fd, READ)
+            ended = not more
+            data += more
+        group = []
+        for i, piece in enumerate(data.split(b"\n")):
+            if i:  # a newline ended the line before this piece
+                if not skipping:
+                    group.append(line)
+                line, skipping = b"", False
+            if skipping:
+                continue
+            line += piece
+            if len(line) > MAX_LINE:
+                group.append(line[: MAX_LINE + 1])
+                line, skipping = b"", True
+        if ended and line and not skipping:
+            group.append(line)
+        if group:
+            yield [raw.removesuffix(b"\r") for raw in group]
 
 
 def stream(predictor: Predictor, groups: Iterable[list[bytes]], out: TextIO,
@@ -134,10 +146,17 @@ def stream(predictor: Predictor, groups: Iterable[list[bytes]], out: TextIO,
     for group in groups:
         size = predictor.batch_size
         for start in range(0, len(group), size):
-            lines = [decode_line(raw) for raw in group[start: start + size]]
+            lines = [decode_line(raw) if len(raw) <= MAX_LINE else ("", True)
+                     for raw in group[start: start + size]]
             preds = predictor.predict([text for text, _ in lines])
-            for (text, valid), pred in zip(lines, preds):
+            for raw, (text, valid), pred in zip(group[start: start + size], lines, preds):
                 number += 1
+                if len(raw) > MAX_LINE:
+                    failed += 1
+                    print(f"error: line {number}: longer than {MAX_LINE // (1 << 20)} MiB "
+                          "(the rest of it was not read)", file=err)
+                    print("", file=out)
+                    continue
                 if not valid:
                     print(f"warning: line {number}: not valid UTF-8 (read with U+FFFD)",
                           file=err)

@@ -131,7 +131,7 @@ def show_patches(text: str | None, file: str | None, train_csv: str, patchers: l
     from bltlab.spec import flag_names
 
     if html_path:
-        check_output_file(html_path, "--html")
+        check_output_file(html_path, "--html", inputs=(file, train_csv))
     texts = [text] if text is not None else load_pairs(file, skip_bad_rows=skip_bad_rows).inputs
     names = flag_names(PatcherConfig)
     results, sections = {}, []

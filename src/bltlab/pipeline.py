@@ -18,6 +18,7 @@ from bltlab.checkpoint import checkpoint_paths, load_model
 from bltlab.config import MODES
 from bltlab.data import default_data_dir, final_test, generate, load_pairs, robustness_files
 from bltlab.decoding import predict
+from bltlab.errors import BltlabError
 from bltlab.evaluation import (
     by_band,
     evaluate_checkpoint,
@@ -27,7 +28,7 @@ from bltlab.evaluation import (
     write_predictions,
 )
 from bltlab.experiments import ABLATIONS, DEFAULT_PROFILE, PRESETS
-from bltlab.fileio import write_json
+from bltlab.fileio import read_json, write_json
 from bltlab.patching import PatcherConfig
 from bltlab.runtime import pick_device
 from bltlab.spec import RunSpec, build_spec
@@ -53,6 +54,7 @@ class RunOptions:
     device: str = "auto"
     beam_width: int = 1
     skip_train: bool = False
+    fresh: bool = False  # train anew where a save dir holds another run
     skip_bad_rows: bool = False
     progress_bars: bool = True
     ablation: str | None = None
@@ -75,8 +77,8 @@ def run_spec(mode: str, opts: RunOptions, train_csv: Path, seed: int, save_dir: 
     recipe_epochs = build_spec(mode, settings={"profile": opts.profile}).train.epochs
     settings = {"train_csv": str(train_csv), "save_dir": str(save_dir), "seed": seed,
                 "device": opts.device, "skip_bad_rows": opts.skip_bad_rows,
-                "profile": opts.profile,
-                "progress_bars": opts.progress_bars,
+                "profile": opts.profile, "progress_bars": opts.progress_bars,
+                "resume": "never" if opts.fresh else "auto",
                 "epochs": opts.epochs or PRESETS[opts.preset] * recipe_epochs}
     if opts.batch_size:
         settings["batch_size"] = opts.batch_size
@@ -91,7 +93,10 @@ def tune_stage(mode: str, opts: RunOptions, train_csv: Path) -> dict:
     path = paths.tuning(opts.output_dir, mode)
     if opts.use_existing_tuning and path.is_file():
         print(f"{mode}: using the tuning results in {path}")
-        return json.loads(path.read_text(encoding="utf-8"))["best_params"] or {}
+        done = read_json(path, "tuning results")
+        if not isinstance(done, dict) or not isinstance(done.get("best_params"), dict | None):
+            raise BltlabError(f"{path}: damaged tuning results (no best_params)")
+        return done["best_params"] or {}
     base = run_spec(mode, opts, train_csv, opts.seed, Path(opts.save_dir))
     result = tune(base, opts.tune_epochs, opts.max_tune_combinations, opts.sampler,
                   opts.search_space, opts.storage, opts.output_dir, opts.runs_dir)
@@ -166,7 +171,10 @@ def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
                      "unknown_character_rows": unknown["rows"]}
         print(f"{label} on {name}: {100 * out[name]['exact_match']:.2f}% exact")
     path = Path(opts.output_dir) / paths.ROBUSTNESS
-    merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    merged = read_json(path, "robustness results") if path.is_file() else {}
+    if not isinstance(merged, dict):
+        raise BltlabError(f"{path}: damaged robustness results (not a mapping); move it away "
+                          "to start it again")
     write_json(path, {**merged, label: out})
     return out
 
@@ -187,10 +195,22 @@ def frontier_stage(opts: RunOptions) -> dict:
     return result
 
 
+def trained(save_dir: Path, mode: str) -> Path:
+    """The best checkpoint of a run (--skip_train: it must be there already)."""
+    best = checkpoint_paths(save_dir, mode)[0]
+    if not best.is_file():
+        raise BltlabError(f"--skip_train: {best}: no such checkpoint; train it first")
+    return best
+
+
 def run(opts: RunOptions) -> dict:
     """Generate data when absent, train both models, evaluate them, write a summary."""
     if opts.frontier:
         return frontier_stage(opts)
+    if opts.skip_train:  # everything it evaluates is there, before anything is written
+        for mode in MODES:
+            for k, seed in enumerate(range(opts.seed, opts.seed + opts.seeds)):
+                trained(seed_paths(mode, opts, k, seed)[0], mode)
     train_csv, test_csv = data_files(opts)
     results = {"preset": opts.preset, "profile": opts.profile, "data_dir": str(data_dir(opts))}
     seeds = [opts.seed + k for k in range(opts.seeds)]
@@ -201,9 +221,9 @@ def run(opts: RunOptions) -> dict:
             save_dir, out = seed_paths(mode, opts, k, seed)
             if not opts.skip_train:
                 train(run_spec(mode, opts, train_csv, seed, save_dir, params))
-            metrics = evaluate_checkpoint(checkpoint_paths(save_dir, mode)[0], mode, test_csv,
-                                          out, opts.device, opts.skip_bad_rows,
-                                          opts.beam_width, progress=opts.progress_bars)
+            metrics = evaluate_checkpoint(trained(save_dir, mode), mode, test_csv, out,
+                                          opts.device, opts.skip_bad_rows, opts.beam_width,
+                                          progress=opts.progress_bars)
             if k == 0:
                 results[mode] = metrics
                 results[f"{mode}_robustness"] = robustness_stage(mode, opts, save_dir)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from bltlab import paths
 from bltlab.config import MODE_NAMES
 from bltlab.fileio import atomic_path
 
@@ -104,9 +102,10 @@ def plot_tuning(plt, tuned: dict):
     return fig
 
 
-def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Path,
+def make_plots(runs: dict, results: dict, predictions_dir: Path, results_dir: Path,
                dpi: int) -> dict[str, Path]:
     """The report's plots, each written as a PNG; returns name -> path."""
+    models = results["models"]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,28 +120,22 @@ def make_plots(runs: dict, models: dict, predictions_dir: Path, results_dir: Pat
                                               predictions_dir / "accuracy_analysis.png", dpi)
         out["detailed_metrics"] = figure_png(plot_detailed(plt, models),
                                              predictions_dir / "detailed_metrics.png", dpi)
-    ablation = paths.ablation(results_dir, "patchers")
-    if ablation.is_file():
-        points = json.loads(ablation.read_text(encoding="utf-8"))
-        out["patcher_frontier"] = figure_png(plot_patcher_frontier(plt, points),
+    if results.get("ablation"):
+        out["patcher_frontier"] = figure_png(plot_patcher_frontier(plt, results["ablation"]),
                                              results_dir / "patcher_frontier.png", dpi)
     tuned = {m: r["tuning"] for m, r in runs.items() if r.get("tuning")}
     if tuned:
         out["hyperparameter_analysis"] = figure_png(
             plot_tuning(plt, tuned), results_dir / "hyperparameter_analysis.png", dpi)
-    robustness = results_dir / paths.ROBUSTNESS
-    if robustness.is_file():
-        out["robustness_by_length"] = figure_png(
-            plot_robustness(plt, json.loads(robustness.read_text(encoding="utf-8"))),
-            results_dir / "robustness_by_length.png", dpi)
-    frontier = results_dir / paths.FRONTIER
-    if frontier.is_file():
-        points = json.loads(frontier.read_text(encoding="utf-8"))
-        if points["points"]:
-            out["frontier_training"] = figure_png(plot_frontier_training(plt, points),
-                                                  results_dir / "frontier_training.png", dpi)
-            out["frontier_inference"] = figure_png(plot_frontier_inference(plt, points),
-                                                   results_dir / "frontier_inference.png", dpi)
+    if results.get("robustness"):
+        out["robustness_by_length"] = figure_png(plot_robustness(plt, results["robustness"]),
+                                                 results_dir / "robustness_by_length.png", dpi)
+    frontier = results.get("frontier")
+    if frontier and frontier["points"]:
+        out["frontier_training"] = figure_png(plot_frontier_training(plt, frontier),
+                                              results_dir / "frontier_training.png", dpi)
+        out["frontier_inference"] = figure_png(plot_frontier_inference(plt, frontier),
+                                               results_dir / "frontier_inference.png", dpi)
     return out
 
 

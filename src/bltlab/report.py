@@ -12,11 +12,14 @@ results/patching_example.png, results/hyperparameter_analysis.png when tuned).
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import html
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
@@ -25,18 +28,33 @@ from bltlab import paths
 from bltlab.config import MODE_NAMES, MODES
 from bltlab.data import ROBUSTNESS_SETS
 from bltlab.errors import BltlabError
-from bltlab.fileio import write_atomic, write_json
+from bltlab.fileio import MIB, json_text, read_bounded, read_json, write_files
 from bltlab.plots import make_plots, patching_png
 from bltlab.profiles import BAND_NAMES, PER_BAND
 from bltlab.stats import first_reaching, mcnemar_exact, mean_std, paired_bootstrap, wilson_interval
 
 
-def read_predictions(path: Path) -> list[dict]:
+@contextlib.contextmanager
+def damaged(*files: Path):
+    """Results that do not have the shape they should (a missing key, a null, a list for a
+    mapping) as a one-line error naming the files they came from."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
-    except OSError as e:
-        raise BltlabError(f"{path}: cannot read predictions ({e.strerror})") from None
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError,
+            ZeroDivisionError) as e:
+        names = " or ".join(map(str, files))
+        raise BltlabError(f"{names}: damaged or from another bltlab ({type(e).__name__}: "
+                          f"{str(e)[:80]}); evaluate or train again") from None
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """A predictions CSV's rows (input, target, prediction)."""
+    text = read_bounded(path, 512 * MIB, "predictions file")
+    with damaged(path):
+        rows = list(csv.DictReader(io.StringIO(text.decode("utf-8"), newline="")))
+        if rows and not {"input", "target", "prediction"} <= set(rows[0]):
+            raise KeyError("input, target and prediction columns")
+        return rows
 
 
 def load_results(predictions_dir: Path, checkpoints_dir: Path, results_dir: Path) -> dict:
@@ -47,23 +65,22 @@ def load_results(predictions_dir: Path, checkpoints_dir: Path, results_dir: Path
         if not csv_path.is_file() or not paths.metrics_json(csv_path).is_file():
             continue
         history = checkpoints_dir / f"history_{mode}.json"
-        runs[mode] = {
-            "metrics": json.loads(paths.metrics_json(csv_path).read_text(encoding="utf-8")),
-            "rows": read_predictions(csv_path),
-            "history": (json.loads(history.read_text(encoding="utf-8"))
-                        if history.is_file() else None),
-        }
+        runs[mode] = {"metrics": read_json(paths.metrics_json(csv_path), "metrics file"),
+                      "rows": read_predictions(csv_path),
+                      "history": read_json(history, "training history")
+                      if history.is_file() else None,
+                      "files": (paths.metrics_json(csv_path), csv_path, history)}
         tuning = paths.tuning(results_dir, mode)
         if tuning.is_file():
-            runs[mode]["tuning"] = json.loads(tuning.read_text(encoding="utf-8"))
+            runs[mode]["tuning"] = read_json(tuning, "tuning results")
     if not runs and not (results_dir / paths.FRONTIER).is_file():
         raise BltlabError(f"{predictions_dir}: no evaluated model (run `bltlab eval` or "
                           "`bltlab run` first)")
     return runs
 
 
-def load_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+def load_json(path: Path) -> Any:
+    return read_json(path) if path.is_file() else None
 
 
 def robustness_rows(robustness: dict) -> list[list[str]]:
@@ -155,7 +172,7 @@ def model_summary(mode: str, run: dict) -> dict:
         out.update({k: m[k] for k in ("avg_bytes_per_row", "avg_patches_per_row",
                                       "bytes_per_patch", "patcher") if k in m})
     hist = run["history"]
-    if hist:
+    if hist and hist["epochs"]:  # a run with no epoch finished has no curve yet
         epochs = hist["epochs"]
         out["training"] = {
             "epochs": len(epochs), "best_epoch": hist["best"]["epoch"],
@@ -172,9 +189,10 @@ def seed_spread(results_dir: Path) -> dict | None:
     runs_by_mode = load_json(results_dir / paths.SEEDS)
     if runs_by_mode is None:
         return None
-    return {mode: {"seeds": [r["seed"] for r in runs],
-                   **{k: mean_std([r[k] for r in runs]) for k in runs[0] if k != "seed"}}
-            for mode, runs in runs_by_mode.items()}
+    with damaged(results_dir / paths.SEEDS):
+        return {mode: {"seeds": [r["seed"] for r in runs],
+                       **{k: mean_std([r[k] for r in runs]) for k in runs[0] if k != "seed"}}
+                for mode, runs in runs_by_mode.items()}
 
 
 def mflops(x: float) -> str:
@@ -283,7 +301,7 @@ def blt_patches(blt_checkpoint: str | None, texts: list[str]):
     """The BLT checkpoint's segmentation of `texts`, the per-byte entropy its patcher
     used (None for rules without one) and the threshold to draw (None if per-row);
     None without a checkpoint."""
-    if not blt_checkpoint or not Path(blt_checkpoint).is_file():
+    if not isinstance(blt_checkpoint, str) or not Path(blt_checkpoint).is_file():
         return None
     from bltlab.checkpoint import load_model
 
@@ -416,33 +434,52 @@ def html_report(results: dict, plots: dict[str, Path], patches: str) -> str:
     return page("bltlab report", parts[:at] + extra + parts[at:])
 
 
+def gather(results_dir: Path, predictions_dir: Path, checkpoints_dir: Path) -> tuple:
+    """Every result the report reads, checked: (runs, results); a damaged file is a
+    one-line error naming it."""
+    runs = load_results(predictions_dir, checkpoints_dir, results_dir)
+    models = {}
+    for mode, run in runs.items():
+        with damaged(*run["files"]):
+            models[mode] = model_summary(mode, run)
+    with damaged(*(runs[m]["files"][1] for m in runs)):
+        comp = comparison(runs)
+    frontier, robustness = (load_json(results_dir / name)
+                            for name in (paths.FRONTIER, paths.ROBUSTNESS))
+    for name, value in ((paths.FRONTIER, frontier), (paths.ROBUSTNESS, robustness)):
+        if value is not None and not isinstance(value, dict):
+            raise BltlabError(f"{results_dir / name}: damaged (not a mapping); run it again")
+    results = {"models": models, "comparison": comp, "frontier": frontier,
+               "robustness": robustness, "seeds": seed_spread(results_dir),
+               "ablation": load_json(paths.ablation(results_dir, "patchers")),
+               "tuning": {m: r["tuning"] for m, r in runs.items() if r.get("tuning")}}
+    with damaged(*(p for p in (paths.FRONTIER, paths.ROBUSTNESS)
+                   if (results_dir / p).is_file())):
+        results["efficiency"] = efficiency_answer(models, comp, frontier)
+        text_report(results)  # every section renders
+    return runs, results
+
+
 def analyze(output_dir: str | Path = "results", predictions_dir: str | Path = "predictions",
             checkpoints_dir: str | Path = "checkpoints", plots: bool = True,
             dpi: int = 120) -> dict:
-    """Write the report files; returns the comprehensive results."""
+    """Write the report files (together: all or none); returns the comprehensive results."""
     results_dir, predictions_dir = Path(output_dir), Path(predictions_dir)
-    runs = load_results(predictions_dir, Path(checkpoints_dir), results_dir)
-    models = {mode: model_summary(mode, run) for mode, run in runs.items()}
-    comp = comparison(runs)
-    frontier = load_json(results_dir / paths.FRONTIER)
-    results = {"models": models, "comparison": comp, "frontier": frontier,
-               "robustness": load_json(results_dir / paths.ROBUSTNESS),
-               "efficiency": efficiency_answer(models, comp, frontier),
-               "seeds": seed_spread(results_dir),
-               "tuning": {m: r["tuning"] for m, r in runs.items() if r.get("tuning")}}
-    write_json(results_dir / paths.COMPREHENSIVE, results)
+    runs, results = gather(results_dir, predictions_dir, Path(checkpoints_dir))
     report = text_report(results)
-    for path in (results_dir / paths.REPORT_TXT, predictions_dir / paths.SUMMARY_TXT):
-        write_atomic(path, lambda f: f.write(report))
-    made = make_plots(runs, models, predictions_dir, results_dir, dpi) if plots else {}
+    with damaged(results_dir / paths.FRONTIER, results_dir / paths.ROBUSTNESS):
+        made = make_plots(runs, results, predictions_dir, results_dir, dpi) if plots else {}
     shown = runs.get("blt", runs.get("char", {"rows": []}))["rows"][:8]
-    patches = blt_patches(models.get("blt", {}).get("checkpoint"),
+    patches = blt_patches(results["models"].get("blt", {}).get("checkpoint"),
                           sorted((r["input"] for r in shown), key=len))
     if plots and patches is not None:
         made["patching_example"] = patching_png(patches, results_dir / "patching_example.png",
                                                 dpi)
-    write_atomic(results_dir / paths.REPORT_HTML,
-                 lambda f: f.write(html_report(results, made, patch_view(patches))))
+    page = html_report(results, made, patch_view(patches))
+    write_files({results_dir / paths.COMPREHENSIVE: lambda f: f.write(json_text(results)),
+                 results_dir / paths.REPORT_TXT: lambda f: f.write(report),
+                 predictions_dir / paths.SUMMARY_TXT: lambda f: f.write(report),
+                 results_dir / paths.REPORT_HTML: lambda f: f.write(page)})
     print(report)
     print(f"wrote {results_dir}/comprehensive_results.json, experimental_report.txt, "
           f"report.html" + (f" and {len(made)} plots" if made else ""))

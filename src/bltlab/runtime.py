@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +16,23 @@ from bltlab.errors import BltlabError
 
 
 def pick_device(name: str) -> torch.device:
-    """auto (CUDA when present), cpu, cuda or cuda:N; a device this machine lacks is a
-    one-line error."""
+    """auto (CUDA when present), cpu, cuda or cuda:N; another kind of device, or one this
+    machine lacks, is a one-line error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BltlabError(f"--device {name}: CUDA is not available on this machine")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise BltlabError(f"--device {name}: not a device (auto, cpu, cuda, cuda:N)") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise BltlabError(f"--device {name}: not a device bltlab runs on (auto, cpu, cuda, "
+                          "cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BltlabError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise BltlabError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                          "CUDA device(s)")
+    return device
 
 
 def default_threads() -> int:
@@ -34,6 +43,18 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def die_with_parent(parent: int) -> None:
+    """Make this process end (SIGTERM) when its parent process does, however the parent
+    ends (Linux; elsewhere a no-op); if the parent is gone already, end now."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        raise SystemExit(143)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -41,4 +62,13 @@ def seed_everything(seed: int) -> None:
 
 
 def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The SHA-256 of a regular file, read in chunks (a device or pipe is refused)."""
+    path = Path(path)
+    if not path.is_file():
+        why = "not a regular file" if path.exists() else "no such file"
+        raise BltlabError(f"{path}: {why}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -33,10 +33,12 @@ from bltlab.config import (
     TrainConfig,
     need,
     one_of,
+    shown,
 )
 from bltlab.data import default_data_dir
 from bltlab.errors import BltlabError
 from bltlab.experiments import DEFAULT_PROFILE, RECIPES, recipe
+from bltlab.fileio import read_settings
 from bltlab.inputs import ByteCodec, CharCodec, Codec
 from bltlab.patching import PatcherConfig, build_patcher, patch_slots
 from bltlab.vocab import ByteVocab, CharVocab
@@ -92,7 +94,7 @@ class RunSpec(Config):
         one_of("mode", mode, MODES)
         parts = {"mode": mode}
         for name, section in sections(mode).items():
-            parts[name] = section.from_dict(d.get(name) or {}, where=f"{where or 'spec'} {name}")
+            parts[name] = section.from_dict(d.get(name) or {}, where=f"{where or 'spec'}: {name}")
         unknown = sorted(k for k, v in d.items() if k not in {"mode", *sections(mode)}
                          and not (k == "patcher" and v is None))
         if unknown:
@@ -158,26 +160,20 @@ def locate(mode: str, key: str, where: str) -> tuple[str, str]:
 
 def read_spec_file(path: str | Path) -> dict[str, Any]:
     """The nested settings of a YAML or JSON run file (sections, or flat names)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except OSError as e:
-        raise BltlabError(f"{path}: cannot read the run file ({e.strerror})") from None
-    except (ValueError, yaml.YAMLError) as e:
-        raise BltlabError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
-                          f"({str(e).splitlines()[0]})") from None
-    if not isinstance(loaded, dict):
-        raise BltlabError(f"{path}: a run file is a mapping of settings")
-    return loaded
+    return read_settings(path, "run file")
 
 
-def flatten(settings: dict[str, Any], mode: str) -> dict[str, Any]:
+def flatten(settings: dict[str, Any], mode: str, where: str = "settings") -> dict[str, Any]:
     """Nested sections ({train: {epochs: 3}}) as section.field keys; flat keys kept."""
     out = {}
     for key, value in settings.items():
         if key in sections(mode) and isinstance(value, dict):
+            bad = [k for k in value if not isinstance(k, str)]
+            if bad:
+                raise BltlabError(f"{where}: {key}: {shown(bad[0])}: not a setting name")
             out.update({f"{key}.{k}": v for k, v in value.items()})
+        elif not isinstance(key, str):
+            raise BltlabError(f"{where}: {shown(key)}: not a setting name")
         elif key != "mode":
             out[key] = value
     return out
@@ -189,7 +185,9 @@ def build_spec(mode: str | None = None, config: str | Path | None = None,
     file `config`, then `settings` (e.g. flags)."""
     from_file = read_spec_file(config) if config else {}
     mode = mode or from_file.get("mode") or "char"
-    from_file, settings = flatten(from_file, mode), settings or {}
+    if mode not in MODES:
+        raise BltlabError(f"{config}: mode {shown(mode)}: choose one of {', '.join(MODES)}")
+    from_file, settings = flatten(from_file, mode, str(config)), settings or {}
     profile = named_profile(settings) or named_profile(from_file) or DEFAULT_PROFILE
     one_of("profile", profile, tuple(RECIPES))
     spec = RunSpec.defaults(mode).with_settings(

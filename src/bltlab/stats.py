@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
 
 
 def mean_std(values: Sequence[float | None]) -> dict | None:
@@ -38,7 +37,9 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     """Wilson score interval for a binomial proportion (scipy)."""
     if n == 0:
         return (0.0, 1.0)
-    ci = stats.binomtest(successes, n).proportion_ci(confidence, method="wilson")
+    from scipy.stats import binomtest  # scipy takes half a second to import: when used
+
+    ci = binomtest(successes, n).proportion_ci(confidence, method="wilson")
     return (float(ci.low), float(ci.high))
 
 
@@ -50,7 +51,9 @@ def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict:
         raise ValueError("paired outcomes must have the same length")
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     n = only_a + only_b
-    p = 1.0 if n == 0 else float(stats.binomtest(only_a, n, 0.5).pvalue)
+    from scipy.stats import binomtest
+
+    p = 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
     return {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": p}
 
 

@@ -42,7 +42,7 @@ from bltlab.fileio import RunLock, ensure_dir, write_json
 from bltlab.flops import FlopModel, batch_lengths
 from bltlab.inputs import CODECS, Codec, codec_from_state
 from bltlab.models import BLT, EncoderDecoder, build_model, count_parameters
-from bltlab.runtime import file_sha256, pick_device, seed_everything
+from bltlab.runtime import pick_device, seed_everything
 from bltlab.spec import RunSpec, resolve
 from bltlab.vocab import PAD, UNK
 
@@ -69,9 +69,10 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": rest, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.beta1)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.beta1, foreach=True)
     adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return adam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    # foreach: one kernel per operation over all tensors, the same numbers as a loop
+    return adam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=True)
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
@@ -297,8 +298,9 @@ class Run:
         return self.spec.train.epochs * self.steps_per_epoch
 
 
-def load_rows(spec: RunSpec) -> tuple[Pairs, Pairs]:
-    """The training CSV's rows (checked against the model's longest input), split."""
+def load_rows(spec: RunSpec) -> tuple[Pairs, Pairs, str]:
+    """The training CSV's rows (checked against the model's longest input), split, and
+    the SHA-256 of the bytes read (a pipe is read once)."""
     too_long = functools.partial(CODECS[spec.mode].check_length, limit=spec.model.max_input)
     pairs = load_pairs(spec.data.train_csv, too_long=too_long,
                        skip_bad_rows=spec.data.skip_bad_rows)
@@ -309,7 +311,7 @@ def load_rows(spec: RunSpec) -> tuple[Pairs, Pairs]:
     if not_reversed and distributed.is_main():
         print(f"warning: {spec.data.train_csv}: {not_reversed} of {len(pairs)} targets are not "
               "their input reversed")
-    return split_validation(pairs, spec.data.val_fraction, spec.train.seed)
+    return (*split_validation(pairs, spec.data.val_fraction, spec.train.seed), pairs.sha256)
 
 
 def codec_and_spec(spec: RunSpec, state: dict | None, train: Pairs) -> tuple[RunSpec, Codec]:
@@ -335,6 +337,10 @@ def epoch_data(run: Run, epoch: int) -> Epoch:
     """The rows epoch `epoch` trains on, generated and encoded once."""
     if run.epoch is None or run.epoch.number != epoch:
         pairs = rows_of_epoch(run.spec, run.codec, run.rows.train, epoch)
+        if len(pairs) < run.micro * run.accum * run.world.size:
+            raise BltlabError(f"--max_len {run.spec.model.max_len}: {len(pairs)} of "
+                              f"{len(run.rows.train)} generated rows fit the model, too few "
+                              "for one step")
         encoded = run.rows.fixed or EncodedPairs.build(run.codec, pairs.inputs, pairs.targets)
         run.epoch = Epoch(epoch, pairs, encoded)
     return run.epoch
@@ -354,11 +360,12 @@ def micro_batch(run: Run) -> int:
 def setup(spec: RunSpec, device: torch.device, world: World) -> Run:
     """Everything the epoch loop needs: rows, codec, model, optimizer, resumed state."""
     seed_everything(spec.train.seed)
-    train, val = load_rows(spec)
-    key = spec.identity(file_sha256(spec.data.train_csv))
-    if world.main:
-        for tmp in Path(spec.train.save_dir).glob(".*.tmp"):  # left by a run killed mid-write
-            tmp.unlink()
+    train, val, data_sha256 = load_rows(spec)
+    key = spec.identity(data_sha256)
+    if world.main:  # temporary files of this mode's, left by a run killed mid-write
+        for path in checkpoint_paths(spec.train.save_dir, spec.mode):
+            for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+                tmp.unlink()
     state = find_resume(spec.train.resume, spec.train.save_dir, spec.mode, key)
     spec, codec = codec_and_spec(spec, state, train)
     model = build_model(spec.model).to(device)
@@ -512,7 +519,8 @@ def keep_best(run: Run, row: dict) -> bool:
                     "epoch": row["epoch"]}
         if run.world.main:
             save_checkpoint(run.paths[0], {**base_state(run), "model": run.model.state_dict(),
-                                           "epoch": row["epoch"], "metrics": row})
+                                           "epoch": row["epoch"], "metrics": row,
+                                           "run_key": run.key})
         run.state.stale = 0
     else:
         run.state.stale += 1
@@ -532,10 +540,11 @@ def end_epoch(run: Run, row: dict, epoch_callback: Callable[[dict], bool] | None
     s = run.state
     run.state = RunState(epoch=s.epoch + 1, step=s.step, stale=s.stale, lr_scale=s.lr_scale,
                          train_flops=s.train_flops, finished=stop or s.epoch + 1 == cfg.epochs)
-    save_resumable(run)
-    if run.world.main:
+    if run.world.main:  # before the checkpoint that says the epoch is done
         write_json(run.paths[2], {"mode": run.spec.mode, "spec": run.spec.to_dict(),
-                                  "epochs": run.history, "best": run.best})
+                                  "epochs": run.history, "best": run.best,
+                                  "finished": run.state.finished})
+    save_resumable(run)
     log_epoch(run, row, improved)
     if stopped_early:
         run.say(f"early stopping: validation {cfg.early_stopping_metric} has not improved "
@@ -593,7 +602,8 @@ def train(spec: RunSpec, epoch_callback: Callable[[dict], bool] | None = None) -
     try:
         if world.main:
             ensure_dir(spec.train.save_dir, "--save_dir")
-        with RunLock(spec.train.save_dir) if world.main else contextlib.nullcontext():
+        lock = RunLock(spec.train.save_dir, spec.mode)  # char and blt runs may share a folder
+        with lock if world.main else contextlib.nullcontext():
             return train_loop(setup(spec, device, world), epoch_callback)
     finally:
         distributed.shutdown(world)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
+import math
 import random
+import sys
 import threading
 import time
 import warnings
@@ -24,58 +25,81 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-import yaml
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from bltlab import paths
 from bltlab.errors import BltlabError
 from bltlab.experiments import SEARCH_SPACE
-from bltlab.fileio import check_output_file, ensure_dir, owner_gone, process_owner, write_json
+from bltlab.fileio import (
+    check_output_file,
+    ensure_dir,
+    owner_gone,
+    process_owner,
+    read_settings,
+    write_json,
+)
 from bltlab.spec import RunSpec, locate
 from bltlab.training import train
 
 KINDS = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_S = 30  # a trial whose worker sends none for 90 s is failed and retried
-# the heartbeat and retry API works across optuna 3.4-4.x; its experimental and
-# deprecation notices are not the user's business
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"optuna\..*|bltlab\.tuning")
+
+
+@contextlib.contextmanager
+def quiet_optuna():
+    """Optuna's notices that are not the user's business: its heartbeat API is marked
+    experimental (and "supposed to be used with Study.optimize", which this driver
+    replaces), and some of it deprecated."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*[Hh]eartbeat.*")
+        yield
 DRIVERS = {"postgresql": "psycopg2-binary", "mysql": "mysqlclient"}  # the default drivers
 
 
-def read_space_file(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-        spaces = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        raise BltlabError(f"{path}: cannot read the search space ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    if not isinstance(spaces, dict):
-        raise BltlabError(f"{path}: a search space is a mapping with char and blt sections")
-    return spaces
+SCALARS = (bool, int, float, str)  # what a categorical choice can be
+EXTRAS = {"float": {"log", "grid"}, "int": {"step", "grid"}, "categorical": {"grid"}}
 
 
 def check_entry(base: RunSpec, name: str, spec: Any, where: str) -> None:
-    """A search-space entry's shape, and that each value it can take makes a valid spec."""
+    """A search-space entry's shape, and that each value it can take makes a valid spec
+    and a valid Optuna distribution."""
     if not isinstance(spec, dict) or spec.get("type") not in KINDS:
         raise BltlabError(f"{where}: needs type float, int or categorical")
     missing = [k for k in KINDS[spec["type"]] if k not in spec]
-    if missing:
-        raise BltlabError(f"{where}: missing {', '.join(missing)}")
+    unknown = sorted(map(str, set(spec) - {"type", *KINDS[spec["type"]], *EXTRAS[spec["type"]]}))
+    if missing or unknown:
+        raise BltlabError(f"{where}: " + "; ".join(
+            ([f"missing {', '.join(missing)}"] if missing else [])
+            + ([f"unknown key(s) {', '.join(unknown)}"] if unknown else [])))
+    grid = spec.get("grid", [])
+    if not isinstance(grid, list) or not all(isinstance(v, SCALARS) for v in grid):
+        raise BltlabError(f"{where}: grid must be a list of plain values")
     if spec["type"] == "categorical":
         values = spec["choices"]
-        if not isinstance(values, list) or not values:
-            raise BltlabError(f"{where}: choices must be a non-empty list")
+        if not isinstance(values, list) or not values or \
+                not all(isinstance(v, SCALARS) for v in values):
+            raise BltlabError(f"{where}: choices must be a non-empty list of plain values")
     else:
         values = [spec["low"], spec["high"]]
         number = int if spec["type"] == "int" else (int, float)
-        if not all(isinstance(v, number) and not isinstance(v, bool) for v in values):
-            raise BltlabError(f"{where}: low and high must be {spec['type']} numbers")
+        if not all(isinstance(v, number) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in values):
+            raise BltlabError(f"{where}: low and high must be finite {spec['type']} numbers")
         if values[0] > values[1]:
             raise BltlabError(f"{where}: low {values[0]} is above high {values[1]}")
-    for value in [*values, *spec.get("grid", [])]:
+        if spec.get("log") not in (None, True, False):
+            raise BltlabError(f"{where}: log must be true or false")
+        if spec.get("log") and values[0] <= 0:
+            raise BltlabError(f"{where}: log: true needs low above 0 (got {values[0]})")
+        step = spec.get("step", 1)
+        if spec["type"] == "int" and (not isinstance(step, int) or isinstance(step, bool)
+                                      or step < 1):
+            raise BltlabError(f"{where}: step must be a whole number of at least 1")
+    for value in [*values, *grid]:
         try:
             base.with_settings({name: value}, where)
         except BltlabError as e:
@@ -86,13 +110,15 @@ def load_search_space(path: str | Path | None, base: RunSpec) -> dict[str, dict]
     """The `base.mode` section of a search-space file, checked entry by entry: keys name
     settings as flags do (`d_model`, `entropy_threshold`), and every value they can
     take must make a valid run on its own."""
-    spaces = read_space_file(Path(path)) if path else SEARCH_SPACE
+    spaces = read_settings(path, "search space") if path else SEARCH_SPACE
     path = path or "experiments.SEARCH_SPACE"
     mode = base.mode
     if not isinstance(spaces.get(mode), dict):
         raise BltlabError(f"{path}: no '{mode}' section")
     for name, spec in spaces[mode].items():
         where = f"{path}: {mode}.{name}"
+        if not isinstance(name, str):
+            raise BltlabError(f"{where}: not a setting name")
         try:
             locate(mode, name, where)
         except BltlabError:
@@ -164,7 +190,6 @@ def tune(base: RunSpec, tune_epochs: int = 3, max_trials: int = 20, sampler: str
     """Run (or continue) the study `bltlab-<mode>` until it has `max_trials` finished
     trials of `base` with the search space's settings; write and return
     `results/hyperparameter_tuning_<mode>.json`."""
-    mode = base.mode
     if sampler not in ("tpe", "grid"):
         raise BltlabError(f"--sampler {sampler!r}: choose tpe or grid")
     for name, value in (("tune_epochs", tune_epochs), ("max_tune_combinations", max_trials)):
@@ -173,6 +198,15 @@ def tune(base: RunSpec, tune_epochs: int = 3, max_trials: int = 20, sampler: str
     space = load_search_space(search_space, base)
     out_dir = ensure_dir(out_dir, "--output_dir")
     url = storage or f"sqlite:///{out_dir / paths.TUNING_DB}"
+    with quiet_optuna():  # the heartbeat and retry API works across optuna 3.4-4.x
+        return run_study(base, space, tune_epochs, max_trials, sampler, url, out_dir,
+                         Path(runs_dir))
+
+
+def run_study(base: RunSpec, space: dict, tune_epochs: int, max_trials: int, sampler: str,
+              url: str, out_dir: Path, runs_dir: Path) -> dict:
+    """tune()'s work, once its arguments are checked."""
+    mode = base.mode
     db = open_storage(url)
     study = retry(lambda: optuna.create_study(
         study_name=f"bltlab-{mode}", storage=db, direction="maximize", load_if_exists=True,
@@ -183,7 +217,7 @@ def tune(base: RunSpec, tune_epochs: int = 3, max_trials: int = 20, sampler: str
                      else optuna.samplers.GridSampler(grid(space), seed=seed))
     requeue_dead_trials(study, db)
     gate = trial_gate(url)
-    work(study, db, objective(base, space, tune_epochs, Path(runs_dir)), max_trials, gate)
+    work(study, db, objective(base, space, tune_epochs, runs_dir), max_trials, gate)
     with gate():  # read and written whole: a worker ending first cannot write last
         return write_results(study, mode, paths.tuning(out_dir, mode), sampler, tune_epochs,
                              url)
@@ -227,9 +261,11 @@ def heartbeat(db: RDBStorage, trial_id: int, interval: float = HEARTBEAT_S):
 
 
 def work(study: optuna.Study, db: RDBStorage, run_trial, max_trials: int, gate) -> None:
-    """Start trials until the study holds `max_trials` finished, running or waiting ones
-    (all workers together); a trial whose settings or data fail is failed, not fatal."""
-    busy = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+    """Start trials until the study holds `max_trials` finished or running ones (all
+    workers together; a trial queued again is run before new ones). A trial whose settings
+    or data fail is failed, not fatal; one stopped by Ctrl-C is failed and queued again
+    (a rerun continues it), one broken by a bug is failed before the error goes on."""
+    busy = (*FINISHED, TrialState.RUNNING)
     study_id = db.get_study_id_from_name(study.study_name)
     while True:
         optuna.storages.fail_stale_trials(study)  # dead workers elsewhere: queued again
@@ -245,6 +281,11 @@ def work(study: optuna.Study, db: RDBStorage, run_trial, max_trials: int, gate) 
             except BltlabError as e:
                 print(f"trial {trial.number} failed: {e}")
                 study.tell(trial, state=TrialState.FAIL)
+            except BaseException:
+                study.tell(trial, state=TrialState.FAIL)
+                if sys.exc_info()[0] is KeyboardInterrupt:
+                    retry_later(study, trial.number)
+                raise
 
 
 def requeue_dead_trials(study: optuna.Study, db: RDBStorage) -> None:
@@ -257,8 +298,15 @@ def requeue_dead_trials(study: optuna.Study, db: RDBStorage) -> None:
             trial_id = db.get_trial_id_from_study_id_trial_number(study_id, t.number)
             if db.set_trial_state_values(trial_id, TrialState.FAIL):
                 print(f"trial {t.number}: its worker is gone; queued again")
-                study.enqueue_trial(t.params, user_attrs={
-                    "retry_of": t.user_attrs.get("retry_of", t.number)})
+                retry_later(study, t.number)
+
+
+def retry_later(study: optuna.Study, number: int) -> None:
+    """Queue trial `number` again with its parameters; it resumes the first attempt's
+    checkpoints."""
+    t = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    study.enqueue_trial(t.params, user_attrs={"retry_of": t.user_attrs.get("retry_of",
+                                                                            t.number)})
 
 
 def retry(make, attempts: int = 6):
