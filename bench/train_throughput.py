@@ -1,171 +1,118 @@
-"""Training throughput (samples/s): bltlab's char model and BLT, and a plain torch.nn.Transformer.
+"""Training throughput on broad rows: both models, each configuration trained for a few
+epochs by `bltlab train` in a process of its own (so its peak RSS is its own).
 
-Both models have the same width, depth, heads, feed-forward size and batch size and
-train on the same rows (../shared/data/train.csv when present, else generated data)
-with AdamW, one full step (forward, backward, clip, update) per batch. The
-nn.Transformer is timed on the same length-bucketed batches as bltlab (a model-only
-comparison) and on plain shuffled padded batches (the usual pipeline). The models take
-turns, round after round, and each figure is the median over rounds: this machine's
-speed drifts by tens of percent from minute to minute. The BLT ("blt") is the default
-one (the BLT recipe's spec, resolved on the same rows: entropy-model patches calibrated
-to its target bytes/patch).
-Variants: each model under bf16 autocast (`*_bf16`) and under torch.compile
-(`*_compiled`, timed after its warm-up steps have compiled it).
+Per configuration: samples/s and real positions/s (input + output tokens, no padding)
+over the last epoch, training FLOPs/s on real positions (bltlab.flops), MFU against this
+machine's fp32 matrix-product peak measured here with the same threads, peak RSS, and
+the validation exact match and loss it reached. `--against SRC` runs the first
+configuration with another checkout's src/ folder as well (e.g. the code before a change,
+which may not know the other configurations' flags), taking turns, in the same run.
 
-    python bench/train_throughput.py --json
+    python bench/train_throughput.py --json [--threads 1] [--rows 3000] [--epochs 2]
+        [--config rows: "batch_size=64" --config tokens: "max_tokens=8192"] [--against SRC]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
 
-from bltlab.batching import EncodedPairs, LengthBucketSampler, as_is
-from bltlab.config import ModelConfig, TrainConfig
-from bltlab.data import generate, load_pairs
-from bltlab.models import build_model
-from bltlab.spec import build_spec, resolve
-from bltlab.training import Precision, make_optimizer, train_step
-from bltlab.vocab import PAD
-
-SEED_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train.csv"
+SRC = Path(__file__).resolve().parents[1] / "src"
+CONFIGS = {"rows": [], "tokens": ["--max_tokens", "8192"]}
 
 
-class TorchTransformer(nn.Module):
-    """The reference: nn.Transformer with embeddings, learned positions and a head."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
-        self.net = nn.Transformer(cfg.d_model, cfg.nhead, cfg.num_encoder_layers,
-                                  cfg.num_decoder_layers, cfg.dim_feedforward, cfg.dropout,
-                                  activation="gelu", batch_first=True, norm_first=True)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
-
-    def forward(self, batch):
-        src, tgt_in = batch["src"], batch["tgt_in"]
-        s = self.embed(src) + self.pos(torch.arange(src.shape[1]))
-        t = self.embed(tgt_in) + self.pos(torch.arange(tgt_in.shape[1]))
-        causal = nn.Transformer.generate_square_subsequent_mask(tgt_in.shape[1])
-        pad_src, pad_tgt = src == PAD, tgt_in == PAD
-        y = self.net(s, t, tgt_mask=causal, src_key_padding_mask=pad_src,
-                     tgt_key_padding_mask=pad_tgt, memory_key_padding_mask=pad_src,
-                     tgt_is_causal=True)
-        return self.head(y)
+def matmul_peak(threads: int, size: int = 1024, repeats: int = 20) -> float:
+    """fp32 matrix-product FLOP/s of this machine with `threads` threads."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start)
 
 
-class Runner:
-    """A model (optionally compiled, optionally under bf16 autocast), its optimizer and
-    an endless stream of its batches."""
+def positions(csv_path: Path, mode: str) -> int:
+    """Input plus output tokens of a CSV's training rows (95%: the validation split is
+    5% of it), in the model's units: characters (+ a start token) or bytes."""
+    import csv
 
-    def __init__(self, model: nn.Module, loader: DataLoader, amp: bool = False,
-                 compiled: bool = False):
-        self.loader, self.cfg = loader, TrainConfig(lr=1e-3)
-        self.optimizer = make_optimizer(model, self.cfg)
-        self.model = torch.compile(model, dynamic=True) if compiled else model
-        self.precision = Precision(enabled=amp)
-        self.batches = iter(())
-
-    def next_batch(self) -> dict:
-        try:
-            return next(self.batches)
-        except StopIteration:
-            self.batches = iter(self.loader)
-            return next(self.batches)
-
-    def samples_per_s(self, steps: int) -> float:
-        self.model.train()
-        batches = [self.next_batch() for _ in range(steps)]
-        start = time.perf_counter()
-        for batch in batches:
-            train_step(self.model, [batch], self.optimizer, self.cfg, torch.device("cpu"),
-                       self.precision)
-        return sum(b["src"].shape[0] for b in batches) / (time.perf_counter() - start)
+    with open(csv_path, encoding="utf-8", newline="") as f:
+        rows = [r["input"] for r in csv.DictReader(f)]
+    if mode == "blt":
+        per_row = [2 * len(x.encode()) + 1 for x in rows]
+    else:
+        per_row = [2 * len(x) + 2 for x in rows]  # start token and EOS
+    return round(sum(per_row) * 0.95)
 
 
-def compare(runners: dict[str, Runner], steps: int, rounds: int, warmup: int) -> dict:
-    """Median samples/s of each runner over `rounds`, the runners taking turns each round
-    so that a slow patch of the machine hits all of them alike."""
-    for runner in runners.values():
-        runner.samples_per_s(warmup)
-    seen: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            seen[name].append(runner.samples_per_s(steps))
-    return {name: {"samples_per_s": round(statistics.median(v), 1),
-                   "rounds": [round(x, 1) for x in v]} for name, v in seen.items()}
+def train_once(src: Path, mode: str, flags: list[str], csv_path: Path, args) -> dict:
+    """One `bltlab train` in its own process: its last epoch's figures and peak RSS."""
+    with tempfile.TemporaryDirectory() as save_dir:
+        cmd = [sys.executable, "-m", "bltlab.cli", "--threads", str(args.threads), "train",
+               "--mode", mode, "--train_csv", str(csv_path), "--fresh_pairs", "false",
+               "--epochs", str(args.epochs), "--save_dir", save_dir, "--no_progress",
+               "--tensorboard", "false", *flags]
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        err = proc.stderr.read()
+        if status:
+            raise SystemExit(f"{' '.join(cmd)} failed: {err[-500:]}")
+        history = json.loads((Path(save_dir) / f"history_{mode}.json").read_text())
+    last = history["epochs"][-1]
+    return {"samples_per_s": last["samples_per_s"], "epoch_seconds": last["epoch_seconds"],
+            "train_flops_per_epoch": last["train_flops"] / last["epoch"],
+            "peak_rss_mb": round(usage.ru_maxrss / 1024), "val_exact_match":
+            last["val_exact_match"], "val_loss": round(last["val_loss"], 4)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print only the JSON")
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20, help="steps per model per round")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no_variants", action="store_true",
-                   help="skip the bf16-autocast and torch.compile variants")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rows", type=int, default=3000, help="broad rows generated to train on")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per run (the last is timed)")
+    p.add_argument("--modes", nargs="+", default=["char", "blt"])
+    p.add_argument("--config", nargs=2, action="append", metavar=("NAME", "FLAGS"),
+                   help='a named configuration: extra `bltlab train` flags, e.g. tokens '
+                        '"--max_tokens 8192" (default: rows, and tokens at 8192)')
+    p.add_argument("--against", type=Path, default=None,
+                   help="another checkout's src/ folder, run with the first configuration")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    path = SEED_TRAIN
-    if not path.is_file():
-        path, _ = generate(tempfile.mkdtemp(), seed=0)
-    pairs = load_pairs(path)
-    seed_profile = {"profile": "seed"}  # the seed's rows, as every earlier measurement
-    char_spec, codec = resolve(build_spec("char", settings=seed_profile), pairs.inputs)
-    data = EncodedPairs.build(codec, pairs.inputs, pairs.targets)
-    cfg = char_spec.model
-    bucketed = DataLoader(data, batch_sampler=LengthBucketSampler(
-        data.lengths(), args.batch_size, seed=0), collate_fn=as_is)
-    shuffled = DataLoader(data, batch_size=args.batch_size, shuffle=True, collate_fn=as_is,
-                          generator=torch.Generator().manual_seed(0))
-
-    blt_spec, blt_codec = resolve(build_spec("blt", settings=seed_profile), pairs.inputs)
-    blt_data = EncodedPairs.build(blt_codec, pairs.inputs, pairs.targets)
-    blt_loader = DataLoader(blt_data, batch_sampler=LengthBucketSampler(
-        blt_data.lengths(), args.batch_size, seed=0), collate_fn=as_is)
-    blt_cfg = blt_spec.model
-    runners = {
-        "char": Runner(build_model(cfg), bucketed),
-        "blt": Runner(build_model(blt_cfg), blt_loader),
-        "torch_nn_transformer": Runner(TorchTransformer(cfg), shuffled),
-        "torch_nn_transformer_bucketed": Runner(TorchTransformer(cfg), bucketed),
-    }
-    if not args.no_variants:
-        runners.update({
-            "char_bf16": Runner(build_model(cfg), bucketed, amp=True),
-            "blt_bf16": Runner(build_model(blt_cfg), blt_loader, amp=True),
-            "char_compiled": Runner(build_model(cfg), bucketed, compiled=True),
-            "blt_compiled": Runner(build_model(blt_cfg), blt_loader, compiled=True),
-        })
-    result = {"config": {**cfg.to_dict(), "batch_size": args.batch_size,
-                         "threads": args.threads, "steps": args.steps, "rounds": args.rounds,
-                         "data": str(path)},
-              **compare(runners, args.steps, args.rounds, args.warmup)}
-    char = result["char"]["samples_per_s"]
-    result["speedup_vs_torch_nn_transformer"] = round(
-        char / result["torch_nn_transformer"]["samples_per_s"], 2)
-    result["speedup_same_batches"] = round(
-        char / result["torch_nn_transformer_bucketed"]["samples_per_s"], 2)
-    result["blt_vs_char"] = round(result["blt"]["samples_per_s"] / char, 2)
-    for variant in ("bf16", "compiled"):
-        for model in ("char", "blt"):
-            if f"{model}_{variant}" in result:
-                result[f"{model}_{variant}_vs_fp32_eager"] = round(
-                    result[f"{model}_{variant}"]["samples_per_s"]
-                    / result[model]["samples_per_s"], 2)
+    configs = {name: flags.split() for name, flags in args.config} if args.config else CONFIGS
+    sources = {"this": SRC, **({"against": args.against} if args.against else {})}
+    peak = matmul_peak(args.threads)
+    with tempfile.TemporaryDirectory() as data:
+        subprocess.run([sys.executable, "-m", "bltlab.cli", "data", "generate", "--out", data,
+                        "--train", str(args.rows), "--test", "1", "--seed", "7"],
+                       env={**os.environ, "PYTHONPATH": str(SRC)}, check=True,
+                       capture_output=True)
+        csv_path = Path(data) / "train.csv"
+        result = {"threads": args.threads, "rows": args.rows, "epochs": args.epochs,
+                  "fp32_matmul_peak_gflops": round(peak / 1e9, 1), "runs": {}}
+        for mode in args.modes:
+            real = positions(csv_path, mode)
+            for i, (name, flags) in enumerate(configs.items()):
+                for source, src in sources.items():  # taking turns: drift hits both
+                    if source == "against" and i:
+                        continue
+                    run = train_once(src, mode, flags, csv_path, args)
+                    flops_per_s = run["train_flops_per_epoch"] / run["epoch_seconds"]
+                    run.update(positions_per_s=round(real / run["epoch_seconds"]),
+                               train_gflops=round(flops_per_s / 1e9, 1),
+                               mfu=round(flops_per_s / peak, 3))
+                    result["runs"][f"{mode} {name} ({source})"] = run
     print(json.dumps(result, indent=None if args.json else 2))
 
 

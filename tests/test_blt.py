@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bltlab.config import BLTConfig
-from bltlab.inputs import ByteCodec
+from bltlab.inputs import PatchCodec
 from bltlab.models import BLT
 from bltlab.patching import Patcher, PatcherConfig
 from bltlab.vocab import BOS
@@ -12,7 +12,7 @@ TEXTS = ["hello world", "café ❤️ x", "ab", "the quick brown fox"]
 
 def codec(size=3):
     patcher = Patcher(PatcherConfig("static", static_size=size, max_patch_len=size))
-    return ByteCodec(patcher, (1, 2, 3), 64)
+    return PatchCodec(patcher, (1, 2, 3), 64)
 
 
 MEMORIES = {"patches": {"global_factor": 1}, "bytes": {"decoder_memory": "bytes"},

@@ -6,7 +6,7 @@ import torch
 
 from bltlab.config import BLTConfig
 from bltlab.decoding import beam_search, greedy_decode, max_output_len
-from bltlab.inputs import ByteCodec
+from bltlab.inputs import PatchCodec
 from bltlab.models import BLT
 from bltlab.patching import Patcher, PatcherConfig
 from tests.test_models import batch_of, tiny
@@ -34,7 +34,7 @@ def blt_case():
     model = BLT(BLTConfig(vocab_size=260, d_model=32, nhead=4, dim_feedforward=64,
                           max_len=64, ngram_buckets=64, patch_slots=6)).eval()
     patcher = Patcher(PatcherConfig("static", static_size=3, max_patch_len=3))
-    codec = ByteCodec(patcher, (1, 2, 3), 64)
+    codec = PatchCodec(patcher, (1, 2, 3), 64)
     texts = ["hello world", "café ❤️ x", "ab", "the quick brown fox", "reversal", "été"] * 3
     features = codec.encode(texts)
     return (lively(model), codec.collate(features, np.arange(len(texts))),

@@ -50,7 +50,7 @@ def test_a_link_is_written_through_and_kept(eval_args, tmp_path):
     link.symlink_to(real)
     assert main([*eval_args, "--output_csv", str(link)]) == 0
     assert link.is_symlink() and os.readlink(link) == str(real)
-    assert real.read_text().startswith("input,target,prediction,correct\n")
+    assert real.read_text().startswith("input,target,prediction,correct,in_training\n")
     dangling = tmp_path / "dangling.csv"
     dangling.symlink_to(tmp_path / "new.csv")
     assert output_target(dangling) == tmp_path / "new.csv"

@@ -49,7 +49,8 @@ def test_run_evaluates_once_and_skips_an_up_to_date_evaluation(
     for mode, fixture in (("char", tiny_char_run), ("blt", tiny_blt_run)):
         shutil.copy(fixture[1]["best_checkpoint"], tmp_path / "checkpoints")
         shutil.copy(fixture[0] / "ck" / f"history_{mode}.json", tmp_path / "checkpoints")
-    opts = RunOptions(profile="seed", skip_train=True, progress_bars=False)
+    opts = RunOptions(profile="seed", skip_train=True, progress_bars=False,
+                      modes=("char", "blt"))
     first = run(opts)
     assert "up to date" not in capsys.readouterr().out
     metrics = tmp_path / "predictions" / "predictions_blt_metrics.json"

@@ -1,6 +1,7 @@
 """`bltlab analyze`: report files, paired statistics and escaping, from evaluated runs."""
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -44,7 +45,7 @@ def test_analyze_writes_the_report(tmp_path, monkeypatch):
     assert results["models"]["blt"]["exact_match"] == 0.9
     assert "10.0 character positions" in results["efficiency"]
     assert "BLT 5.0M vs baseline 8.0M (0.62x)" in results["efficiency"]
-    assert "but is less accurate" in results["efficiency"]  # McNemar p = 0.002
+    assert "but is not shown as accurate" in results["efficiency"]  # 10 rows the other way
     for path in ("predictions/training_curves.png", "predictions/accuracy_analysis.png",
                  "predictions/detailed_metrics.png", "predictions/summary_report.txt",
                  "results/experimental_report.txt"):
@@ -71,11 +72,11 @@ def test_seed_spread_in_the_report(tmp_path, monkeypatch):
 def test_patching_example_png(tmp_path):
     import numpy as np
 
-    from bltlab.inputs import ByteCodec
+    from bltlab.inputs import PatchCodec
     from bltlab.patching import Patcher, PatcherConfig
     from bltlab.report import patch_view, patching_png
 
-    codec = ByteCodec(Patcher(PatcherConfig("static", static_size=3)), (1, 2), 64)
+    codec = PatchCodec(Patcher(PatcherConfig("static", static_size=3)), (1, 2), 64)
     seg = codec.segment(["café ❤️ x", "hello world", "ab"])
     entropy = np.linspace(0.0, 3.0, len(seg.batch.data))
     path = patching_png((seg, entropy, 1.5), tmp_path / "patching_example.png", 50)
@@ -84,39 +85,65 @@ def test_patching_example_png(tmp_path):
     assert view.count('class="row"') == 3 and "<svg" in view
 
 
-def frontier_result(blt_inference, blt_train):
-    """Synthetic frontier results: one point per family."""
-    def point(name, family, inference, train):
-        return {"name": name, "family": family, "seed": 0, "test_exact_match": 0.999,
-                "parameters": 1000,
-                "inference_flops_per_row": inference,
-                "curve": [{"train_flops": train, "val_exact_match": 0.995, "epoch": 1}]}
+def write_frontier(folder, blt_inference: float, blt_train: float) -> None:
+    """A synthetic seed-profile frontier under `folder` (run from there): per family a
+    cheaper point that fails and one that passes, 3 seeds each, with final-set
+    predictions (the passing points right on every row)."""
+    from bltlab import paths
+    from bltlab.evaluation import write_predictions
+    from bltlab.frontier import table
 
-    from bltlab.frontier import summarise, table
-    points = [point("char-x", "char", 40e6, 1e13), point("blt-x", "blt", blt_inference,
-                                                          blt_train)]
-    rows = table(points)
-    return {"preset": "quick", "budget_train_flops": 1e13, "test_csv": "test.csv",
-            "points": points, "table": rows, "summary": summarise(rows)}
+    inputs = [f"row {i}" for i in range(200)]
+    targets = [x[::-1] for x in inputs]
+    points = []
+    for name, family, inference, train, val in (
+            ("char-small", "char", 20e6, None, 0.9), ("char-x", "char", 40e6, 1e13, 0.999),
+            ("blt-small", "blt", 10e6, None, 0.8), ("blt-x", "blt", blt_inference, blt_train,
+                                                    0.999)):
+        for seed in range(3):
+            wrong = 0 if train else 20
+            write_predictions(folder / paths.frontier_csv("seed", name, seed, "final"), inputs,
+                              targets, ["x"] * wrong + targets[wrong:])
+            curve = [{"train_flops": 5e11, "val_exact_match": 0.5, "epoch": 0},
+                     {"train_flops": train or 2e13, "val_exact_match": val, "epoch": 1}]
+            points.append({"name": name, "family": family, "seed": seed, "parameters": 1000,
+                           "curve": curve, "val_exact_match": val, "test_exact_match": val,
+                           "final_exact_match": 1 - wrong / 200,
+                           "forward_flops_per_row": inference,
+                           "inference_flops_per_row": inference,
+                           "inference_flops_by_part": {"total": inference}})
+    (folder / "results").mkdir(exist_ok=True)
+    (folder / "results" / paths.frontier("seed")).write_text(json.dumps(
+        {"profile": "seed", "preset": "quick", "budget_train_flops": 2e13,
+         "test_csv": "test.csv", "final_csv": "final.csv", "points": points,
+         "table": table(points), "missing": {}}))
 
 
-@pytest.mark.parametrize("blt, answer", [((30e6, 5e12), "Yes: to run, the BLT needs fewer"),
-                                         ((50e6, 2e13), "No: to run, the BLT needs more")])
-def test_opposite_results_give_opposite_answers(blt, answer):
-    from bltlab.report import efficiency_answer
-
-    text = efficiency_answer({}, None, frontier_result(*blt))
-    assert text.split("Answer: ")[1].startswith(answer)
-    assert ("fewer FLOPs than" in text) == (blt[1] < 1e13)
-
-
-def test_a_folder_with_only_a_frontier_is_reported(tmp_path):
+@pytest.mark.parametrize("blt, answer", [((30e6, 5e12), "the BLT needs fewer inference"),
+                                         ((50e6, 2e13), "the BLT needs more inference")])
+def test_opposite_results_give_opposite_answers(tmp_path, monkeypatch, blt, answer):
     from bltlab.report import analyze
 
-    (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "frontier.json").write_text(json.dumps(frontier_result(30e6, 5e12)))
-    results = analyze(tmp_path / "results", tmp_path / "predictions", tmp_path / "none")
-    assert results["efficiency"].split("Answer: ")[1].startswith("Yes")
+    monkeypatch.chdir(tmp_path)
+    write_frontier(tmp_path, *blt)
+    text = analyze(Path("results"), Path("predictions"), Path("none"))["efficiency"]
+    assert text.startswith("Answer (compute frontiers") and answer in text, text
+    assert f"it needs {blt[1] / 1e13:.1f}x the FLOPs of the cheapest baseline" in text
+    assert "and is non-inferior in accuracy" in text
+
+
+def test_a_folder_with_only_a_frontier_is_reported(tmp_path, monkeypatch):
+    from bltlab.report import analyze
+
+    monkeypatch.chdir(tmp_path)
+    write_frontier(tmp_path, 30e6, 5e12)
+    analyze(Path("results"), Path("predictions"), Path("none"))
+    saved = json.loads((tmp_path / "results" / "answer.json").read_text())
+    blt = saved["profiles"]["seed"]["families"]["blt"]
+    assert (blt["cheapest_passing"], blt["cheapest_failing"], blt["located"]) == (
+        "blt-x", "blt-small", True)
+    assert blt["points"][1]["inference_flops_by_part"] == {"total": 30e6}
+    assert "Seed profile: against char" in saved["verdict"]
     assert (tmp_path / "results" / "report.html").is_file()
     assert not (tmp_path / "predictions" / "accuracy_analysis.png").exists()  # no model
 
@@ -137,9 +164,9 @@ DAMAGES = {  # a results file, and what is left of it
                               lambda t: t.encode() + b"\xff\xfe"),
     "predictions without input": ("predictions/predictions_baseline.csv",
                                   lambda t: t.replace("input,", "inp,", 1)),
-    "frontier truncated": ("results/frontier.json", lambda t: '{"points": [{"name": '),
-    "frontier a list": ("results/frontier.json", lambda t: "[]"),
-    "frontier no table": ("results/frontier.json", lambda t: '{"points": [{"name": "a"}]}'),
+    "frontier truncated": ("results/frontier_seed.json", lambda t: '{"points": [{"name": '),
+    "frontier a list": ("results/frontier_seed.json", lambda t: "[]"),
+    "frontier no table": ("results/frontier_seed.json", lambda t: '{"points": [{"name": "a"}]}'),
     "robustness damaged": ("results/robustness.json", lambda t: '{"char (seed)": 5}'),
     "seeds damaged": ("results/seeds.json", lambda t: '{"char": [{"x": 1}]}'),
 }

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -226,7 +227,7 @@ def test_resume_path_continues_a_given_checkpoint(tmp_path, capsys):
     second = small_run(tmp_path / "b", epochs=2, resume=str(latest))
     capsys.readouterr()
     result = train(second)
-    assert "resumed after step 24 (epoch 2, batch 0 of 24)" in capsys.readouterr().out
+    assert "resumed after step 24 (epoch 2, step 0 of the epoch)" in capsys.readouterr().out
     assert [e["epoch"] for e in result["history"]] == [1, 2]
     with pytest.raises(BltlabError, match="no such checkpoint"):
         train(small_run(tmp_path / "c", resume=str(tmp_path / "none.pt")))
@@ -421,3 +422,23 @@ def test_a_piped_training_csv_is_fingerprinted_by_what_was_read(tmp_path):
         os.close(read)
     key = load_checkpoint(checkpoint_paths(tmp_path / "ck", "char")[1])["run_key"]
     assert key["data_sha256"] == hashlib.sha256(content).hexdigest()
+
+
+def resident_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc (Linux)")
+def test_resident_memory_stays_flat_over_epochs_of_rows_of_every_length(tmp_path):
+    """Batches of varying shape used to leave freed memory with the allocator, so a run
+    grew epoch after epoch (3.5 to 7.6 GB); it is given back after each epoch."""
+    rng = np.random.default_rng(0)
+    rows = ["".join(rng.choice(list("abcdefgh é"), size=int(n)))
+            for n in rng.integers(1, 200, size=1500)]
+    spec = RunSpec.of("blt", d_model=32, nhead=2, dim_feedforward=64, max_len=512,
+                      ngram_buckets=256, fresh_pairs=False, epochs=5, batch_size=48,
+                      train_csv=write_reversal(tmp_path / "train.csv", rows),
+                      save_dir=str(tmp_path / "ck"), progress_bars=False, tensorboard=False)
+    seen = []
+    train(spec, lambda row: seen.append(resident_mb()))
+    assert seen[-1] - seen[0] < max(40.0, 0.1 * seen[0]), seen

@@ -82,6 +82,11 @@ class EncodedPairs:
         """Input length of each row in the model's units (tokens the encoder reads)."""
         return self.features["src"].lengths
 
+    def positions(self) -> np.ndarray:
+        """What a row takes in a batch: the longer of its input and its decoder positions
+        (what token batches are cut by)."""
+        return np.maximum(self.lengths(), self.targets.lengths - 1)
+
     def sizes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What a row's FLOPs depend on (bltlab.flops): L encoder positions, T decoder
         positions (target + EOS) and n patches (0 without patches), per row."""
@@ -111,22 +116,37 @@ class LengthBucketSampler(Sampler[list[int]]):
 
     Shuffle all rows, cut them into pools of `pool_batches` batches, sort each pool by
     length, cut it into batches, shuffle the batches. Padding stays small while every
-    epoch still sees a fresh mix. With `world` > 1 processes, the batches are global
-    (batch_size x world rows) and process `rank` takes rows rank, rank + world, ... of
-    each, so K processes see exactly the rows one process would at K times the batch.
+    epoch still sees a fresh mix. A batch holds `batch_size` rows, or with `max_tokens`
+    as many rows as fit that many positions padded (rows x the longest row's length), so
+    a batch of long rows holds few and one of short rows many: memory stays flat and
+    matrix products large. With `world` > 1 processes, the batches are global (world
+    times as large) and process `rank` takes rows rank, rank + world, ... of each, so K
+    processes see exactly the rows one process would with K times the batch.
     `set_epoch(epoch, skip)` starts that epoch's order after `skip` batches (resume).
     """
 
     def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, seed: int = 0,
-                 pool_batches: int = 50, rank: int = 0, world: int = 1):
+                 pool_batches: int = 50, rank: int = 0, world: int = 1, max_tokens: int = 0):
         self.lengths = torch.as_tensor(np.asarray(lengths))
         self.seed, self.rank, self.world = seed, rank, world
-        self.global_batch = batch_size * world
+        self.global_batch, self.global_tokens = batch_size * world, max_tokens * world
         self.pool = pool_batches * self.global_batch
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
+
+    def cut(self, pool: Tensor) -> list[list[int]]:
+        """A pool of rows sorted by length, cut into batches."""
+        if not self.global_tokens:
+            return [pool[b: b + self.global_batch].tolist()
+                    for b in range(0, len(pool), self.global_batch)]
+        batches, start = [], 0
+        for i, size in enumerate(self.lengths[pool].tolist()):  # ascending: size is the max
+            if i - start >= self.world and (i - start + 1) * size > self.global_tokens:
+                batches.append(pool[start:i].tolist())
+                start = i
+        return [*batches, pool[start:].tolist()]
 
     def _batches(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
@@ -135,10 +155,7 @@ class LengthBucketSampler(Sampler[list[int]]):
         for start in range(0, len(order), self.pool):
             pool = order[start: start + self.pool]
             pool = pool[torch.argsort(self.lengths[pool], stable=True)]
-            for b in range(0, len(pool), self.global_batch):
-                batch = pool[b: b + self.global_batch].tolist()
-                if len(batch) >= self.world:  # every process gets at least one row
-                    batches.append(batch)
+            batches += [b for b in self.cut(pool) if len(b) >= self.world]  # a row each
         perm = torch.randperm(len(batches), generator=g).tolist()
         return [batches[i][self.rank::self.world] for i in perm]
 
@@ -147,10 +164,7 @@ class LengthBucketSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         """Batches in a whole epoch (whatever `skip` is)."""
-        return self.batches(len(self.lengths), self.global_batch // self.world, self.world)
-
-    @staticmethod
-    def batches(rows: int, batch_size: int, world: int = 1) -> int:
-        """Batches an epoch of `rows` rows is cut into."""
-        full, rest = divmod(rows, batch_size * world)
-        return full + (rest >= world and rest > 0)
+        if self.global_tokens:
+            return len(self._batches())
+        full, rest = divmod(len(self.lengths), self.global_batch)
+        return full + (rest >= self.world and rest > 0)

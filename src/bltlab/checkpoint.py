@@ -51,6 +51,11 @@ def checkpoint_paths(save_dir: str | Path, mode: str) -> tuple[Path, Path, Path]
     return d / f"best_{mode}_model.pt", d / f"latest_{mode}_model.pt", d / f"history_{mode}.json"
 
 
+def trained_rows_path(save_dir: str | Path, mode: str) -> Path:
+    """Where a run records the rows it trained on (data.TrainedRows)."""
+    return Path(save_dir) / f"trained_rows_{mode}.npy"
+
+
 def previous_path(latest: Path) -> Path:
     """Where the latest checkpoint before the newest one is kept."""
     return latest.with_name(latest.stem + ".prev.pt")

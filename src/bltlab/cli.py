@@ -128,7 +128,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from bltlab.checkpoint import load_model
     from bltlab.data import default_data_dir
     from bltlab.decoding import check_search
-    from bltlab.evaluation import evaluate, format_metrics
+    from bltlab.evaluation import evaluate, format_metrics, trained_rows
     from bltlab.fileio import check_output_file
     from bltlab.paths import metrics_json, predictions_csv
     from bltlab.runtime import pick_device
@@ -144,7 +144,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     metrics = evaluate(model, codec, test_csv, out, args.batch_size, device,
                        args.skip_bad_rows, args.beam_width, args.length_penalty,
                        extra={"mode": args.mode, "checkpoint": str(args.checkpoint),
-                              "spec": state["spec"]}, progress=args.progress_bars)
+                              "spec": state["spec"]}, progress=args.progress_bars,
+                       trained=trained_rows(args.checkpoint, args.mode))
     print(format_metrics(metrics))
     print(f"wrote {out} and {metrics_json(out)}")
 
@@ -186,10 +187,11 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from bltlab.spec import build_spec, settings_for
     from bltlab.tuning import load_search_space, tune
 
-    for mode in MODES if args.mode == "both" else (args.mode,):
+    modes = {"all": MODES, "both": ("char", "blt")}.get(args.mode, (args.mode,))
+    for mode in modes:
         settings = spec_settings(args)
         base = build_spec(mode, args.config, settings_for(mode, settings)
-                          if args.mode == "both" else settings)
+                          if len(modes) > 1 else settings)
         if args.print_config:  # the base run, and the space its trials draw from
             space = {mode: load_search_space(args.search_space, base)}
             print(base.to_yaml() + yaml.safe_dump({"search_space": space}, sort_keys=False),
@@ -217,10 +219,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     names = {f.name for f in fields(RunOptions)}
     preset = "tune" if args.tune else "full" if args.full else "quick"
     check_at_least(args, workers=1, seeds=1, seed=0, epochs=1, batch_size=1, tune_epochs=1,
-                   max_tune_combinations=1)
+                   max_tune_combinations=1, job_minutes=1)
     check_search(args.beam_width, 1.0)
     run(RunOptions(preset=preset, **{k: v for k, v in vars(args).items() if k in names}
-                   | {"points": tuple(args.points)}))
+                   | {"points": tuple(args.points), "modes": tuple(dict.fromkeys(args.modes))}))
 
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
@@ -294,7 +296,8 @@ def add_model_parsers(sub) -> None:
     """train, eval, infer and tune."""
     p = sub.add_parser("train", help="train a model")
     p.add_argument("--mode", choices=MODES, default=None,
-                   help="char (the baseline) or blt; default: the --config file's, else char")
+                   help="char or byte (the baselines) or blt; default: the --config file's, "
+                        "else char")
     add_spec_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -329,13 +332,15 @@ def add_model_parsers(sub) -> None:
 
     p = sub.add_parser("tune", help="tune hyperparameters with Optuna (resumable, "
                                     "several workers may share a study)")
-    p.add_argument("--mode", choices=(*MODES, "both"), default="both")
+    p.add_argument("--mode", choices=(*MODES, "all", "both"), default="all",
+                   help="a family, or all of them (both: char and blt, as the seed's)")
     add_tune_args(p)
     add_spec_args(p)
     p.set_defaults(func=cmd_tune)
 
 
 def add_run_parser(sub) -> None:
+    from bltlab.cluster import EXECUTORS
     from bltlab.experiments import ABLATIONS
     from bltlab.pipeline import RunOptions
 
@@ -347,24 +352,33 @@ def add_run_parser(sub) -> None:
     preset.add_argument("--tune", action="store_true",
                         help="tune both models with Optuna first, then train them at full "
                              "length with the best parameters")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                   help="the families to train and compare (default: all)")
     p.add_argument("--ablation", choices=tuple(ABLATIONS), default=None,
                    help="also train and evaluate the BLT in each variant of an ablation "
                         "(patchers: one BLT per patcher)")
     p.add_argument("--frontier", action="store_true",
-                   help="the compute frontier: both families over a grid of sizes and "
-                        "compressions at one training-FLOP budget (--quick: the CPU grid, "
-                        "--full: the GPU grid); results/frontier.json and its plots")
+                   help="the compute frontier of --profile: the three families over a grid "
+                        "of sizes and patchings at one training-FLOP budget (--quick: the "
+                        "CPU grid, --full: the GPU grid); results/frontier_<profile>.json, "
+                        "results/answer.json and their plots")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="--frontier: grid points trained at a time (each its share of cores)")
     p.add_argument("--points", nargs="+", default=(),
                    help="--frontier: only these grid points (independent jobs)")
+    p.add_argument("--executor", choices=("local", *EXECUTORS),
+                   default=d.executor, help="--frontier: train points here (--workers at a "
+                   "time) or as jobs of a SLURM cluster through submitit (submitit-local: "
+                   "the same jobs on this machine); the save dir must be shared")
+    p.add_argument("--slurm_partition", default=None, help="--executor slurm: the partition")
+    p.add_argument("--job_minutes", type=int, default=d.job_minutes,
+                   help="--executor: a job's time limit")
     p.add_argument("--use_existing_tuning", action="store_true",
                    help="--tune: reuse results/hyperparameter_tuning_*.json when present")
     add_tune_args(p)
     p.add_argument("--profile", choices=("seed", "broad"), default=d.profile,
-                   help="the data both models train on: broad (what people type: any "
-                        "length, case, punctuation, script) or the seed's distribution "
-                        "(--frontier: always seed)")
+                   help="the data the models train on: broad (what people type: any "
+                        "length, case, punctuation, script) or the seed's distribution")
     p.add_argument("--data_dir", default=d.data_dir,
                    help="train.csv and test.csv (generated when absent); default data/broad, "
                         "or data for --profile seed")

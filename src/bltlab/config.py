@@ -19,8 +19,8 @@ from bltlab.errors import BltlabError
 
 T = TypeVar("T", bound="Config")
 
-MODES = ("char", "blt")  # the model families: the char baseline and the BLT
-MODE_NAMES = {"char": "char baseline", "blt": "BLT"}
+MODES = ("char", "byte", "blt")  # the families: char and byte baselines, the BLT
+MODE_NAMES = {"char": "char baseline", "byte": "byte baseline", "blt": "BLT"}
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 PROFILES = ("seed", "broad")
 MAX_LOOK = 16  # the farthest look-back or look-ahead of patchers and n-grams (bytes)
@@ -141,12 +141,12 @@ class Config:
 
 @dataclass(frozen=True)
 class ModelConfig(Config):
-    """Size and position scheme of the encoder-decoder (the char baseline's)."""
+    """Size and position scheme of the encoder-decoder (the char and byte baselines')."""
 
     vocab_size: int = setting(0, "set by resolve(): the codec's vocabulary size", derived=True)
     d_model: int = setting(64, "width")
     nhead: int = setting(4, "attention heads")
-    num_encoder_layers: int = setting(2, "char: encoder blocks")
+    num_encoder_layers: int = setting(2, "char, byte: encoder blocks")
     num_decoder_layers: int = setting(2, "decoder blocks")
     dim_feedforward: int = setting(256, "feed-forward width")
     dropout: float = setting(0.0, "dropout")
@@ -154,7 +154,7 @@ class ModelConfig(Config):
     pos_encoding: str = setting("rope", "position signal", choices=POS_ENCODINGS)
     from_end: bool = setting(True, "add a distance-to-end position signal")
     start_token: bool = setting(
-        True, "char: put a start token before the input; with from_end, the output step "
+        True, "char, byte: put a start token before the input; with from_end, the output step "
                "that must end the string finds it by the same position match as any character")
 
     def __post_init__(self) -> None:
@@ -258,7 +258,10 @@ class TrainConfig(Config):
                                        "backward, real positions) instead of --epochs: the "
                                        "epochs are the budget over one epoch's FLOPs, "
                                        "rounded up (0: off)")
-    batch_size: int = setting(64, "rows per step (per process)")
+    batch_size: int = setting(64, "rows per step (per process), when --max_tokens is 0")
+    max_tokens: int = setting(0, "positions per step (per process): rows of similar length "
+                                 "until rows x the longest (input or output, padding "
+                                 "included) would pass it (0: --batch_size rows)")
     lr: float = setting(2e-3, "peak learning rate")
     weight_decay: float = setting(0.01, "weight decay of linear layers' matrices")
     optimizer: str = setting("adamw", "optimizer", choices=("adamw", "adam", "sgd"))
@@ -277,6 +280,9 @@ class TrainConfig(Config):
     grad_accum_steps: int = setting(1, "micro-batches per optimiser step")
     early_stopping_patience: int = setting(0, "stop after N epochs without a better "
                                               "validation score (0: off)")
+    stop_at: float = setting(0.0, "stop once validation exact match has been at least this "
+                                  "for --stop_for epochs in a row (0: off)")
+    stop_for: int = setting(3, "epochs in a row at --stop_at that end a run")
     early_stopping_metric: str = setting(
         "exact_match", "validation score for early stopping, plateau and the best checkpoint",
         choices=("exact_match", "loss"))
@@ -298,9 +304,10 @@ class TrainConfig(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         at_least(self, 1, "epochs", "batch_size", "grad_accum_steps", "plateau_patience",
-                 "step_cuts", "val_batch_size")
+                 "step_cuts", "val_batch_size", "stop_for")
+        need(0.0 <= self.stop_at <= 1.0, "stop_at", self.stop_at, "must be in [0, 1]")
         at_least(self, 0, "weight_decay", "warmup_steps", "grad_clip", "save_every_steps",
-                 "early_stopping_patience", "num_workers", "flops_budget")
+                 "early_stopping_patience", "num_workers", "flops_budget", "max_tokens")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be above 0")
         need(0 <= self.seed < 2**32, "seed", self.seed, "must be 0 to 2**32 - 1")
         for name in ("beta1", "beta2"):

@@ -6,10 +6,11 @@ What the generator draws (the seed's distribution, or the broad one) is in profi
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,15 @@ from tqdm import tqdm
 
 from bltlab import profiles
 from bltlab.errors import BltlabError
-from bltlab.fileio import MIB, ensure_dir, read_bounded, sha256_of, write_csv_rows, write_files
+from bltlab.fileio import (
+    MIB,
+    atomic_path,
+    ensure_dir,
+    read_bounded,
+    sha256_of,
+    write_csv_rows,
+    write_files,
+)
 
 
 def reverse(text: str) -> str:
@@ -110,6 +119,45 @@ class Pairs:
 
     def subset(self, rows: list[int]) -> Pairs:
         return Pairs([self.inputs[i] for i in rows], [self.targets[i] for i in rows], self.path)
+
+
+class TrainedRows:
+    """The inputs a run trained on, as 64-bit keys (BLAKE2b of the text), so a held-out
+    set can be scored only on rows that never occurred in the training stream. Saved
+    beside the run's checkpoints (a sorted array: 8 bytes a distinct row)."""
+
+    def __init__(self, keys: np.ndarray | None = None):
+        self.keys = np.unique(keys) if keys is not None else np.zeros(0, dtype=np.uint64)
+
+    @staticmethod
+    def key(texts: Sequence[str]) -> np.ndarray:
+        return np.array([int.from_bytes(hashlib.blake2b(
+            t.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+            for t in texts], dtype=np.uint64)
+
+    def add(self, texts: Sequence[str]) -> None:
+        self.keys = np.union1d(self.keys, self.key(texts))
+
+    def contains(self, texts: Sequence[str]) -> np.ndarray:
+        """Per text, whether the run trained on it."""
+        return np.isin(self.key(texts), self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def save(self, path: str | Path) -> None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, self.keys)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainedRows | None:
+        """The record at `path`, or None when there is none (or it is unreadable)."""
+        try:
+            with open(path, "rb") as f:
+                keys = np.load(f, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        return cls(keys) if keys.dtype == np.uint64 and keys.ndim == 1 else None
 
 
 TooLong = Callable[[str], "str | None"]

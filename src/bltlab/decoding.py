@@ -18,6 +18,7 @@ from bltlab.models import EncoderDecoder
 from bltlab.vocab import BOS, EOS, PAD
 
 MAX_BEAM = 64  # wider beams cost time and memory for no gain on this task
+DECODE_TOKENS = 16384  # input positions decoded together at most (rows x the longest)
 
 
 def check_search(beam_width: int, length_penalty: float) -> None:
@@ -155,6 +156,18 @@ def beam_search(model: EncoderDecoder, batch: dict[str, Tensor], beam_width: int
     return results
 
 
+def decode_batches(order: np.ndarray, lengths: np.ndarray, rows: int, tokens: int
+                   ) -> list[np.ndarray]:
+    """Rows in `order` (shortest first) cut into batches of at most `rows` rows and about
+    `tokens` input positions (rows x the longest; a longer row goes alone)."""
+    batches, start = [], 0
+    for i, length in enumerate(lengths[order]):
+        if i > start and (i - start >= rows or (i - start + 1) * length > tokens):
+            batches.append(order[start:i])
+            start = i
+    return [*batches, order[start:]] if len(order) else []
+
+
 def decode_batch(model: EncoderDecoder, batch: dict[str, Tensor], beam_width: int = 1,
                  length_penalty: float = 1.0, use_cache: bool = True) -> list[list[int]]:
     """Greedy decoding for beam_width 1 (`use_cache` False: the slow reference), beam
@@ -178,11 +191,11 @@ def predict(model: EncoderDecoder, codec, texts: list[str], batch_size: int = 25
     if not todo:
         return out
     features = codec.encode([texts[i] for i in todo])
-    order = np.argsort(features["src"].lengths, kind="stable")
-    size = max(1, batch_size // beam_width)
-    for start in tqdm(range(0, len(order), size), desc="decoding", unit="batch",
-                      leave=False, disable=None if progress else True):
-        rows = order[start: start + size]
+    lengths = features["src"].lengths
+    order = np.argsort(lengths, kind="stable")
+    for rows in tqdm(decode_batches(order, lengths, max(1, batch_size // beam_width),
+                                    DECODE_TOKENS // beam_width), desc="decoding",
+                     unit="batch", leave=False, disable=None if progress else True):
         batch = {k: v.to(device) for k, v in codec.collate(features, rows).items()}
         for r, ids in zip(rows, decode_batch(model, batch, beam_width, length_penalty,
                                              use_cache)):

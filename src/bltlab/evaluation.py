@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from rapidfuzz.distance import Levenshtein
 
 from bltlab.batching import EncodedPairs
-from bltlab.data import load_pairs
+from bltlab.data import Pairs, TrainedRows, load_pairs
 from bltlab.decoding import predict
 from bltlab.errors import BltlabError
 from bltlab.fileio import json_text, read_json, write_csv_rows, write_files
 from bltlab.paths import metrics_json
 from bltlab.profiles import BAND_NAMES, band_name
+from bltlab.runtime import release_memory
 from bltlab.stats import wilson_interval
 
 # What becomes of a character a model never saw in training, per mode.
-UNSEEN_EFFECT = {"char": "read as UNK", "blt": "its bytes' n-grams back off"}
+UNSEEN_EFFECT = {"char": "read as UNK", "byte": "none: every byte has a vector",
+                 "blt": "its bytes' n-grams back off"}
 
 
 def char_accuracy(pred: str, target: str) -> float:
@@ -112,15 +115,30 @@ def unknown_characters(model: torch.nn.Module, codec, inputs: list[str]) -> dict
             "effect": UNSEEN_EFFECT[codec.mode]}
 
 
-def predictions_writer(inputs: list[str], targets: list[str], preds: list[str]):
-    """What writes a predictions CSV: the data's columns, the prediction, whether right."""
-    return lambda f: write_csv_rows(f, [["input", "target", "prediction", "correct"], *(
-        (x, t, p, p == t) for x, t, p in zip(inputs, targets, preds))])
+def predictions_writer(inputs: list[str], targets: list[str], preds: list[str],
+                       in_training: Sequence[bool] | None = None):
+    """What writes a predictions CSV: the data's columns, the prediction, whether right,
+    and whether the row occurs in the model's training stream (left out of the metrics)."""
+    seen = in_training if in_training is not None else [False] * len(inputs)
+    return lambda f: write_csv_rows(f, [["input", "target", "prediction", "correct",
+                                         "in_training"], *(
+        (x, t, p, p == t, bool(s)) for x, t, p, s in zip(inputs, targets, preds, seen))])
 
 
 def write_predictions(path: str | Path, inputs: list[str], targets: list[str],
-                      preds: list[str]) -> None:
-    write_files({path: predictions_writer(inputs, targets, preds)})
+                      preds: list[str], in_training: Sequence[bool] | None = None) -> None:
+    write_files({path: predictions_writer(inputs, targets, preds, in_training)})
+
+
+def held_out(pairs: Pairs, trained: TrainedRows | None) -> np.ndarray:
+    """Per row, whether it may be scored: it never occurred in the training stream."""
+    if trained is None:
+        return np.ones(len(pairs), dtype=bool)
+    keep = ~trained.contains(pairs.inputs)
+    if not keep.any():
+        raise BltlabError(f"{pairs.path}: every row occurs in the model's training stream; "
+                          "nothing is held out to score")
+    return keep
 
 
 def patch_metrics(codec, inputs: list[str]) -> dict:
@@ -148,26 +166,41 @@ def flop_metrics(model, codec, inputs: list[str], targets: list[str]) -> dict:
 def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: str | Path,
              batch_size: int = 256, device: str | torch.device = "cpu",
              skip_bad_rows: bool = False, beam_width: int = 1, length_penalty: float = 1.0,
-             extra: dict | None = None, progress: bool = False) -> dict:
-    """Decode every row of `test_csv`, write the predictions CSV and its metrics JSON."""
+             extra: dict | None = None, progress: bool = False,
+             trained: TrainedRows | None = None) -> dict:
+    """Decode every row of `test_csv`, write the predictions CSV and its metrics JSON; the
+    metrics leave out the rows the model trained on (`trained`), counted apart."""
     pairs = load_pairs(test_csv, too_long=codec.too_long, skip_bad_rows=skip_bad_rows)
+    keep = held_out(pairs, trained)
     t0 = time.perf_counter()
     preds = predict(model, codec, pairs.inputs, batch_size=batch_size, device=device,
                     beam_width=beam_width, length_penalty=length_penalty, progress=progress)
     seconds = time.perf_counter() - t0
-    metrics = compute_metrics(pairs.inputs, pairs.targets, preds)
-    metrics["unknown_characters"] = unknown_characters(model, codec, pairs.inputs)
+    release_memory()
+    scored = pairs.subset(np.flatnonzero(keep).tolist())
+    metrics = compute_metrics(scored.inputs, scored.targets,
+                              [p for p, k in zip(preds, keep) if k])
+    metrics["rows_in_training"] = int((~keep).sum())
+    metrics["unknown_characters"] = unknown_characters(model, codec, scored.inputs)
     if codec.mode == "blt":
-        metrics.update(patch_metrics(codec, pairs.inputs))
-    metrics.update(flop_metrics(model, codec, pairs.inputs, pairs.targets))
+        metrics.update(patch_metrics(codec, scored.inputs))
+    metrics.update(flop_metrics(model, codec, scored.inputs, scored.targets))
     metrics.update({"parameters": sum(p.numel() for p in model.parameters()),
                     "beam_width": beam_width, "length_penalty": length_penalty,
                     "decode_rows_per_s": round(len(pairs) / seconds, 1),
                     "decode_seconds": round(seconds, 2), "test_csv": str(test_csv),
                     "skipped_rows": pairs.skipped, **(extra or {})})
-    write_files({output_csv: predictions_writer(pairs.inputs, pairs.targets, preds),
+    write_files({output_csv: predictions_writer(pairs.inputs, pairs.targets, preds, ~keep),
                  metrics_json(output_csv): lambda f: f.write(json_text(metrics))})  # together
     return metrics
+
+
+def trained_rows(checkpoint: str | Path, mode: str) -> TrainedRows | None:
+    """The record of the rows a checkpoint's run trained on, kept beside it (None for a run
+    that kept none)."""
+    from bltlab.checkpoint import trained_rows_path
+
+    return TrainedRows.load(trained_rows_path(Path(checkpoint).parent, mode))
 
 
 METRIC_KEYS = ("exact_match_accuracy", "character_accuracy", "one_minus_cer",
@@ -203,7 +236,7 @@ def evaluate_checkpoint(checkpoint: str | Path, mode: str, test_csv: str | Path,
                        skip_bad_rows=skip_bad_rows, beam_width=beam_width,
                        extra={"mode": mode, "checkpoint": str(checkpoint),
                               "spec": state["spec"], **stamp, **(extra or {})},
-                       progress=progress)
+                       progress=progress, trained=trained_rows(checkpoint, mode))
     print(f"\n== {mode} on {test_csv} ==\n{format_metrics(metrics)}\n")
     return metrics
 
@@ -240,6 +273,9 @@ def format_metrics(m: dict) -> str:
         lines.append(f"unknown characters  {unknown['rows']} rows hold characters the model "
                      f"never saw ({unknown.get('effect', UNSEEN_EFFECT['char'])}): {shown}"
                      + (" ..." if len(unknown["characters"]) > 20 else ""))
+    if m.get("rows_in_training"):
+        lines.append(f"left out            {m['rows_in_training']} rows that occur in the "
+                     "training stream")
     if m.get("skipped_rows"):
         lines.append(f"skipped rows        {sum(m['skipped_rows'].values())} "
                      f"{json.dumps(m['skipped_rows'])}")

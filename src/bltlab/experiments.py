@@ -23,11 +23,12 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # that fit 60 min on one thread). The BLT: space patches of at most 3 bytes (with 4,
     # long rows of random characters now and then exchange a bit between neighbouring
     # bytes), byte vectors from UTF-8 role and bits (docs/results.md).
-    "broad": {"char": {}, "blt": {"epochs": 50}},
+    "broad": {"char": {}, "byte": {}, "blt": {"epochs": 50}},
     # The seed's distribution, 5% of rows with a non-ASCII word; the BLT is the best on
     # validation rows at the compute frontier's budget.
     "seed": {
         "char": {"epochs": 4, "start_token": False, "fresh_non_ascii": 0.05},
+        "byte": {"epochs": 4, "start_token": False, "fresh_non_ascii": 0.05},
         "blt": {"epochs": 12, "byte_embedding": "table", "max_patch_len": 8,
                 "fresh_non_ascii": 0.05},
     },
@@ -49,53 +50,99 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-FRONTIER_SHARED = {"profile": "seed", "tensorboard": False, "progress_bars": False,
-                   "save_every_steps": 200}
-SMALL = {"d_model": 32, "dim_feedforward": 128}
+# The compute frontier (`bltlab run --frontier [--profile P] [--full]`): per profile, a
+# grid of points of the three families, every run trained to one budget of training
+# FLOPs (hit exactly: a run stops mid-epoch) in its profile's data regime, batches of
+# about 2,048 positions, 1,000 validation rows (what every choice reads). `quick` is
+# sized for a 2-core CPU (~20 points), `full` for a GPU. Before the grid, a small
+# learning-rate sweep per family on its reference point (validation only) picks each
+# family's learning rate.
+FRONTIER_SHARED = {"tensorboard": False, "progress_bars": False, "save_every_steps": 200,
+                   "val_fraction": 0.1, "max_tokens": 2048, "stop_at": 0.0}
+SWEEP_LRS = (1e-3, 2e-3, 4e-3)
+NONINFERIORITY_MARGIN = 0.005  # stated before any grid ran: 0.5 points of exact match
+PASS_AT = 0.995  # a point passes when its seeds' mean validation exact match reaches this
+MATCHED = (0.99, 0.995, 0.999)  # final-set exact match at which families are compared
+
+
+def size(d: int, enc: int = 2, dec: int = 2) -> dict[str, Any]:
+    """A baseline's width and depth (feed-forward 4x, heads of 8 or more)."""
+    return {"d_model": d, "dim_feedforward": 4 * d, "nhead": max(2, min(4, d // 8)),
+            "num_encoder_layers": enc, "num_decoder_layers": dec}
+
+
+def blt_size(d: int) -> dict[str, Any]:
+    return {"d_model": d, "dim_feedforward": 4 * d, "nhead": max(2, min(4, d // 8))}
+
+
+def baseline_points(family: str, shapes: list[tuple[int, int, int]]) -> dict:
+    return {f"{family}-d{d}-{e}+{k}": (family, size(d, e, k)) for d, e, k in shapes}
+
+
 ENTROPY = {"patcher": "entropy-model", "max_patch_len": 8}  # θ calibrated to target_bpp
-GRIDS: dict[str, dict[str, Any]] = {
-    # about an hour on a 2-core CPU with --workers 2 (one thread each), per seed
-    "quick": {"budget": 1.2e13, "points": {
-        "char-d64": ("char", {}),
-        "char-d64-3+1": ("char", {"num_encoder_layers": 3, "num_decoder_layers": 1}),
-        "char-d32": ("char", SMALL),
-        "char-d32-3+1": ("char", {**SMALL, "num_encoder_layers": 3, "num_decoder_layers": 1}),
-        "blt-d64-e2": ("blt", {**ENTROPY, "target_bpp": 2.0}),
-        "blt-d64-e4": ("blt", {**ENTROPY, "target_bpp": 4.0}),
-        "blt-d64-e6": ("blt", {**ENTROPY, "target_bpp": 6.0, "max_patch_len": 12}),
-        "blt-d64-space": ("blt", {"patcher": "space"}),
-        "blt-d32-e4": ("blt", {**ENTROPY, "target_bpp": 4.0, **SMALL}),
-        "blt-d32-space": ("blt", {"patcher": "space", **SMALL}),
-    }},
-    # for a GPU: three widths, more compressions, ten times the budget
-    "full": {"budget": 1.2e14, "points": {
-        **{f"char-d{d}": ("char", {"d_model": d, "dim_feedforward": 4 * d})
-           for d in (64, 128, 256)},
-        **{f"char-d{d}-3+1": ("char", {"d_model": d, "dim_feedforward": 4 * d,
-                                       "num_encoder_layers": 3, "num_decoder_layers": 1})
-           for d in (64, 128)},
-        **{f"blt-d{d}-e{b}": ("blt", {"d_model": d, "dim_feedforward": 4 * d, **ENTROPY,
-                                      "target_bpp": float(b),
-                                      "max_patch_len": 8 if b < 6 else 12})
-           for d in (64, 128, 256) for b in (2, 4, 6)},
-        **{f"blt-d{d}-space": ("blt", {"d_model": d, "dim_feedforward": 4 * d,
-                                       "patcher": "space"}) for d in (64, 128, 256)},
-    }},
+SMALL_SHAPES = [(16, 1, 1), (16, 2, 2), (24, 2, 2), (32, 1, 1), (32, 2, 1), (32, 2, 2),
+                (64, 2, 2)]
+GRIDS: dict[str, dict[str, dict[str, Any]]] = {
+    "seed": {
+        "quick": {"budget": 4e12, "reference": {"char": "char-d32-2+2",
+                                                "byte": "byte-d32-2+2",
+                                                "blt": "blt-d32-space"}, "points": {
+            **baseline_points("char", SMALL_SHAPES),
+            **baseline_points("byte", SMALL_SHAPES[1:]),
+            **{f"blt-d{d}-space": ("blt", {**blt_size(d), "patcher": "space"})
+               for d in (16, 24, 32, 48, 64)},
+            **{f"blt-d{d}-e4": ("blt", {**blt_size(d), **ENTROPY, "target_bpp": 4.0})
+               for d in (32, 64)},
+        }},
+        "full": {"budget": 4e13, "reference": {"char": "char-d64-2+2",
+                                               "byte": "byte-d64-2+2",
+                                               "blt": "blt-d64-space"}, "points": {
+            **baseline_points("char", [(d, 2, 2) for d in (16, 32, 64, 128, 256)]),
+            **baseline_points("byte", [(d, 2, 2) for d in (16, 32, 64, 128, 256)]),
+            **{f"blt-d{d}-{name}": ("blt", {**blt_size(d), **patching})
+               for d in (16, 32, 64, 128, 256) for name, patching in (
+                   ("space", {"patcher": "space"}),
+                   ("e4", {**ENTROPY, "target_bpp": 4.0}),
+                   ("e6", {**ENTROPY, "target_bpp": 6.0, "max_patch_len": 12}))},
+        }},
+    },
+    "broad": {
+        "quick": {"budget": 1.5e13, "reference": {"char": "char-d32-2+2",
+                                                  "byte": "byte-d32-2+2",
+                                                  "blt": "blt-d32-space"}, "points": {
+            **baseline_points("char", [(16, 2, 2), (24, 2, 2), (32, 2, 1), (32, 2, 2),
+                                       (64, 2, 2)]),
+            **baseline_points("byte", [(16, 2, 2), (24, 2, 2), (32, 2, 2), (64, 2, 2)]),
+            **{f"blt-d{d}-space": ("blt", {**blt_size(d), "patcher": "space"})
+               for d in (16, 24, 32, 48, 64)},
+        }},
+        "full": {"budget": 1.5e14, "reference": {"char": "char-d64-2+2",
+                                                 "byte": "byte-d64-2+2",
+                                                 "blt": "blt-d64-space3"}, "points": {
+            **baseline_points("char", [(d, 2, 2) for d in (16, 32, 64, 128, 256)]),
+            **baseline_points("byte", [(d, 2, 2) for d in (16, 32, 64, 128, 256)]),
+            **{f"blt-d{d}-space{m}": ("blt", {**blt_size(d), "patcher": "space",
+                                              "max_patch_len": m})
+               for d in (16, 32, 64, 128, 256) for m in (3, 4, 8)},
+        }},
+    },
 }
 
 # Each entry: {type: float, low, high, log} | {type: int, low, high, step} |
 # {type: categorical, choices}; `grid` lists what `--sampler grid` tries (TPE ignores it).
+BASELINE_SPACE = {
+    "lr": {"type": "float", "low": 5e-4, "high": 5e-3, "log": True, "grid": [1e-3, 2e-3]},
+    "d_model": {"type": "categorical", "choices": [64, 96, 128], "grid": [64, 128]},
+    "nhead": {"type": "categorical", "choices": [2, 4], "grid": [4]},
+    "num_encoder_layers": {"type": "int", "low": 1, "high": 3, "grid": [2]},
+    "num_decoder_layers": {"type": "int", "low": 1, "high": 3, "grid": [2]},
+    "dim_feedforward": {"type": "categorical", "choices": [128, 256, 512], "grid": [256]},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.2, "grid": [0.0, 0.1]},
+    "batch_size": {"type": "categorical", "choices": [32, 64, 128], "grid": [32, 64]},
+}
 SEARCH_SPACE: dict[str, dict[str, dict[str, Any]]] = {
-    "char": {
-        "lr": {"type": "float", "low": 5e-4, "high": 5e-3, "log": True, "grid": [1e-3, 2e-3]},
-        "d_model": {"type": "categorical", "choices": [64, 96, 128], "grid": [64, 128]},
-        "nhead": {"type": "categorical", "choices": [2, 4], "grid": [4]},
-        "num_encoder_layers": {"type": "int", "low": 1, "high": 3, "grid": [2]},
-        "num_decoder_layers": {"type": "int", "low": 1, "high": 3, "grid": [2]},
-        "dim_feedforward": {"type": "categorical", "choices": [128, 256, 512], "grid": [256]},
-        "dropout": {"type": "float", "low": 0.0, "high": 0.2, "grid": [0.0, 0.1]},
-        "batch_size": {"type": "categorical", "choices": [32, 64, 128], "grid": [32, 64]},
-    },
+    "char": BASELINE_SPACE,
+    "byte": BASELINE_SPACE,
     "blt": {
         "lr": {"type": "float", "low": 5e-4, "high": 5e-3, "log": True, "grid": [1e-3, 2e-3]},
         "d_model": {"type": "categorical", "choices": [64, 96, 128], "grid": [64, 128]},

@@ -1,15 +1,15 @@
-"""`bltlab run --frontier`: both model families over a grid of sizes and (for the BLT)
-compressions (bltlab.experiments.GRIDS), each trained to the same budget of training
-FLOPs, in one data regime.
+"""`bltlab run --frontier`: the three families (char, byte, BLT) over a grid of sizes and,
+for the BLT, patchings (bltlab.experiments.GRIDS), each run trained to the same budget of
+training FLOPs in its profile's data regime.
 
-Each grid point is a run spec (written to `<save_dir>/frontier/<name>/seed_<s>/spec.yaml`),
-so a point is an independent job: `--workers N` runs N at a time on this machine, and
-`--points NAME ...` runs some of them (e.g. on another machine sharing the folder); a
-finished point is not trained again. Every point is evaluated on the test set and the
-reserved final set, and `results/frontier.json` holds, per point, its validation exact
-match against its cumulative training FLOPs (after each epoch) and its test exact match
-against its forward and inference FLOPs per row. `summarise` reads off each family's
-front.
+First a small learning-rate sweep gives each family its rate (on its reference point,
+read on validation rows only); then every grid point is a run spec (written to
+`<save_dir>/frontier/<profile>/<point>/seed_<s>/spec.yaml`), an independent job:
+`--workers N` runs N at a time here, `--executor slurm` submits them to a cluster
+(bltlab.cluster), `--points NAME ...` runs some. A finished run is not trained again;
+an unfinished one is named and left out. Each finished run is read on its validation
+rows (the choices), the test set (a development set) and, at the end, the reserved final
+set; `results/frontier_<profile>.json` holds them, and bltlab.answer reads the fronts.
 """
 
 from __future__ import annotations
@@ -21,37 +21,87 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bltlab import paths
 from bltlab.checkpoint import checkpoint_paths, load_checkpoint
+from bltlab.cluster import run_jobs
 from bltlab.errors import BltlabError
 from bltlab.evaluation import evaluate_checkpoint
-from bltlab.experiments import FRONTIER_SHARED, GRIDS
+from bltlab.experiments import FRONTIER_SHARED, GRIDS, SWEEP_LRS
 from bltlab.fileio import read_json, write_atomic, write_json
 from bltlab.spec import RunSpec, build_spec
-from bltlab.stats import first_reaching, mean_std
+from bltlab.stats import first_reaching, mean_std, reach_and_stay
 
-THRESHOLDS = (0.99, 0.999)  # validation exact match the summary reads the FLOPs at
-TEST_TARGET = 0.995  # test exact match at which the cheapest inference is read
+THRESHOLDS = (0.99, 0.999)  # validation exact match the table reads the FLOPs at
 
 
-def point_specs(preset: str, train_csv: Path, save_dir: Path, seeds: list[int],
-                device: str) -> dict[tuple[str, int], RunSpec]:
-    """The grid's run specs, by (point, seed): each mode's recipe (the two share one data
-    regime), the budget, the point's own settings."""
-    grid = GRIDS[preset]
-    specs = {}
-    for name, (mode, settings) in grid["points"].items():
-        for seed in seeds:
-            specs[name, seed] = build_spec(mode, settings={
-                **FRONTIER_SHARED, "train_csv": str(train_csv), "flops_budget": grid["budget"],
-                "seed": seed, "device": device, **settings,
-                "save_dir": str(save_dir / name / f"seed_{seed}")})
-    return specs
+def grid(profile: str, preset: str) -> dict[str, Any]:
+    return GRIDS[profile][preset]
+
+
+def spec_of(mode: str, settings: dict, profile: str, budget: float, train_csv: Path,
+            save_dir: Path, seed: int, device: str) -> RunSpec:
+    """A frontier run: the mode's recipe of the profile, the grid's shared settings, the
+    budget, then the point's own settings."""
+    return build_spec(mode, settings={
+        **FRONTIER_SHARED, "profile": profile, "train_csv": str(train_csv),
+        "flops_budget": budget, "seed": seed, "device": device, **settings,
+        "save_dir": str(save_dir / f"seed_{seed}")})
+
+
+def point_specs(profile: str, preset: str, train_csv: Path, save_dir: Path, seeds: list[int],
+                device: str, lrs: dict[str, float] | None = None
+                ) -> dict[tuple[str, int], RunSpec]:
+    """The grid's run specs, by (point, seed), each family at its swept learning rate."""
+    g = grid(profile, preset)
+    return {(name, seed): spec_of(mode, {**settings, **({"lr": lrs[mode]} if lrs else {})},
+                                  profile, g["budget"], train_csv, save_dir / name, seed,
+                                  device)
+            for name, (mode, settings) in g["points"].items() for seed in seeds}
+
+
+def sweep_specs(profile: str, preset: str, train_csv: Path, save_dir: Path,
+                device: str) -> dict[tuple[str, float], RunSpec]:
+    """The learning-rate sweep: each family's reference point at each rate, seed 0."""
+    g = grid(profile, preset)
+    out = {}
+    for family, name in g["reference"].items():
+        mode, settings = g["points"][name]
+        for lr in SWEEP_LRS:
+            out[family, lr] = spec_of(mode, {**settings, "lr": lr}, profile, g["budget"],
+                                      train_csv, save_dir / "sweep" / f"{name}-lr{lr:g}", 0,
+                                      device)
+    return out
+
+
+def curve(spec: RunSpec) -> list[dict]:
+    history = read_json(checkpoint_paths(spec.train.save_dir, spec.mode)[2], "training history")
+    return [{"train_flops": e["train_flops"], "val_exact_match": e["val_exact_match"],
+             "epoch": e["epoch"]} for e in history["epochs"]]
+
+
+def best_rates(specs: dict[tuple[str, float], RunSpec]) -> dict[str, dict]:
+    """Per family, each swept rate's validation figures and the best rate: the fewest
+    training FLOPs to reach and stay at 99% validation exact match, else the highest
+    validation exact match at the end of the budget."""
+    out: dict[str, dict] = {}
+    for (family, lr), spec in specs.items():
+        c = curve(spec)
+        out.setdefault(family, {"rates": {}})["rates"][f"{lr:g}"] = {
+            "train_flops_to_stay_0.99": reach_and_stay(c, 0.99),
+            "val_exact_match": c[-1]["val_exact_match"]}
+    for entry in out.values():
+        rank = {lr: (r["train_flops_to_stay_0.99"] is None,
+                     r["train_flops_to_stay_0.99"] or 0.0, -r["val_exact_match"])
+                for lr, r in entry["rates"].items()}
+        entry["best"] = float(min(rank, key=rank.get))
+    return out
 
 
 class Workers:
@@ -99,12 +149,18 @@ class Workers:
             self.signal(signal.SIGTERM)  # nothing left running behind us
 
 
-def run_point(spec: RunSpec, threads: int, workers: Workers) -> str:
-    """Train one point in its own process (log in its folder); returns its name."""
+def spec_file(spec: RunSpec) -> Path:
+    """The point's run spec, written into its folder (what its job trains)."""
     folder = Path(spec.train.save_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "spec.yaml"
-    write_atomic(config, lambda f: f.write(spec.to_yaml()))
+    write_atomic(folder / "spec.yaml", lambda f: f.write(spec.to_yaml()))
+    return folder / "spec.yaml"
+
+
+def run_point(spec: RunSpec, threads: int, workers: Workers) -> str:
+    """Train one point in its own process (log in its folder); returns its name."""
+    config = spec_file(spec)
+    folder = config.parent
     with open(folder / "train.log", "a", encoding="utf-8") as log:
         code = workers.run([sys.executable, "-m", "bltlab.cli", "--threads", str(threads),
                             "train", "--config", str(config)], log)
@@ -113,10 +169,29 @@ def run_point(spec: RunSpec, threads: int, workers: Workers) -> str:
     return f"{folder.parent.name} {folder.name}"
 
 
-def train_points(specs: dict[tuple[str, int], RunSpec], workers: int) -> None:
-    """Train the points, `workers` at a time, each with its share of the threads this
-    process may use (`bltlab --threads N`)."""
-    threads = max(1, torch.get_num_threads() // workers)
+@dataclass(frozen=True)
+class Executor:
+    """Where grid points train: here, `workers` at a time, or as cluster jobs
+    (bltlab.cluster: slurm, or submitit-local)."""
+
+    kind: str = "local"
+    workers: int = 1
+    partition: str | None = None
+    minutes: int = 240
+
+
+def train_points(specs: dict, executor: Executor | int) -> None:
+    """Train the points: here, `workers` at a time, each with its share of the threads
+    this process may use (`bltlab --threads N`), or as cluster jobs."""
+    executor = executor if isinstance(executor, Executor) else Executor(workers=executor)
+    threads = max(1, torch.get_num_threads() // executor.workers)
+    if executor.kind != "local":
+        if specs:
+            folder = Path(next(iter(specs.values())).train.save_dir).parents[2] / "jobs"
+            run_jobs([spec_file(s) for s in specs.values()], folder, executor.kind, threads,
+                     executor.partition, executor.minutes)
+        return
+    workers = executor.workers
     procs = Workers()
     with procs.passing_signals(), ThreadPoolExecutor(workers) as pool:
         for name in pool.map(lambda s: run_point(s, threads, procs), specs.values()):
@@ -142,20 +217,30 @@ def finished(spec: RunSpec) -> str | None:
     return None
 
 
-def point_result(name: str, spec: RunSpec, metrics: dict, final: dict) -> dict:
-    """One run's row of frontier.json: its curve, its test and final-set numbers."""
-    history = read_json(checkpoint_paths(spec.train.save_dir, spec.mode)[2], "training history")
+def point_result(name: str, spec: RunSpec, metrics: dict[str, dict]) -> dict:
+    """One run's row of frontier_<profile>.json: its validation curve, its figures on each
+    set, its FLOPs per row by part."""
+    c, test, final = curve(spec), metrics["test"], metrics["final"]
     out = {"name": name, "seed": spec.train.seed, "family": spec.mode,
-           "d_model": spec.model.d_model, "parameters": metrics["parameters"],
-           "spec": history["spec"], "final_exact_match": final["exact_match_accuracy"],
-           "curve": [{"train_flops": e["train_flops"], "val_exact_match": e["val_exact_match"],
-                      "epoch": e["epoch"]} for e in history["epochs"]],
-           "test_exact_match": metrics["exact_match_accuracy"],
-           "forward_flops_per_row": metrics["forward_flops_per_row"]["total"],
-           "inference_flops_per_row": metrics["inference_flops_per_row"]["total"]}
+           "d_model": spec.model.d_model, "parameters": test["parameters"],
+           "lr": spec.train.lr, "curve": c, "val_exact_match": c[-1]["val_exact_match"],
+           "test_exact_match": test["exact_match_accuracy"],
+           "final_exact_match": final["exact_match_accuracy"],
+           "final_rows": final["total_samples"], "final_correct": final["total_correct"],
+           "final_rows_in_training": final.get("rows_in_training", 0),
+           "test_rows_in_training": test.get("rows_in_training", 0),
+           "forward_flops_per_row": test["forward_flops_per_row"]["total"],
+           "inference_flops_per_row": final["inference_flops_per_row"]["total"],
+           "inference_flops_by_part": final["inference_flops_per_row"]}
     if spec.mode == "blt":
-        out["bytes_per_patch"] = metrics["bytes_per_patch"]
+        out["bytes_per_patch"] = final["bytes_per_patch"]
     return out
+
+
+def by_part(runs: list[dict]) -> dict[str, float]:
+    """Inference FLOPs per row by model part, mean over a point's seeds."""
+    parts = [r.get("inference_flops_by_part") or {} for r in runs]
+    return {k: float(np.mean([p.get(k, 0.0) for p in parts])) for k in parts[0]}
 
 
 def table(points: list[dict]) -> dict[str, dict]:
@@ -166,85 +251,88 @@ def table(points: list[dict]) -> dict[str, dict]:
         out[name] = {"family": runs[0]["family"], "seeds": [p["seed"] for p in runs],
                      "parameters": runs[0].get("parameters"),
                      **{k: mean_std([p.get(k) for p in runs]) for k in (
-                         "test_exact_match", "final_exact_match", "forward_flops_per_row",
-                         "inference_flops_per_row", "bytes_per_patch")},
+                         "val_exact_match", "test_exact_match", "final_exact_match",
+                         "forward_flops_per_row", "inference_flops_per_row",
+                         "bytes_per_patch")},
                      **{f"train_flops_to_{level:g}": mean_std(
                          [first_reaching(p["curve"], level) for p in runs])
                         for level in THRESHOLDS},
+                     "train_flops_to_stay_0.99": mean_std(
+                         [reach_and_stay(p["curve"], 0.99) for p in runs]),
                      "reached_0.99": sum(first_reaching(p["curve"], 0.99) is not None
-                                         for p in runs)}
-    return out
-
-
-def summarise(rows: dict[str, dict]) -> dict:
-    """Per family, from the table (means over each point's seeds): the fewest training
-    FLOPs a point needs to reach each validation threshold (only points where every seed
-    reached it), and the cheapest inference FLOPs per row at ≥ 99.5% mean test exact
-    match."""
-    out = {}
-    for family in sorted({r["family"] for r in rows.values()}):
-        mine = {name: r for name, r in rows.items() if r["family"] == family}
-        entry: dict[str, Any] = {}
-        for level in THRESHOLDS:
-            key = f"train_flops_to_{level:g}"
-            reached = [(r[key]["mean"], name) for name, r in mine.items()
-                       if r[key] and r[key]["n"] == len(r["seeds"])]
-            entry[key] = ({"flops": min(reached)[0], "point": min(reached)[1],
-                           "seeds": len(mine[min(reached)[1]]["seeds"])} if reached else None)
-        good = [(r["inference_flops_per_row"]["mean"], name) for name, r in mine.items()
-                if r["test_exact_match"]["mean"] >= TEST_TARGET]
-        entry["cheapest_inference_at_test_target"] = (
-            {"flops": min(good)[0], "point": min(good)[1],
-             "test_exact_match": mine[min(good)[1]]["test_exact_match"]["mean"],
-             "seeds": len(mine[min(good)[1]]["seeds"])} if good else None)
-        entry["best_test_exact_match"] = max(r["test_exact_match"]["mean"]
-                                             for r in mine.values())
-        out[family] = entry
+                                         for p in runs),
+                     "inference_flops_by_part": by_part(runs)}
     return out
 
 
 def evaluate_point(name: str, spec: RunSpec, sets: dict[str, Path], device: str,
                    skip_bad_rows: bool = False) -> dict[str, dict]:
-    """A point's metrics on each set (`test`, `final`), evaluated once per checkpoint."""
+    """A point's metrics on each set (`test`, `final`), evaluated once per checkpoint,
+    leaving out rows of its training stream."""
     best = checkpoint_paths(spec.train.save_dir, spec.mode)[0]
+    profile = spec.data.profile
     return {kind: evaluate_checkpoint(best, spec.mode, csv_path,
-                                      paths.frontier_csv(name, spec.train.seed, kind), device,
-                                      skip_bad_rows, extra={"frontier_point": name})
+                                      paths.frontier_csv(profile, name, spec.train.seed, kind),
+                                      device, skip_bad_rows, extra={"frontier_point": name})
             for kind, csv_path in sets.items()}
 
 
-def frontier(preset: str, train_csv: Path, test_csv: Path, final_csv: Path, save_dir: Path,
-             out_dir: Path, seeds: list[int], device: str = "auto", workers: int = 1,
-             only: list[str] | None = None, skip_train: bool = False,
-             skip_bad_rows: bool = False) -> dict:
-    """Train (unless `skip_train`) and evaluate the grid's runs (points x seeds) on the
-    test and final sets; write frontier.json."""
-    specs = point_specs(preset, train_csv, save_dir / "frontier", seeds, device)
-    names = list(GRIDS[preset]["points"])
+def missing_runs(specs: dict) -> dict[str, str]:
+    """The runs that are not results yet, and why."""
+    return {f"{k[0]} seed {k[1]}": why for k, spec in specs.items() if (why := finished(spec))}
+
+
+def lr_sweep(profile: str, preset: str, train_csv: Path, save_dir: Path, out_dir: Path,
+             device: str, workers: Executor | int, skip_train: bool
+             ) -> dict[str, float] | None:
+    """Each family's learning rate from the sweep (run unless `skip_train`); None when
+    the sweep has not finished (the recipes' rate is used)."""
+    specs = sweep_specs(profile, preset, train_csv, save_dir, device)
+    if not skip_train:
+        train_points(specs, workers)
+    if missing_runs(specs):
+        return None
+    rates = best_rates(specs)
+    write_json(out_dir / paths.sweep(profile), rates)
+    return {family: entry["best"] for family, entry in rates.items()}
+
+
+def check_points(profile: str, preset: str, only: list[str] | None) -> None:
+    names = list(grid(profile, preset)["points"])
     unknown = sorted(set(only or []) - set(names))
     if unknown:
-        raise BltlabError(f"--points {' '.join(unknown)}: not in the {preset} grid "
-                          f"({', '.join(names)})")
+        raise BltlabError(f"--points {' '.join(unknown)}: not in the {profile} {preset} "
+                          f"grid ({', '.join(names)})")
+
+
+def frontier(profile: str, preset: str, train_csv: Path, test_csv: Path, final_csv: Path,
+             save_dir: Path, out_dir: Path, seeds: list[int], device: str = "auto",
+             workers: Executor | int = 1, only: list[str] | None = None,
+             skip_train: bool = False, skip_bad_rows: bool = False) -> dict:
+    """Sweep, train (unless `skip_train`) and evaluate the grid's runs (points x seeds);
+    write frontier_<profile>.json."""
+    home = save_dir / "frontier" / profile
+    check_points(profile, preset, only)
+    lrs = lr_sweep(profile, preset, train_csv, home, out_dir, device, workers, skip_train)
+    specs = point_specs(profile, preset, train_csv, home, seeds, device, lrs)
     if not skip_train:
         train_points({k: v for k, v in specs.items() if not only or k[0] in only}, workers)
-    missing = {f"{name} seed {seed}": why for (name, seed), spec in specs.items()
-               if (why := finished(spec))}
+    missing = missing_runs(specs)
     done = {k: v for k, v in specs.items() if f"{k[0]} seed {k[1]}" not in missing}
+    result_path = out_dir / paths.frontier(profile)
     if not done:
         raise BltlabError(f"no finished frontier run ({len(missing)} missing: e.g. "
-                          f"{next(iter(missing.items()), ('-', '-'))}); "
-                          f"{out_dir / paths.FRONTIER} is left as it was")
+                          f"{next(iter(missing.items()), ('-', '-'))}); {result_path} is "
+                          "left as it was")
     if missing:
         print(f"warning: {len(missing)} of {len(specs)} frontier runs are not finished and "
               f"are left out: {', '.join(list(missing)[:6])}{' ...' if len(missing) > 6 else ''}")
-    sets = {"test": test_csv, "final": final_csv}
-    points = []
-    for (name, _), spec in done.items():
-        metrics = evaluate_point(name, spec, sets, device, skip_bad_rows)
-        points.append(point_result(name, spec, metrics["test"], metrics["final"]))
-    rows = table(points)
-    result = {"preset": preset, "budget_train_flops": GRIDS[preset]["budget"],
-              "test_csv": str(test_csv), "points": points, "table": rows,
-              "summary": summarise(rows), "missing": missing}
-    write_json(out_dir / paths.FRONTIER, result)
+    sets = {"test": test_csv, "final": final_csv}  # final: the reserved set, read last
+    points = [point_result(name, spec, evaluate_point(name, spec, sets, device, skip_bad_rows))
+              for (name, _), spec in done.items()]
+    result = {"profile": profile, "preset": preset,
+              "budget_train_flops": grid(profile, preset)["budget"], "learning_rates": lrs,
+              "test_csv": str(test_csv), "final_csv": str(final_csv), "points": points,
+              "table": table(points), "missing": missing}
+    write_json(result_path, result)
     return result

@@ -4,8 +4,9 @@ A codec encodes a list of strings at once into encoder features and target ids (
 arrays, every row concatenated: batching.Ragged), pads the rows of a batch from them into
 tensors, and turns output ids back into text. It is stored in checkpoints.
 
-- `CharCodec` (baseline): character ids, after a start token (BOS) when the spec asks.
-- `ByteCodec` (BLT): UTF-8 byte ids, hashed n-gram ids per byte, and the patching:
+- `CharCodec` (the char baseline): character ids, after a start token (BOS) when the
+  spec asks; `ByteCodec` (the byte baseline): the same over UTF-8 bytes.
+- `PatchCodec` (BLT): UTF-8 byte ids, hashed n-gram ids per byte, and the patching:
   each byte's patch index and position inside its patch, and per patch its distance
   (in bytes) from its last byte to the end of the input.
 
@@ -113,7 +114,26 @@ class CharCodec(Codec):
         return {"mode": self.mode, "vocab": self.vocab.to_state(), "start": self.start}
 
 
-class ByteCodec(Codec):
+class ByteCodec(CharCodec):
+    """The byte baseline's: UTF-8 byte ids as tokens (every string is representable)."""
+
+    mode, unit = "byte", "bytes"
+
+    def __init__(self, max_input: int | None = None, start: bool = False):
+        super().__init__(ByteVocab(), max_input, start)
+
+    @staticmethod
+    def length(text: str) -> int:
+        return len(text.encode("utf-8", "surrogatepass"))
+
+    def unknown(self, text: str) -> list[str]:
+        return []
+
+    def to_state(self) -> dict:
+        return {"mode": self.mode, "start": self.start}
+
+
+class PatchCodec(Codec):
     mode, unit = "blt", "bytes"
 
     def __init__(self, patcher: Patcher, ngram_sizes: Sequence[int] = (1, 2, 3),
@@ -164,13 +184,15 @@ class ByteCodec(Codec):
                 "entropy_model": lm.state_dict() if lm is not None else None}
 
 
-CODECS: dict[str, type[Codec]] = {"char": CharCodec, "blt": ByteCodec}
+CODECS: dict[str, type[Codec]] = {"char": CharCodec, "byte": ByteCodec, "blt": PatchCodec}
 
 
-def codec_from_state(state: dict, max_input: int | None = None) -> CharCodec | ByteCodec:
+def codec_from_state(state: dict, max_input: int | None = None) -> Codec:
     """Rebuild a codec stored in a checkpoint."""
     if state["mode"] == "char":
         return CharCodec(vocab_from_state(state["vocab"]), max_input, state.get("start", False))
+    if state["mode"] == "byte":
+        return ByteCodec(max_input, state["start"])
     lm = ByteNgramLM.from_state(state["entropy_model"]) if state["entropy_model"] else None
-    return ByteCodec(Patcher(PatcherConfig.from_dict(state["patcher"]), lm),
+    return PatchCodec(Patcher(PatcherConfig.from_dict(state["patcher"]), lm),
                      state["ngram_sizes"], state["ngram_buckets"], max_input)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Rotary = tuple[Tensor, Tensor]
+Rotary = tuple[Tensor, Tensor]  # RoPE tables, full head width (see `rotary`)
 
 
 def sinusoid(pos: Tensor, dim: int) -> Tensor:
@@ -24,19 +24,29 @@ def sinusoid(pos: Tensor, dim: int) -> Tensor:
 
 
 def rotary(pos: Tensor, head_dim: int, base: float = 10000.0) -> Rotary:
-    """cos/sin tables for RoPE at positions `pos` (T,) or (B, T), shaped to broadcast over heads."""
+    """RoPE tables at positions `pos` (T,) or (B, T), shaped to broadcast over heads: the
+    cosine of each channel pair's angle (for both channels), and its sine (negated for
+    the first channel), so a rotation is two products (`apply_rotary`)."""
     inv = 1.0 / base ** (torch.arange(0, head_dim, 2, device=pos.device).float() / head_dim)
     angles = pos.float().unsqueeze(-1) * inv
     if angles.dim() == 3:  # (B, T, hd/2) -> (B, 1, T, hd/2)
         angles = angles.unsqueeze(1)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
+
+
+def halves(rot: Rotary) -> Rotary:
+    """The cos and sin of each channel pair's angle (hd/2 each)."""
+    half = rot[0].shape[-1] // 2
+    return rot[0][..., :half], rot[1][..., half:]
 
 
 def apply_rotary(x: Tensor, rot: Rotary) -> Tensor:
-    """Rotate pairs of channels of x (B, H, T, hd) by the angles in `rot`."""
+    """Rotate pairs of channels (i, i + hd/2) of x (B, H, T, hd) by the angles in `rot`:
+    (x1 cos - x2 sin, x2 cos + x1 sin)."""
     cos, sin = rot
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+    x1, x2 = x.chunk(2, dim=-1)
+    return (x * cos + torch.cat([x2, x1], dim=-1) * sin).type_as(x)
 
 
 class PositionSignal(nn.Module):
@@ -106,7 +116,8 @@ class Attention(nn.Module):
                 k, v = (self._heads(t) for t in self.kv(memory).split(c, dim=-1))
                 k = apply_rotary(k, rot_k) if rot_k is not None else k
                 if self.relative is not None and rot_k is not None:
-                    v = torch.cat([v, *(t.expand(*k.shape[:-1], -1) for t in rot_k)], dim=-1)
+                    v = torch.cat([v, *(t.expand(*k.shape[:-1], -1) for t in halves(rot_k))],
+                                  dim=-1)
         else:
             q, k, v = (self._heads(t) for t in self.qkv(x).split(c, dim=-1))
             k = apply_rotary(k, rot_k) if rot_k is not None else k
@@ -122,7 +133,7 @@ class Attention(nn.Module):
         out = self.out(y[..., :head_dim].transpose(1, 2).reshape(b, n, c))
         if y.shape[-1] > head_dim:  # cos/sin of key positions, averaged by attention
             cos_k, sin_k = y[..., head_dim:].chunk(2, dim=-1)
-            cos_q, sin_q = rot_q
+            cos_q, sin_q = halves(rot_q)
             rel = torch.cat([cos_q * cos_k + sin_q * sin_k, sin_q * cos_k - cos_q * sin_k], -1)
             out = out + self.relative(rel.transpose(1, 2).reshape(b, n, c))
         return out

@@ -10,7 +10,7 @@ RESULTS = Path("results")
 PREDICTIONS = Path("predictions")
 CHECKPOINTS = Path("checkpoints")
 
-FRONTIER = "frontier.json"  # bltlab run --frontier
+ANSWER = "answer.json"  # the study's answer, from every profile's frontier
 ROBUSTNESS = "robustness.json"  # every model on the held-out sets
 RUN_SUMMARY = "run_summary.json"  # bltlab run
 SEEDS = "seeds.json"  # bltlab run --seeds N
@@ -19,6 +19,16 @@ REPORT_TXT = "experimental_report.txt"
 REPORT_HTML = "report.html"
 SUMMARY_TXT = "summary_report.txt"  # in the predictions folder (the seed's)
 TUNING_DB = "tuning.db"
+
+
+def frontier(profile: str) -> str:
+    """A profile's compute frontier (bltlab run --frontier --profile P)."""
+    return f"frontier_{profile}.json"
+
+
+def sweep(profile: str) -> str:
+    """The frontier's learning-rate sweep of a profile."""
+    return f"lr_sweep_{profile}.json"
 
 
 def tuning(results: str | Path, mode: str) -> Path:
@@ -51,6 +61,6 @@ def ablation_csv(variant: str) -> Path:
     return PREDICTIONS / "ablation" / f"predictions_blt_{variant}.csv"
 
 
-def frontier_csv(point: str, seed: int, kind: str) -> Path:
+def frontier_csv(profile: str, point: str, seed: int, kind: str) -> Path:
     """A frontier run's predictions on the test (`test`) or reserved final (`final`) set."""
-    return PREDICTIONS / "frontier" / point / f"seed_{seed}" / f"predictions_{kind}.csv"
+    return PREDICTIONS / "frontier" / profile / point / f"seed_{seed}" / f"predictions_{kind}.csv"

@@ -8,8 +8,6 @@ the same checkpoint and test file.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +20,10 @@ from bltlab.errors import BltlabError
 from bltlab.evaluation import (
     by_band,
     evaluate_checkpoint,
+    held_out,
     length_buckets,
     longest_at,
+    trained_rows,
     unknown_characters,
     write_predictions,
 )
@@ -43,6 +43,7 @@ class RunOptions:
     """What `bltlab run` does; `bltlab run --help` describes each."""
 
     preset: str = "quick"  # quick, full or tune
+    modes: tuple[str, ...] = MODES  # the families trained and compared
     profile: str = DEFAULT_PROFILE  # the data: broad (what people type) or the seed's
     data_dir: str | None = None  # default: data/broad (broad profile), data (seed)
     save_dir: str = "checkpoints"
@@ -60,6 +61,9 @@ class RunOptions:
     ablation: str | None = None
     frontier: bool = False  # the compute frontier instead of the two models
     workers: int = 1  # frontier: points trained at a time
+    executor: str = "local"  # frontier: here, or cluster jobs (bltlab.cluster.EXECUTORS)
+    slurm_partition: str | None = None
+    job_minutes: int = 240
     points: tuple[str, ...] = ()  # frontier: only these points (default: all)
     use_existing_tuning: bool = False
     tune_epochs: int = 3
@@ -151,24 +155,29 @@ def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
     counts as wrong); predictions in predictions/robustness/, results merged into
     results/robustness.json under '<mode> (<profile>)'."""
     device = pick_device(opts.device)
-    model, codec, _ = load_model(checkpoint_paths(save_dir, mode)[0], mode, device)
+    best = checkpoint_paths(save_dir, mode)[0]
+    model, codec, _ = load_model(best, mode, device)
+    trained = trained_rows(best, mode)
     label = label or f"{mode} ({opts.profile})"
     out: dict = {}
     for name, csv_path in robustness_files().items():
         pairs = load_pairs(csv_path)
+        keep = held_out(pairs, trained)  # rows of the training stream are not scored
         preds = [None if codec.too_long(x) else p for x, p in zip(pairs.inputs, predict(
             model, codec, [x if not codec.too_long(x) else "" for x in pairs.inputs],
             device=device))]
-        correct = [p == t for p, t in zip(preds, pairs.targets)]
         write_predictions(paths.robustness_csv(label, name), pairs.inputs, pairs.targets,
-                          [p if p is not None else "" for p in preds])
-        buckets = length_buckets(pairs.inputs, correct)
-        unknown = unknown_characters(model, codec, pairs.inputs)
-        out[name] = {"exact_match": sum(correct) / len(pairs), "rows": len(pairs),
-                     "too_long": preds.count(None), "by_length": buckets,
+                          [p if p is not None else "" for p in preds], ~keep)
+        rows = [(x, p == t, p is None) for x, p, t, k in
+                zip(pairs.inputs, preds, pairs.targets, keep) if k]
+        inputs, correct = [x for x, _, _ in rows], [c for _, c, _ in rows]
+        buckets = length_buckets(inputs, correct)
+        out[name] = {"exact_match": sum(correct) / len(rows), "rows": len(rows),
+                     "rows_in_training": int((~keep).sum()),
+                     "too_long": sum(t for _, _, t in rows), "by_length": buckets,
                      "longest_length_at_99": longest_at(buckets),
-                     "by_band": by_band(pairs.inputs, correct),
-                     "unknown_character_rows": unknown["rows"]}
+                     "by_band": by_band(inputs, correct),
+                     "unknown_character_rows": unknown_characters(model, codec, inputs)["rows"]}
         print(f"{label} on {name}: {100 * out[name]['exact_match']:.2f}% exact")
     path = Path(opts.output_dir) / paths.ROBUSTNESS
     merged = read_json(path, "robustness results") if path.is_file() else {}
@@ -180,18 +189,22 @@ def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
 
 
 def frontier_stage(opts: RunOptions) -> dict:
-    """`bltlab run --frontier`: the grid of both families at one FLOP budget, each run
-    evaluated on the test set and on the reserved final set; the study's comparison, so
-    always on the seed profile (its data dir: data, unless --data_dir)."""
-    from bltlab.frontier import frontier
+    """`bltlab run --frontier`: the three families over the profile's grid at one FLOP
+    budget, each run evaluated on the test set and on the reserved final set; then the
+    answer over every profile measured (results/answer.json, via the report)."""
+    from bltlab.frontier import Executor, check_points, frontier
+    from bltlab.report import analyze
 
-    opts = dataclasses.replace(opts, profile="seed")
+    preset = "full" if opts.preset == "full" else "quick"
+    check_points(opts.profile, preset, list(opts.points))  # before any data is made
     train_csv, test_csv = data_files(opts)
-    result = frontier("full" if opts.preset == "full" else "quick", train_csv, test_csv,
-                      final_test("seed"), Path(opts.save_dir), Path(opts.output_dir),
-                      [opts.seed + k for k in range(opts.seeds)], opts.device, opts.workers,
+    result = frontier(opts.profile, preset, train_csv,
+                      test_csv, final_test(opts.profile), Path(opts.save_dir),
+                      Path(opts.output_dir), [opts.seed + k for k in range(opts.seeds)],
+                      opts.device, Executor(opts.executor, opts.workers, opts.slurm_partition,
+                                            opts.job_minutes),
                       list(opts.points), opts.skip_train, opts.skip_bad_rows)
-    print(json.dumps(result["summary"], indent=2))
+    analyze(opts.output_dir, paths.PREDICTIONS, opts.save_dir)
     return result
 
 
@@ -208,14 +221,14 @@ def run(opts: RunOptions) -> dict:
     if opts.frontier:
         return frontier_stage(opts)
     if opts.skip_train:  # everything it evaluates is there, before anything is written
-        for mode in MODES:
+        for mode in opts.modes:
             for k, seed in enumerate(range(opts.seed, opts.seed + opts.seeds)):
                 trained(seed_paths(mode, opts, k, seed)[0], mode)
     train_csv, test_csv = data_files(opts)
     results = {"preset": opts.preset, "profile": opts.profile, "data_dir": str(data_dir(opts))}
     seeds = [opts.seed + k for k in range(opts.seeds)]
     per_seed: dict[str, list[dict]] = {}
-    for mode in MODES:
+    for mode in opts.modes:
         params = tune_stage(mode, opts, train_csv) if opts.preset == "tune" else {}
         for k, seed in enumerate(seeds):
             save_dir, out = seed_paths(mode, opts, k, seed)

@@ -130,12 +130,13 @@ def make_plots(runs: dict, results: dict, predictions_dir: Path, results_dir: Pa
     if results.get("robustness"):
         out["robustness_by_length"] = figure_png(plot_robustness(plt, results["robustness"]),
                                                  results_dir / "robustness_by_length.png", dpi)
-    frontier = results.get("frontier")
-    if frontier and frontier["points"]:
-        out["frontier_training"] = figure_png(plot_frontier_training(plt, frontier),
-                                              results_dir / "frontier_training.png", dpi)
-        out["frontier_inference"] = figure_png(plot_frontier_inference(plt, frontier),
-                                               results_dir / "frontier_inference.png", dpi)
+    for profile, frontier in (results.get("frontiers") or {}).items():
+        out[f"frontier_training_{profile}"] = figure_png(
+            plot_frontier_training(plt, frontier), results_dir /
+            f"frontier_training_{profile}.png", dpi)
+        out[f"frontier_inference_{profile}"] = figure_png(
+            plot_frontier_inference(plt, frontier), results_dir /
+            f"frontier_inference_{profile}.png", dpi)
     return out
 
 
@@ -176,7 +177,7 @@ def plot_frontier_training(plt, frontier: dict):
     """Validation exact match against cumulative training FLOPs (log x): a thin curve per
     run, and each family's Pareto front (the best reached at or below each budget)."""
     fig, ax = plt.subplots(figsize=(9, 5))
-    colours = {"char": "#1d4ed8", "blt": "#dc2626"}
+    colours = {"char": "#1d4ed8", "byte": "#059669", "blt": "#dc2626"}
     for p in frontier["points"]:
         x = [c["train_flops"] for c in p["curve"]]
         y = [100 * c["val_exact_match"] for c in p["curve"]]
@@ -197,19 +198,20 @@ def plot_frontier_training(plt, frontier: dict):
 
 
 def plot_frontier_inference(plt, frontier: dict):
-    """Test exact match (mean over seeds) against inference FLOPs per row (log x)."""
+    """Final-set exact match (mean over seeds) against inference FLOPs per row (log x)."""
     fig, ax = plt.subplots(figsize=(9, 5))
-    markers = {"char": ("o", "#1d4ed8"), "blt": ("s", "#dc2626")}
+    markers = {"char": ("o", "#1d4ed8"), "byte": ("^", "#059669"), "blt": ("s", "#dc2626")}
     for name, row in frontier["table"].items():
         marker, colour = markers[row["family"]]
-        x, y = row["inference_flops_per_row"]["mean"], 100 * row["test_exact_match"]["mean"]
-        ax.errorbar(x, y, yerr=100 * row["test_exact_match"]["std"], fmt=marker, color=colour)
+        x, y = row["inference_flops_per_row"]["mean"], 100 * row["final_exact_match"]["mean"]
+        ax.errorbar(x, y, yerr=100 * row["final_exact_match"]["std"], fmt=marker, color=colour)
         ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     for family, (marker, colour) in markers.items():
         ax.scatter([], [], marker=marker, color=colour, label=MODE_NAMES[family])
     ax.axhline(99.5, color="#6b7280", linestyle="--", linewidth=1)
     ax.set(xscale="log", xlabel="inference FLOPs per row (cached greedy decoding)",
-           ylabel="test exact match %", title="Accuracy against the cost of reversing a string")
+           ylabel="final-set exact match %",
+           title="Accuracy against the cost of reversing a string")
     ax.legend(loc="lower right")
     return fig
 

@@ -24,14 +24,18 @@ from typing import Any
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+from bltlab import answer as study_answer
 from bltlab import paths
-from bltlab.config import MODE_NAMES, MODES
+from bltlab.config import MODE_NAMES, MODES, PROFILES
 from bltlab.data import ROBUSTNESS_SETS
 from bltlab.errors import BltlabError
+from bltlab.experiments import MATCHED, NONINFERIORITY_MARGIN, PASS_AT
 from bltlab.fileio import MIB, json_text, read_bounded, read_json, write_files
 from bltlab.plots import make_plots, patching_png
 from bltlab.profiles import BAND_NAMES, PER_BAND
-from bltlab.stats import first_reaching, mcnemar_exact, mean_std, paired_bootstrap, wilson_interval
+from bltlab.stats import mcnemar_exact, mean_std, paired_bootstrap, reach_and_stay, wilson_interval
+
+PAIR = ("char", "blt")  # the models the per-row answer compares
 
 
 @contextlib.contextmanager
@@ -73,7 +77,7 @@ def load_results(predictions_dir: Path, checkpoints_dir: Path, results_dir: Path
         tuning = paths.tuning(results_dir, mode)
         if tuning.is_file():
             runs[mode]["tuning"] = read_json(tuning, "tuning results")
-    if not runs and not (results_dir / paths.FRONTIER).is_file():
+    if not runs and not any((results_dir / paths.frontier(p)).is_file() for p in PROFILES):
         raise BltlabError(f"{predictions_dir}: no evaluated model (run `bltlab eval` or "
                           "`bltlab run` first)")
     return runs
@@ -109,21 +113,43 @@ def pm(v: dict | None, scale: float = 1.0, fmt: str = ".2f", unit: str = "") -> 
     return f"{scale * v['mean']:{fmt}}{unit} ± {scale * v['std']:{fmt}}{unit}"
 
 
-FRONTIER_HEADER = ["point", "seeds", "test exact match %", "final-set exact match %",
-                   "forward FLOPs/row", "inference FLOPs/row", "training FLOPs to 99% val",
-                   "parameters", "bytes/patch"]
+FRONTIER_HEADER = ["point", "seeds", "validation exact match %",
+                   "test exact match % (development)", "final-set exact match %",
+                   "inference FLOPs/row", "training FLOPs to stay at 99% val", "parameters",
+                   "bytes/patch"]
 
 
 def frontier_rows(frontier: dict) -> list[list[str]]:
     """The frontier's table: one row per grid point, mean ± std over its seeds."""
-    return [[name, len(r["seeds"]), pm(r["test_exact_match"], 100),
-             pm(r["final_exact_match"], 100), pm(r["forward_flops_per_row"], 1e-6, ".1f", "M"),
-             pm(r["inference_flops_per_row"], 1e-6, ".1f", "M"),
-             pm(r["train_flops_to_0.99"], 1e-12, ".2f", "T") +
-             (f" ({r['reached_0.99']} of {len(r['seeds'])})"
-              if r["reached_0.99"] < len(r["seeds"]) else ""),
+    return [[name, len(r["seeds"]), pm(r["val_exact_match"], 100), pm(r["test_exact_match"], 100),
+             pm(r["final_exact_match"], 100), pm(r["inference_flops_per_row"], 1e-6, ".1f", "M"),
+             pm(r["train_flops_to_stay_0.99"], 1e-12, ".2f", "T"),
              f"{r['parameters']:,}", pm(r.get("bytes_per_patch"))]
             for name, r in frontier["table"].items()]
+
+
+ANSWER_HEADER = ["family", "cheapest passing (val)", "cheapest failing", "front located",
+                 *(f"inference FLOPs at {x:.1%} final [95% CI]" for x in MATCHED),
+                 "training FLOPs to stay at 99% val"]
+
+
+def interval(m: dict) -> str:
+    if not m["point"]:
+        return "not reached"
+    low, high = m["ci95"]
+    return (f"{mflops(m['flops'])} ({m['point']}) [{mflops(low)}, "
+            f"{mflops(high) if high is not None else 'not reached'}]")
+
+
+def answer_rows(profile: dict) -> list[list[str]]:
+    """A profile's answer table: one row per family."""
+    return [[MODE_NAMES[f], a["cheapest_passing"] or "—", a["cheapest_failing"] or "—",
+             "yes" if a["located"] else "no",
+             *(interval(a["flops_at_matched_accuracy"][f"{x:g}"]) for x in MATCHED),
+             f"{a['train_flops_to_stay_0.99']['flops']:.3g} "
+             f"({a['train_flops_to_stay_0.99']['point']})"
+             if a["train_flops_to_stay_0.99"] else "—"]
+            for f, a in profile["families"].items()]
 
 
 def row_cer(row: dict) -> float:
@@ -131,12 +157,15 @@ def row_cer(row: dict) -> float:
 
 
 def comparison(runs: dict) -> dict | None:
-    """Paired statistics of BLT vs the baseline on the same test rows."""
-    if not all(m in runs for m in MODES):
+    """Paired statistics of BLT vs the char baseline on the same test rows."""
+    if not all(m in runs for m in PAIR):
         return None
     a, b = runs["blt"]["rows"], runs["char"]["rows"]
     if [r["input"] for r in a] != [r["input"] for r in b]:
         raise BltlabError("the two predictions files do not hold the same test rows")
+    scored = [r.get("in_training") != "True" and s.get("in_training") != "True"
+              for r, s in zip(a, b)]  # rows held out from both models' training
+    a, b = [r for r, k in zip(a, scored) if k], [r for r, k in zip(b, scored) if k]
     exact_a = [r["prediction"] == r["target"] for r in a]
     exact_b = [r["prediction"] == r["target"] for r in b]
     return {
@@ -152,6 +181,8 @@ def model_summary(mode: str, run: dict) -> dict:
     m = run["metrics"]
     n, correct = m["total_samples"], m["total_correct"]
     inputs = [r["input"] for r in run["rows"]]
+    if len(inputs) != n + m.get("rows_in_training", 0):
+        raise ValueError(f"{len(inputs)} prediction rows for {n} scored")
     out = {
         "exact_match": m["exact_match_accuracy"],
         "exact_match_wilson_95": wilson_interval(correct, n),
@@ -222,10 +253,16 @@ def per_row_findings(models: dict, comp: dict | None) -> tuple[list[str], dict]:
     p = comp["mcnemar_exact"]["p_value"] if comp else None
     lines.append(f"Exact match: BLT {100 * b['exact_match']:.2f}% vs baseline "
                  f"{100 * c['exact_match']:.2f}%" + (f" (McNemar p = {p:.3g})" if p else "") + ".")
-    verdict["as_accurate"] = b["exact_match"] >= c["exact_match"] or (p is not None and p >= 0.05)
-    reach = {m: first_reaching(models[m].get("curve") or [], 0.99) for m in MODES}
+    if comp:  # non-inferiority at the stated margin: the interval's lower end above -margin
+        low = comp["exact_match_difference_blt_minus_char"]["ci_low"]
+        verdict["as_accurate"] = low > -NONINFERIORITY_MARGIN
+        lines.append(f"BLT minus baseline exact match, 95% lower bound {100 * low:+.2f} points: "
+                     f"{'non-inferior' if verdict['as_accurate'] else 'not shown non-inferior'}"
+                     f" at a {100 * NONINFERIORITY_MARGIN:g}-point margin.")
+    reach = {m: reach_and_stay(models[m].get("curve") or [], 0.99) for m in PAIR}
     if all(reach.values()):
-        lines.append(f"Training FLOPs to 99% validation exact match: BLT {reach['blt']:.3g} vs "
+        lines.append(f"Training FLOPs to reach and stay at 99% validation exact match: BLT "
+                     f"{reach['blt']:.3g} vs "
                      f"baseline {reach['char']:.3g} ({reach['blt'] / reach['char']:.2f}x).")
         verdict["train_cheaper"] = reach["blt"] < reach["char"]
     return lines, verdict
@@ -236,62 +273,34 @@ def seeds(entry: dict) -> str:
     return f"mean of {n} seeds" if n > 1 else "1 seed"
 
 
-def frontier_findings(frontier: dict) -> tuple[list[str], dict]:
-    """Sentences on each family's front: training FLOPs to 99% and 99.9% validation exact
-    match, and the cheapest inference at ≥ 99.5% test exact match."""
-    s, lines, verdict = frontier["summary"], [], {}
-    for level in ("0.99", "0.999"):
-        got = {f: s.get(f, {}).get(f"train_flops_to_{level}") for f in MODES}
-        text = "; ".join(f"{MODE_NAMES[f]} {v['flops']:.3g} ({v['point']}, {seeds(v)})" if v else
-                         f"{MODE_NAMES[f]} not reached" for f, v in got.items())
-        lines.append(f"Frontier, training FLOPs to {100 * float(level):g}% validation exact "
-                     f"match: {text}.")
-        if level == "0.99" and all(got.values()):
-            verdict["front_train_cheaper"] = got["blt"]["flops"] < got["char"]["flops"]
-    got = {f: s.get(f, {}).get("cheapest_inference_at_test_target") for f in MODES}
-    if all(got.values()):
-        ratio = got["blt"]["flops"] / got["char"]["flops"]
-        lines.append(f"Frontier, cheapest inference at ≥ 99.5% test exact match: BLT "
-                     f"{mflops(got['blt']['flops'])} per row ({got['blt']['point']}, "
-                     f"{seeds(got['blt'])}) vs baseline {mflops(got['char']['flops'])} "
-                     f"({got['char']['point']}, {seeds(got['char'])}): "
-                     f"{ratio:.2f}x.")
-        verdict["front_inference_cheaper"] = ratio < 1
-    elif got["char"]:
-        best = s.get("blt", {}).get("best_test_exact_match", 0)
-        lines.append(f"Frontier: no BLT configuration reached 99.5% test exact match (best "
-                     f"{100 * best:.2f}%); the cheapest baseline that did costs "
-                     f"{mflops(got['char']['flops'])} per row.")
-        verdict["front_inference_cheaper"] = False
-    return lines, verdict
-
-
 def verdict_text(v: dict) -> str:
-    """The answer, assembled only from the findings' comparisons."""
-    run = next((v[k] for k in ("front_inference_cheaper", "inference_cheaper",
-                                "forward_cheaper") if k in v), None)
-    train = v.get("front_train_cheaper", v.get("train_cheaper"))
+    """The per-row answer of two evaluated models, assembled only from their comparisons;
+    'as accurate' needs the BLT non-inferior at the stated margin, not a large p-value."""
+    run = next((v[k] for k in ("inference_cheaper", "forward_cheaper") if k in v), None)
+    train = v.get("train_cheaper")
     if run is None:
         return "Not enough measurements to answer."
-    parts = [f"to run, the BLT needs {'fewer' if run else 'more'} FLOPs per reversed string"
-             + ("" if v.get("as_accurate", True) else " but is less accurate")]
+    accurate = v.get("as_accurate", False)
+    parts = [f"to run, the BLT needs {'fewer' if run else 'more'} FLOPs per reversed string "
+             "than the character baseline" + ("" if accurate else
+                                              " but is not shown as accurate")]
     if train is not None:
-        parts.append(f"to train to 99% validation exact match it needs "
+        parts.append(f"to train to 99% validation exact match and stay there it needs "
                      f"{'fewer' if train else 'more'} FLOPs")
-    word = "Yes" if run and train is not False and v.get("as_accurate", True) else \
+    word = "Yes" if run and train is not False and accurate else \
         "No" if not run and train is not True else "Partly"
-    return f"{word}: " + "; ".join(parts) + " than the character baseline."
+    return f"{word}: " + "; ".join(parts) + "."
 
 
-def efficiency_answer(models: dict, comp: dict | None, frontier: dict | None = None) -> str:
+def efficiency_answer(models: dict, comp: dict | None, answer: dict | None = None) -> str:
     """'Is BLT tokenization more computationally efficient?', answered from the numbers:
-    per-row costs of the evaluated models, and the compute frontier when measured."""
+    the compute frontiers' answer when measured, and the evaluated models' per-row costs."""
     lines, verdict = [], {}
-    if all(m in models for m in MODES):
+    if all(m in models for m in PAIR):
         lines, verdict = per_row_findings(models, comp)
-    if frontier and frontier.get("points"):
-        more, front = frontier_findings(frontier)
-        lines, verdict = lines + more, {**verdict, **front}
+    if answer:
+        head = " ".join(lines) + "\n\n" if lines else ""
+        return f"{head}Answer (compute frontiers, bltlab.answer): {answer['verdict']}"
     if not lines:
         return "Both models must be evaluated (or the frontier measured) to answer."
     return " ".join(lines) + "\n\nAnswer: " + verdict_text(verdict)
@@ -379,11 +388,16 @@ def sections(results: dict) -> list[Section]:
                            ["metric", "mean ± std", "seeds"],
                            [[k, f"{v['mean']:.4f} ± {v['std']:.4f}", v["n"]]
                             for k, v in spread.items() if k != "seeds" and v is not None]))
-    if f := results.get("frontier"):
-        out.append(Section(f"Compute frontier ({f['preset']}): every run "
-                           f"{f['budget_train_flops']:.3g} training FLOPs, same data, test set "
+    for profile, f in (results.get("frontiers") or {}).items():
+        out.append(Section(f"Compute frontier, {profile} profile ({f['preset']}): every run "
+                           f"{f['budget_train_flops']:.3g} training FLOPs, same data, "
+                           f"learning rates {f.get('learning_rates')}, test set "
                            f"{f['test_csv']} (mean ± std over seeds)", FRONTIER_HEADER,
                            frontier_rows(f)))
+    for profile, a in ((results.get("answer") or {}).get("profiles") or {}).items():
+        out.append(Section(f"The answer, {profile} profile: fronts (passing: validation exact "
+                           f"match ≥ {PASS_AT:.1%}) and inference FLOPs per row at matched "
+                           "final-set accuracy", ANSWER_HEADER, answer_rows(a)))
     if robustness := results.get("robustness"):
         out.append(Section("Robustness: held-out sets the models never trained on (exact "
                            "match)", ["model (training profile)", *ROBUSTNESS_SETS],
@@ -444,18 +458,20 @@ def gather(results_dir: Path, predictions_dir: Path, checkpoints_dir: Path) -> t
             models[mode] = model_summary(mode, run)
     with damaged(*(runs[m]["files"][1] for m in runs)):
         comp = comparison(runs)
-    frontier, robustness = (load_json(results_dir / name)
-                            for name in (paths.FRONTIER, paths.ROBUSTNESS))
-    for name, value in ((paths.FRONTIER, frontier), (paths.ROBUSTNESS, robustness)):
+    files = {name: results_dir / name for name in (*map(paths.frontier, PROFILES),
+                                                    paths.ROBUSTNESS)}
+    loaded = {name: load_json(path) for name, path in files.items()}
+    for name, value in loaded.items():
         if value is not None and not isinstance(value, dict):
-            raise BltlabError(f"{results_dir / name}: damaged (not a mapping); run it again")
-    results = {"models": models, "comparison": comp, "frontier": frontier,
-               "robustness": robustness, "seeds": seed_spread(results_dir),
+            raise BltlabError(f"{files[name]}: damaged (not a mapping); run it again")
+    frontiers = {p: loaded[paths.frontier(p)] for p in PROFILES if loaded[paths.frontier(p)]}
+    results = {"models": models, "comparison": comp, "frontiers": frontiers,
+               "robustness": loaded[paths.ROBUSTNESS], "seeds": seed_spread(results_dir),
                "ablation": load_json(paths.ablation(results_dir, "patchers")),
                "tuning": {m: r["tuning"] for m, r in runs.items() if r.get("tuning")}}
-    with damaged(*(p for p in (paths.FRONTIER, paths.ROBUSTNESS)
-                   if (results_dir / p).is_file())):
-        results["efficiency"] = efficiency_answer(models, comp, frontier)
+    with damaged(*(path for path in files.values() if path.is_file())):
+        results["answer"] = study_answer.build(results_dir) if frontiers else None
+        results["efficiency"] = efficiency_answer(models, comp, results["answer"])
         text_report(results)  # every section renders
     return runs, results
 
@@ -467,7 +483,8 @@ def analyze(output_dir: str | Path = "results", predictions_dir: str | Path = "p
     results_dir, predictions_dir = Path(output_dir), Path(predictions_dir)
     runs, results = gather(results_dir, predictions_dir, Path(checkpoints_dir))
     report = text_report(results)
-    with damaged(results_dir / paths.FRONTIER, results_dir / paths.ROBUSTNESS):
+    with damaged(*(results_dir / paths.frontier(p) for p in PROFILES),
+                 results_dir / paths.ROBUSTNESS):
         made = make_plots(runs, results, predictions_dir, results_dir, dpi) if plots else {}
     shown = runs.get("blt", runs.get("char", {"rows": []}))["rows"][:8]
     patches = blt_patches(results["models"].get("blt", {}).get("checkpoint"),
@@ -476,7 +493,9 @@ def analyze(output_dir: str | Path = "results", predictions_dir: str | Path = "p
         made["patching_example"] = patching_png(patches, results_dir / "patching_example.png",
                                                 dpi)
     page = html_report(results, made, patch_view(patches))
-    write_files({results_dir / paths.COMPREHENSIVE: lambda f: f.write(json_text(results)),
+    answer = {results_dir / paths.ANSWER: lambda f: f.write(json_text(results["answer"]))}
+    write_files({**(answer if results["answer"] else {}),
+                 results_dir / paths.COMPREHENSIVE: lambda f: f.write(json_text(results)),
                  results_dir / paths.REPORT_TXT: lambda f: f.write(report),
                  predictions_dir / paths.SUMMARY_TXT: lambda f: f.write(report),
                  results_dir / paths.REPORT_HTML: lambda f: f.write(page)})

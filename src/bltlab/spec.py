@@ -39,11 +39,11 @@ from bltlab.data import default_data_dir
 from bltlab.errors import BltlabError
 from bltlab.experiments import DEFAULT_PROFILE, RECIPES, recipe
 from bltlab.fileio import read_settings
-from bltlab.inputs import ByteCodec, CharCodec, Codec
+from bltlab.inputs import ByteCodec, CharCodec, Codec, PatchCodec
 from bltlab.patching import PatcherConfig, build_patcher, patch_slots
 from bltlab.vocab import ByteVocab, CharVocab
 
-MODEL_CONFIGS = {"char": ModelConfig, "blt": BLTConfig}
+MODEL_CONFIGS = {"char": ModelConfig, "byte": ModelConfig, "blt": BLTConfig}
 # Settings that say where or how a run is watched, not what it computes: not part of its
 # identity, so changing them continues the same run.
 VOLATILE = {"save_dir", "resume", "progress_bars", "num_workers", "device", "tensorboard",
@@ -205,8 +205,9 @@ def named_profile(settings: dict[str, Any]) -> str | None:
 
 def resolve(spec: RunSpec, train_inputs: Sequence[str]) -> tuple[RunSpec, Codec]:
     """Fit what the spec leaves to the data: the char vocabulary (the training inputs,
-    and the profile's alphabet when rows are generated), or the BLT's patcher (byte LM,
-    θ calibrated when not given); then `vocab_size` and the pooling's `patch_slots`."""
+    and the profile's alphabet when rows are generated), the byte vocabulary (fixed), or
+    the BLT's patcher (byte LM, θ calibrated when not given); then `vocab_size` and the
+    pooling's `patch_slots`."""
     if spec.mode == "char":
         texts = list(train_inputs)
         if spec.data.fresh_pairs:
@@ -214,10 +215,14 @@ def resolve(spec: RunSpec, train_inputs: Sequence[str]) -> tuple[RunSpec, Codec]
         codec = CharCodec(CharVocab.build(texts), spec.model.max_input, spec.model.start_token)
         model = spec.model.replace(vocab_size=len(codec.vocab))
         return dataclasses.replace(spec, model=model), codec
+    if spec.mode == "byte":
+        model = spec.model.replace(vocab_size=len(ByteVocab()))
+        return dataclasses.replace(spec, model=model), ByteCodec(model.max_input,
+                                                                 model.start_token)
     patcher = build_patcher(spec.patcher, train_inputs)
     slots = patch_slots(patcher.cfg) if spec.model.pooling == "project" else 0
     model = spec.model.replace(vocab_size=len(ByteVocab()), patch_slots=slots)
-    codec = ByteCodec(patcher, model.ngram_sizes, model.ngram_buckets, model.max_input)
+    codec = PatchCodec(patcher, model.ngram_sizes, model.ngram_buckets, model.max_input)
     return dataclasses.replace(spec, model=model, patcher=patcher.cfg), codec
 
 

@@ -33,6 +33,16 @@ def first_reaching(curve: Sequence[dict], level: float, x: str = "train_flops",
     return next((p[x] for p in curve if p.get(y, 0) >= level), None)
 
 
+def reach_and_stay(points: Sequence[dict], level: float) -> float | None:
+    """Training FLOPs at the first epoch from which validation exact match stays at or
+    above `level` to the end (None when it does not end there)."""
+    at = None
+    for p in points:  # the start of the last run of epochs at or above the level
+        at = (at if at is not None else p["train_flops"]) if p["val_exact_match"] >= level \
+            else None
+    return at
+
+
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (scipy)."""
     if n == 0:

@@ -33,16 +33,17 @@ from bltlab.checkpoint import (
     find_resume,
     save_checkpoint,
     save_latest,
+    trained_rows_path,
 )
 from bltlab.config import Config, DataConfig, TrainConfig
-from bltlab.data import Pairs, load_pairs, reverse
+from bltlab.data import Pairs, TrainedRows, load_pairs, reverse
 from bltlab.distributed import World
 from bltlab.errors import BltlabError
 from bltlab.fileio import RunLock, ensure_dir, write_json
 from bltlab.flops import FlopModel, batch_lengths
 from bltlab.inputs import CODECS, Codec, codec_from_state
 from bltlab.models import BLT, EncoderDecoder, build_model, count_parameters
-from bltlab.runtime import pick_device, seed_everything
+from bltlab.runtime import pick_device, release_memory, seed_everything
 from bltlab.spec import RunSpec, resolve
 from bltlab.vocab import PAD, UNK
 
@@ -224,6 +225,7 @@ class RunState(Config):
     batch: int = 0  # optimiser steps done in the current epoch
     step: int = 0  # optimiser steps done in all
     stale: int = 0  # epochs since the monitored validation score last improved
+    held: int = 0  # epochs in a row at or above --stop_at validation exact match
     lr_scale: float = 1.0  # plateau scheduler: the factor it has cut the lr to
     loss_sum: float = 0.0  # the current epoch so far: summed step losses, rows, seconds
     seen: int = 0
@@ -279,6 +281,8 @@ class Run:
     key: dict  # the run's identity (resume key)
     flops: FlopModel  # FLOPs of a row from its lengths
     epoch: Epoch | None = None  # the rows of the epoch being trained (or about to be)
+    trained: TrainedRows = field(default_factory=TrainedRows)  # every row trained on
+    budget_steps: int = 0  # with a FLOP budget: the steps it buys (at the first epoch's rate)
     state: RunState = field(default_factory=RunState)
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_exact_match": -1.0, "val_loss": math.inf,
@@ -295,7 +299,8 @@ class Run:
 
     @property
     def total_steps(self) -> int:
-        return self.spec.train.epochs * self.steps_per_epoch
+        """The schedule's length: the epochs' steps, or the steps a FLOP budget buys."""
+        return self.budget_steps or self.spec.train.epochs * self.steps_per_epoch
 
 
 def load_rows(spec: RunSpec) -> tuple[Pairs, Pairs, str]:
@@ -326,8 +331,10 @@ def codec_and_spec(spec: RunSpec, state: dict | None, train: Pairs) -> tuple[Run
 
 def encode_rows(spec: RunSpec, codec: Codec, train: Pairs, val: Pairs) -> Rows:
     val_set = EncodedPairs.build(codec, val.inputs, val.targets)
+    tokens = 2 * spec.train.max_tokens  # no gradients to keep: twice the training batch
     val_loader = DataLoader(val_set, collate_fn=as_is, batch_sampler=LengthBucketSampler(
-        val_set.lengths(), spec.train.val_batch_size, 0))
+        val_set.positions() if tokens else val_set.lengths(), spec.train.val_batch_size, 0,
+        max_tokens=tokens))
     fixed = None if spec.data.fresh_pairs else EncodedPairs.build(codec, train.inputs,
                                                                    train.targets)
     return Rows(train, val, val_loader, fixed)
@@ -349,7 +356,7 @@ def epoch_data(run: Run, epoch: int) -> Epoch:
 def micro_batch(run: Run) -> int:
     """Rows per micro-batch: the batch size, split on CUDA when it does not fit (tried
     on the first epoch's longest rows)."""
-    if run.device.type != "cuda":
+    if run.device.type != "cuda" or run.spec.train.max_tokens:  # tokens bound memory
         return run.spec.train.batch_size
     data = epoch_data(run, 0).encoded
     longest = np.argsort(data.lengths(), kind="stable")
@@ -375,8 +382,7 @@ def setup(spec: RunSpec, device: torch.device, world: World) -> Run:
               FlopModel.fit(spec.model))
     run.micro = micro_batch(run)
     run.accum = spec.train.grad_accum_steps * (spec.train.batch_size // run.micro)
-    run.steps_per_epoch = LengthBucketSampler.batches(len(train), run.micro,
-                                                      world.size) // run.accum
+    run.steps_per_epoch = len(epoch_sampler(run, 0)) // run.accum  # the schedule's unit
     if run.steps_per_epoch == 0:
         raise BltlabError(f"{spec.data.train_csv}: too few rows for one step of {run.micro} x "
                           f"{run.accum} accumulation x {world.size} processes")
@@ -388,15 +394,22 @@ def setup(spec: RunSpec, device: torch.device, world: World) -> Run:
 
 
 def epochs_for_budget(run: Run) -> None:
-    """With a FLOP budget, the epochs it buys: the budget over the training FLOPs of one
-    epoch's rows (the first epoch's, for generated rows), rounded up."""
+    """With a FLOP budget, the steps and epochs it buys at the first epoch's FLOPs per
+    step (rounded up); training stops as soon as the budget is spent, mid-epoch."""
     spec = run.spec
     if not spec.train.flops_budget:
         return
     sizes = epoch_data(run, 0).encoded.sizes()
     per_epoch = float(run.flops.cost("train", *sizes)["total"].sum())
+    per_step = per_epoch / run.steps_per_epoch
+    run.budget_steps = max(1, math.ceil(spec.train.flops_budget / per_step))
     epochs = max(1, math.ceil(spec.train.flops_budget / per_epoch))
     run.spec = dataclasses.replace(spec, train=spec.train.replace(epochs=epochs))
+
+
+def budget_spent(run: Run) -> bool:
+    budget = run.spec.train.flops_budget
+    return bool(budget) and run.state.train_flops >= budget
 
 
 def restore(run: Run, state: dict) -> None:
@@ -409,6 +422,10 @@ def restore(run: Run, state: dict) -> None:
     if run.device.type == "cuda" and "cuda" in state["rng"]:
         torch.cuda.set_rng_state(state["rng"]["cuda"])
     run.history, run.best = state["history"], state["best"]
+    homes = [run.spec.train.save_dir, *([Path(run.spec.train.resume).parent] if
+                                        run.spec.train.resume not in ("auto", "latest") else [])]
+    found = (TrainedRows.load(trained_rows_path(home, run.spec.mode)) for home in homes)
+    run.trained = next((t for t in found if t is not None), TrainedRows())
     run.state = RunState.from_dict(state["run_state"])
     if run.spec.train.resume != "auto" and run.state.epoch < run.spec.train.epochs:
         run.state.finished = False  # continued on purpose, for more epochs
@@ -417,7 +434,7 @@ def restore(run: Run, state: dict) -> None:
                 f"({run.state.epoch} epochs)")
     else:
         run.say(f"resumed after step {run.state.step} (epoch {run.state.epoch + 1}, "
-                f"batch {run.state.batch} of {run.steps_per_epoch})")
+                f"step {run.state.batch} of the epoch)")
 
 
 def wrap(run: Run) -> nn.Module:
@@ -431,19 +448,30 @@ def wrap(run: Run) -> nn.Module:
     return net
 
 
-def epoch_batches(run: Run, epoch: int, skip_steps: int) -> Iterator[list[dict]]:
-    """The epoch's steps (each a list of micro-batches), from step `skip_steps` on."""
+def epoch_sampler(run: Run, epoch: int) -> LengthBucketSampler:
+    """The order and batches of an epoch's rows: `batch_size` rows a batch, or as many as
+    fit `max_tokens` positions."""
+    data, cfg = epoch_data(run, epoch).encoded, run.spec.train
+    sampler = LengthBucketSampler(data.positions() if cfg.max_tokens else data.lengths(),
+                                  run.micro, cfg.seed, rank=run.world.rank,
+                                  world=run.world.size, max_tokens=cfg.max_tokens)
+    sampler.set_epoch(epoch)
+    return sampler
+
+
+def epoch_batches(run: Run, epoch: int, skip_steps: int) -> tuple[int, Iterator[list[dict]]]:
+    """The epoch's number of steps, and its steps (each a list of micro-batches) from
+    step `skip_steps` on (a last partial group of micro-batches is left out)."""
     data = epoch_data(run, epoch)
+    run.trained.add(data.pairs.inputs)  # so held-out sets can leave these rows out
     if isinstance(run.model, BLT):  # the bytes its n-gram vectors are trained on
         run.model.see_texts(data.pairs.inputs)
-    sampler = LengthBucketSampler(data.encoded.lengths(), run.micro, run.spec.train.seed,
-                                  rank=run.world.rank, world=run.world.size)
+    sampler = epoch_sampler(run, epoch)
+    steps = len(sampler) // run.accum
     sampler.set_epoch(epoch, skip_steps * run.accum)
     loader = iter(DataLoader(data.encoded, batch_sampler=sampler, collate_fn=as_is,
                              num_workers=run.spec.train.num_workers))
-    steps = min(run.steps_per_epoch, len(sampler) // run.accum)  # rows left out: fewer
-    for _ in range(skip_steps, steps):  # a last partial group is left out
-        yield [next(loader) for _ in range(run.accum)]
+    return steps, ([next(loader) for _ in range(run.accum)] for _ in range(skip_steps, steps))
 
 
 def base_state(run: Run) -> dict:
@@ -470,8 +498,9 @@ def run_epoch(run: Run) -> None:
     s, cfg, epoch = run.state, run.spec.train, run.state.epoch
     run.net.train()
     t0 = time.perf_counter() - s.seconds
-    bar = tqdm(epoch_batches(run, epoch, s.batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-               total=run.steps_per_epoch, initial=s.batch, leave=False, dynamic_ncols=True,
+    steps, batches = epoch_batches(run, epoch, s.batch)
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=steps, initial=s.batch,
+               leave=False, dynamic_ncols=True,
                disable=None if cfg.progress_bars and run.world.main else True)
     for micro_batches in bar:
         for group in run.optimizer.param_groups:
@@ -487,8 +516,9 @@ def run_epoch(run: Run) -> None:
         if run.writer:
             run.writer.add_scalar("train/loss", loss, s.step)
             run.writer.add_scalar("train/lr", run.optimizer.param_groups[0]["lr"], s.step)
-        if (cfg.save_every_steps and s.step % cfg.save_every_steps == 0
-                and s.batch < run.steps_per_epoch):
+        if budget_spent(run):  # the budget is hit exactly: the run ends mid-epoch
+            break
+        if cfg.save_every_steps and s.step % cfg.save_every_steps == 0 and s.batch < steps:
             save_resumable(run)
 
 
@@ -503,7 +533,7 @@ def validate(run: Run) -> dict:
     """The epoch's history row: training loss, lr, speed, validation loss and exact match."""
     s = run.state
     val_loss, val_exact = validation_scores(run.model, run.rows.val_loader, run.device)
-    return {"epoch": s.epoch + 1, "step": s.step, "train_loss": s.loss_sum / run.steps_per_epoch,
+    return {"epoch": s.epoch + 1, "step": s.step, "train_loss": s.loss_sum / max(1, s.batch),
             "lr": run.optimizer.param_groups[0]["lr"], "epoch_seconds": round(s.seconds, 2),
             "samples_per_s": round(s.seen / s.seconds, 1), "train_flops": s.train_flops,
             "val_loss": val_loss, "val_exact_match": val_exact}
@@ -536,19 +566,26 @@ def end_epoch(run: Run, row: dict, epoch_callback: Callable[[dict], bool] | None
     improved = keep_best(run, row)
     stopped_early = bool(cfg.early_stopping_patience
                          and run.state.stale >= cfg.early_stopping_patience)
-    stop = bool(epoch_callback and epoch_callback(row)) or stopped_early
     s = run.state
-    run.state = RunState(epoch=s.epoch + 1, step=s.step, stale=s.stale, lr_scale=s.lr_scale,
-                         train_flops=s.train_flops, finished=stop or s.epoch + 1 == cfg.epochs)
+    held = s.held + 1 if cfg.stop_at and row["val_exact_match"] >= cfg.stop_at else 0
+    done = bool(cfg.stop_at) and held >= cfg.stop_for
+    stop = bool(epoch_callback and epoch_callback(row)) or stopped_early or done
+    run.state = RunState(epoch=s.epoch + 1, step=s.step, stale=s.stale, held=held,
+                         lr_scale=s.lr_scale, train_flops=s.train_flops,
+                         finished=stop or s.epoch + 1 == cfg.epochs or budget_spent(run))
     if run.world.main:  # before the checkpoint that says the epoch is done
         write_json(run.paths[2], {"mode": run.spec.mode, "spec": run.spec.to_dict(),
                                   "epochs": run.history, "best": run.best,
                                   "finished": run.state.finished})
+        run.trained.save(trained_rows_path(run.spec.train.save_dir, run.spec.mode))
     save_resumable(run)
     log_epoch(run, row, improved)
     if stopped_early:
         run.say(f"early stopping: validation {cfg.early_stopping_metric} has not improved "
                 f"for {run.state.stale} epochs")
+    if done:
+        run.say(f"done: validation exact match at or above {100 * cfg.stop_at:g}% for "
+                f"{held} epochs in a row")
 
 
 def log_epoch(run: Run, row: dict, improved: bool) -> None:
@@ -574,9 +611,11 @@ def tensorboard_writer(run: Run):
 
 
 def describe(run: Run) -> str:
+    tokens = run.spec.train.max_tokens
+    batch = f"{tokens} positions" if tokens else f"batch {run.micro}"
     return (f"{run.spec.mode}: {count_parameters(run.model):,} parameters, "
             f"{len(run.rows.train)} train / {len(run.rows.val)} val rows, "
-            f"{run.steps_per_epoch} steps per epoch (batch {run.micro} x {run.accum} "
+            f"{run.steps_per_epoch} steps per epoch ({batch} x {run.accum} "
             f"accumulation x {run.world.size} processes), device {run.device}"
             + (f", autocast {str(run.precision.dtype).removeprefix('torch.')}"
                if run.precision.enabled else ""))
@@ -615,6 +654,7 @@ def train_loop(run: Run, epoch_callback: Callable[[dict], bool] | None) -> dict:
     while not run.state.finished:
         run_epoch(run)
         end_epoch(run, validate(run), epoch_callback)
+        release_memory()
     if run.writer:
         run.writer.close()
     run.say(f"best checkpoint: {run.paths[0]} (epoch {run.best['epoch']}, "
