@@ -26,7 +26,7 @@ full: $(BIN)/bltlab
 	$(BIN)/bltlab run --full
 
 test: $(BIN)/bltlab
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 lint: $(BIN)/bltlab
 	$(BIN)/ruff check src tests bench scripts run_experiments.py analyze_results.py

@@ -9,15 +9,27 @@ import torch
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+XDIST = "PYTEST_XDIST_WORKER" in os.environ  # pytest -n N: N processes share the cores
+THREADS = 1 if XDIST else 2  # never more threads than cores, in all
+if XDIST and hasattr(os, "sched_setaffinity"):  # one core per worker, its subprocesses too
+    cores = sorted(os.sched_getaffinity(0))
+    worker = int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw"))
+    os.sched_setaffinity(0, {cores[worker % len(cores)]})
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _flop_cache(tmp_path_factory):
-    """FLOP polynomials kept for this session only (subprocesses inherit it)."""
-    os.environ["BLTLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    """FLOP polynomials kept for this test run only (subprocesses and, under pytest -n,
+    the other workers share them: entries are written atomically)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if XDIST else base) / "flop-cache"
+    folder.mkdir(exist_ok=True)
+    os.environ["BLTLAB_CACHE"] = str(folder)
 
 
 @pytest.fixture
@@ -52,7 +64,7 @@ def tiny_char_run(tmp_path_factory):
     from bltlab.spec import RunSpec
     from bltlab.training import train
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     tmp_path = tmp_path_factory.mktemp("tiny_char")
     inputs = strings(6000, 0)
     spec = RunSpec.of("char", d_model=48, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
@@ -70,7 +82,7 @@ def tiny_blt_run(tmp_path_factory):
     from bltlab.spec import RunSpec
     from bltlab.training import train
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     tmp_path = tmp_path_factory.mktemp("tiny_blt")
     inputs = strings(4000, 0, 12)
     spec = RunSpec.of("blt", d_model=32, nhead=2, dim_feedforward=64, max_len=32,

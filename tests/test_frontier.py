@@ -158,3 +158,20 @@ def test_points_run_as_cluster_jobs_through_submitits_local_executor(tmp_path, m
     frontier.train_points({("char-tiny", 0): spec}, frontier.Executor("submitit-local"))
     assert frontier.finished(spec) is None
     assert list((tmp_path / "checkpoints" / "frontier" / "jobs").glob("*_log.out"))
+
+
+def test_later_seeds_go_to_the_points_near_each_front(monkeypatch):
+    """--near_front 2: within 2x the inference FLOPs of the family's cheapest point that
+    passes on validation (failing or passing), nothing from a family with no pass."""
+    from types import SimpleNamespace
+
+    points = {"char-a": ("char", 1e6, 0.90), "char-b": ("char", 3e6, 0.999),
+              "char-c": ("char", 5e6, 1.0), "char-d": ("char", 7e6, 1.0),
+              "blt-a": ("blt", 2e6, 0.5), "blt-b": ("blt", 4e6, 0.9)}
+    specs = {(n, 0): SimpleNamespace(mode=m, name=n) for n, (m, _, _) in points.items()}
+    monkeypatch.setattr(frontier, "finished", lambda spec: None)
+    monkeypatch.setattr(frontier, "evaluate_point", lambda name, *a: {
+        "test": {"inference_flops_per_row": {"total": points[name][1]}}})
+    monkeypatch.setattr(frontier, "curve", lambda spec: [
+        {"val_exact_match": points[spec.name][2]}])
+    assert frontier.near_front(specs, "t.csv", "cpu", False, 2.0) == {"char-b", "char-c"}

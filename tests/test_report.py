@@ -133,7 +133,7 @@ def test_opposite_results_give_opposite_answers(tmp_path, monkeypatch, blt, answ
 
 
 def test_a_folder_with_only_a_frontier_is_reported(tmp_path, monkeypatch):
-    from bltlab.report import analyze
+    from bltlab.report import README_END, README_START, analyze, readme_answer
 
     monkeypatch.chdir(tmp_path)
     write_frontier(tmp_path, 30e6, 5e12)
@@ -144,6 +144,10 @@ def test_a_folder_with_only_a_frontier_is_reported(tmp_path, monkeypatch):
         "blt-x", "blt-small", True)
     assert blt["points"][1]["inference_flops_by_part"] == {"total": 30e6}
     assert "Seed profile: against char" in saved["verdict"]
+    readme = readme_answer(saved)
+    assert readme.startswith(README_START) and readme.endswith(README_END)
+    assert "| BLT | blt-x | blt-small | 100.00% [" in readme and saved["verdict"] in readme
+    assert (tmp_path / "results" / "answer.png").is_file()
     assert (tmp_path / "results" / "report.html").is_file()
     assert not (tmp_path / "predictions" / "accuracy_analysis.png").exists()  # no model
 

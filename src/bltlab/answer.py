@@ -23,6 +23,7 @@ import numpy as np
 from bltlab import paths
 from bltlab.experiments import MATCHED, NONINFERIORITY_MARGIN, PASS_AT
 from bltlab.fileio import read_json
+from bltlab.stats import wilson_interval
 
 BASELINES = ("char", "byte")
 RESAMPLES = 1000
@@ -145,8 +146,6 @@ def profile_answer(frontier: dict, seed: int = 0) -> dict[str, Any]:
 def point_summary(name: str, row: dict, runs: list[np.ndarray]) -> dict[str, Any]:
     right = sum(int((o == 1).sum()) for o in runs)
     scored = sum(int((o >= 0).sum()) for o in runs)
-    from bltlab.stats import wilson_interval
-
     return {"name": name, "seeds": row["seeds"], "parameters": row["parameters"],
             "val_exact_match": row["val_exact_match"]["mean"],
             "final_exact_match": right / scored if scored else None,

@@ -221,6 +221,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     check_at_least(args, workers=1, seeds=1, seed=0, epochs=1, batch_size=1, tune_epochs=1,
                    max_tune_combinations=1, job_minutes=1)
     check_search(args.beam_width, 1.0)
+    if args.near_front and args.near_front < 1:
+        raise BltlabError(f"--near_front {args.near_front:g}: must be 0 (off) or at least 1")
     run(RunOptions(preset=preset, **{k: v for k, v in vars(args).items() if k in names}
                    | {"points": tuple(args.points), "modes": tuple(dict.fromkeys(args.modes))}))
 
@@ -339,8 +341,28 @@ def add_model_parsers(sub) -> None:
     p.set_defaults(func=cmd_tune)
 
 
-def add_run_parser(sub) -> None:
+def add_frontier_args(p, d) -> None:
+    """`bltlab run --frontier`'s flags: where and how its grid points train."""
     from bltlab.cluster import EXECUTORS
+
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="--frontier: grid points trained at a time (each its share of cores)")
+    p.add_argument("--points", nargs="+", default=(),
+                   help="--frontier: only these grid points (independent jobs)")
+    p.add_argument("--near_front", type=float, default=d.near_front, metavar="F",
+                   help="--frontier with --seeds N: seeds after the first only for the "
+                        "points within F x the inference FLOPs of their family's cheapest "
+                        "point passing on validation (e.g. 2); 0: every point")
+    p.add_argument("--executor", choices=("local", *EXECUTORS),
+                   default=d.executor, help="--frontier: train points here (--workers at a "
+                   "time) or as jobs of a SLURM cluster through submitit (submitit-local: "
+                   "the same jobs on this machine); the save dir must be shared")
+    p.add_argument("--slurm_partition", default=None, help="--executor slurm: the partition")
+    p.add_argument("--job_minutes", type=int, default=d.job_minutes,
+                   help="--executor: a job's time limit")
+
+
+def add_run_parser(sub) -> None:
     from bltlab.experiments import ABLATIONS
     from bltlab.pipeline import RunOptions
 
@@ -362,17 +384,7 @@ def add_run_parser(sub) -> None:
                         "of sizes and patchings at one training-FLOP budget (--quick: the "
                         "CPU grid, --full: the GPU grid); results/frontier_<profile>.json, "
                         "results/answer.json and their plots")
-    p.add_argument("--workers", type=int, default=d.workers,
-                   help="--frontier: grid points trained at a time (each its share of cores)")
-    p.add_argument("--points", nargs="+", default=(),
-                   help="--frontier: only these grid points (independent jobs)")
-    p.add_argument("--executor", choices=("local", *EXECUTORS),
-                   default=d.executor, help="--frontier: train points here (--workers at a "
-                   "time) or as jobs of a SLURM cluster through submitit (submitit-local: "
-                   "the same jobs on this machine); the save dir must be shared")
-    p.add_argument("--slurm_partition", default=None, help="--executor slurm: the partition")
-    p.add_argument("--job_minutes", type=int, default=d.job_minutes,
-                   help="--executor: a job's time limit")
+    add_frontier_args(p, d)
     p.add_argument("--use_existing_tuning", action="store_true",
                    help="--tune: reuse results/hyperparameter_tuning_*.json when present")
     add_tune_args(p)

@@ -33,7 +33,7 @@ from bltlab.checkpoint import checkpoint_paths, load_checkpoint
 from bltlab.cluster import run_jobs
 from bltlab.errors import BltlabError
 from bltlab.evaluation import evaluate_checkpoint
-from bltlab.experiments import FRONTIER_SHARED, GRIDS, SWEEP_LRS
+from bltlab.experiments import FRONTIER_SHARED, GRIDS, PASS_AT, SWEEP_LRS
 from bltlab.fileio import read_json, write_atomic, write_json
 from bltlab.spec import RunSpec, build_spec
 from bltlab.stats import first_reaching, mean_std, reach_and_stay
@@ -305,18 +305,50 @@ def check_points(profile: str, preset: str, only: list[str] | None) -> None:
                           f"grid ({', '.join(names)})")
 
 
+def near_front(specs: dict, test_csv: Path, device: str, skip_bad_rows: bool,
+               factor: float) -> set[str]:
+    """The points whose inference FLOPs per row (on the test set: FLOPs depend on the rows'
+    lengths only) are within `factor` x of their family's cheapest point passing on
+    validation, from the finished runs of `specs` (one seed)."""
+    cost, passing = {}, {}
+    for (name, _), spec in specs.items():
+        if finished(spec) is None:
+            test = evaluate_point(name, spec, {"test": test_csv}, device, skip_bad_rows)["test"]
+            cost[name] = test["inference_flops_per_row"]["total"]
+            passing[name] = curve(spec)[-1]["val_exact_match"] >= PASS_AT
+    near = set()
+    for family in {spec.mode for spec in specs.values()}:
+        mine = [n for (n, _), spec in specs.items() if spec.mode == family and n in cost]
+        front = min((cost[n] for n in mine if passing[n]), default=None)
+        if front is not None:
+            near |= {n for n in mine if front / factor <= cost[n] <= front * factor}
+    return near
+
+
 def frontier(profile: str, preset: str, train_csv: Path, test_csv: Path, final_csv: Path,
              save_dir: Path, out_dir: Path, seeds: list[int], device: str = "auto",
              workers: Executor | int = 1, only: list[str] | None = None,
-             skip_train: bool = False, skip_bad_rows: bool = False) -> dict:
+             skip_train: bool = False, skip_bad_rows: bool = False,
+             near: float = 0.0) -> dict:
     """Sweep, train (unless `skip_train`) and evaluate the grid's runs (points x seeds);
-    write frontier_<profile>.json."""
+    with `near`, seeds after the first only for points within `near` x of a family's
+    front (see near_front); write frontier_<profile>.json."""
     home = save_dir / "frontier" / profile
     check_points(profile, preset, only)
     lrs = lr_sweep(profile, preset, train_csv, home, out_dir, device, workers, skip_train)
-    specs = point_specs(profile, preset, train_csv, home, seeds, device, lrs)
+    specs = point_specs(profile, preset, train_csv, home, seeds[:1] if near else seeds,
+                        device, lrs)
     if not skip_train:
         train_points({k: v for k, v in specs.items() if not only or k[0] in only}, workers)
+    if near and len(seeds) > 1:
+        chosen = near_front(specs, test_csv, device, skip_bad_rows, near)
+        print(f"frontier: seeds {seeds[1:]} for the points near a front: "
+              f"{', '.join(sorted(chosen)) or 'none'}")
+        more = {k: v for k, v in point_specs(profile, preset, train_csv, home, seeds[1:],
+                                             device, lrs).items() if k[0] in chosen}
+        if not skip_train:
+            train_points(more, workers)
+        specs |= more
     missing = missing_runs(specs)
     done = {k: v for k, v in specs.items() if f"{k[0]} seed {k[1]}" not in missing}
     result_path = out_dir / paths.frontier(profile)
@@ -333,6 +365,6 @@ def frontier(profile: str, preset: str, train_csv: Path, test_csv: Path, final_c
     result = {"profile": profile, "preset": preset,
               "budget_train_flops": grid(profile, preset)["budget"], "learning_rates": lrs,
               "test_csv": str(test_csv), "final_csv": str(final_csv), "points": points,
-              "table": table(points), "missing": missing}
+              "table": table(points), "missing": missing, "near_front": near or None}
     write_json(result_path, result)
     return result

@@ -65,6 +65,7 @@ class RunOptions:
     slurm_partition: str | None = None
     job_minutes: int = 240
     points: tuple[str, ...] = ()  # frontier: only these points (default: all)
+    near_front: float = 0.0  # frontier: later seeds only near each family's front
     use_existing_tuning: bool = False
     tune_epochs: int = 3
     max_tune_combinations: int = 20
@@ -172,13 +173,17 @@ def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
                 zip(pairs.inputs, preds, pairs.targets, keep) if k]
         inputs, correct = [x for x, _, _ in rows], [c for _, c, _ in rows]
         buckets = length_buckets(inputs, correct)
-        out[name] = {"exact_match": sum(correct) / len(rows), "rows": len(rows),
+        out[name] = {"exact_match": sum(correct) / len(rows) if rows else None,
+                     "rows": len(rows),
                      "rows_in_training": int((~keep).sum()),
                      "too_long": sum(t for _, _, t in rows), "by_length": buckets,
                      "longest_length_at_99": longest_at(buckets),
                      "by_band": by_band(inputs, correct),
                      "unknown_character_rows": unknown_characters(model, codec, inputs)["rows"]}
-        print(f"{label} on {name}: {100 * out[name]['exact_match']:.2f}% exact")
+        print(f"{label} on {name}: " + (f"{100 * sum(correct) / len(rows):.2f}% exact"
+                                        if rows else "every row occurs in training")
+              + (f" ({out[name]['rows_in_training']} rows in training left out)"
+                 if out[name]["rows_in_training"] else ""))
     path = Path(opts.output_dir) / paths.ROBUSTNESS
     merged = read_json(path, "robustness results") if path.is_file() else {}
     if not isinstance(merged, dict):
@@ -203,7 +208,8 @@ def frontier_stage(opts: RunOptions) -> dict:
                       Path(opts.output_dir), [opts.seed + k for k in range(opts.seeds)],
                       opts.device, Executor(opts.executor, opts.workers, opts.slurm_partition,
                                             opts.job_minutes),
-                      list(opts.points), opts.skip_train, opts.skip_bad_rows)
+                      list(opts.points), opts.skip_train, opts.skip_bad_rows,
+                      opts.near_front)
     analyze(opts.output_dir, paths.PREDICTIONS, opts.save_dir)
     return result
 

@@ -130,6 +130,9 @@ def make_plots(runs: dict, results: dict, predictions_dir: Path, results_dir: Pa
     if results.get("robustness"):
         out["robustness_by_length"] = figure_png(plot_robustness(plt, results["robustness"]),
                                                  results_dir / "robustness_by_length.png", dpi)
+    if results.get("frontiers"):
+        out["answer"] = figure_png(plot_answer(plt, results["frontiers"]),
+                                   results_dir / "answer.png", dpi)
     for profile, frontier in (results.get("frontiers") or {}).items():
         out[f"frontier_training_{profile}"] = figure_png(
             plot_frontier_training(plt, frontier), results_dir /
@@ -197,9 +200,8 @@ def plot_frontier_training(plt, frontier: dict):
     return fig
 
 
-def plot_frontier_inference(plt, frontier: dict):
+def draw_inference(ax, frontier: dict, title: str) -> None:
     """Final-set exact match (mean over seeds) against inference FLOPs per row (log x)."""
-    fig, ax = plt.subplots(figsize=(9, 5))
     markers = {"char": ("o", "#1d4ed8"), "byte": ("^", "#059669"), "blt": ("s", "#dc2626")}
     for name, row in frontier["table"].items():
         marker, colour = markers[row["family"]]
@@ -210,9 +212,23 @@ def plot_frontier_inference(plt, frontier: dict):
         ax.scatter([], [], marker=marker, color=colour, label=MODE_NAMES[family])
     ax.axhline(99.5, color="#6b7280", linestyle="--", linewidth=1)
     ax.set(xscale="log", xlabel="inference FLOPs per row (cached greedy decoding)",
-           ylabel="final-set exact match %",
-           title="Accuracy against the cost of reversing a string")
+           ylabel="final-set exact match %", title=title)
     ax.legend(loc="lower right")
+
+
+def plot_frontier_inference(plt, frontier: dict):
+    fig, ax = plt.subplots(figsize=(9, 5))
+    draw_inference(ax, frontier, "Accuracy against the cost of reversing a string")
+    return fig
+
+
+def plot_answer(plt, frontiers: dict):
+    """The README's plot: each profile's points, accuracy against inference FLOPs."""
+    fig, axes = plt.subplots(1, len(frontiers), figsize=(7 * len(frontiers), 4.8),
+                             squeeze=False)
+    for ax, (profile, frontier) in zip(axes[0], frontiers.items()):
+        draw_inference(ax, frontier, f"{profile} profile ({frontier['preset']} grid)")
+    fig.tight_layout()
     return fig
 
 

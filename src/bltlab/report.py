@@ -87,10 +87,18 @@ def load_json(path: Path) -> Any:
     return read_json(path) if path.is_file() else None
 
 
+def robustness_cell(entry: dict | None) -> str:
+    """A set's exact match on its held-out rows, and how many rows training had seen."""
+    if not entry or entry.get("exact_match") is None:
+        return "—"
+    seen = entry.get("rows_in_training", 0)
+    return f"{100 * entry['exact_match']:.1f}%" + (f" ({seen} seen, left out)" if seen else "")
+
+
 def robustness_rows(robustness: dict) -> list[list[str]]:
     """Exact match of each model (and training profile) on each held-out set."""
-    return [[label, *(f"{100 * sets[name]['exact_match']:.1f}%" if name in sets else "—"
-                      for name in ROBUSTNESS_SETS)] for label, sets in robustness.items()]
+    return [[label, *(robustness_cell(sets.get(name)) for name in ROBUSTNESS_SETS)]
+            for label, sets in robustness.items()]
 
 
 def band_rows(robustness: dict) -> list[list[str]]:
@@ -150,6 +158,38 @@ def answer_rows(profile: dict) -> list[list[str]]:
              f"({a['train_flops_to_stay_0.99']['point']})"
              if a["train_flops_to_stay_0.99"] else "—"]
             for f, a in profile["families"].items()]
+
+
+README_START, README_END = "<!-- answer: start -->", "<!-- answer: end -->"
+
+
+def readme_answer(answer: dict) -> str:
+    """The README's answer, generated from answer.json: the verdict, one table per profile
+    (per family: its front, its final-set accuracy there, the inference FLOPs at 99.5%
+    final-set exact match with their interval, the training FLOPs), one plot."""
+    lines = [README_START, "", f"**Is BLT tokenization more computationally efficient?** "
+             f"{answer['verdict']}", ""]
+    for profile, a in answer["profiles"].items():
+        lines += [f"*{profile.capitalize()} profile* (budget {a['budget_train_flops']:.2g} "
+                  "training FLOPs a run; passing: ≥ 99.5% validation exact match, mean of "
+                  "the seeds):", "",
+                  "| family | cheapest passing | cheaper, failing | its final-set exact match "
+                  "[95% CI] | inference FLOPs/row at 99.5% final [95% CI] | training FLOPs to "
+                  "stay ≥ 99% val |", "|---|---|---|---|---|---|"]
+        for family, f in a["families"].items():
+            best = next((p for p in f["points"] if p["name"] == f["cheapest_passing"]), None)
+            acc = (f"{100 * best['final_exact_match']:.2f}% [{100 * best['final_ci95'][0]:.2f}, "
+                   f"{100 * best['final_ci95'][1]:.2f}] ({len(best['seeds'])} seeds)"
+                   if best and best["final_exact_match"] is not None else "—")
+            train = f["train_flops_to_stay_0.99"]
+            trained = f"{train['flops']:.2g} ({train['point']})" if train else "—"
+            lines.append(f"| {MODE_NAMES[family]} | {f['cheapest_passing'] or 'none'} | "
+                         f"{f['cheapest_failing'] or 'none'} | {acc} | "
+                         f"{interval(f['flops_at_matched_accuracy']['0.995'])} | {trained} |")
+        lines.append("")
+    lines += ["![accuracy against inference FLOPs per row](docs/results/answer.png)", "",
+              README_END]
+    return "\n".join(lines)
 
 
 def row_cer(row: dict) -> float:
@@ -399,8 +439,10 @@ def sections(results: dict) -> list[Section]:
                            f"match ≥ {PASS_AT:.1%}) and inference FLOPs per row at matched "
                            "final-set accuracy", ANSWER_HEADER, answer_rows(a)))
     if robustness := results.get("robustness"):
-        out.append(Section("Robustness: held-out sets the models never trained on (exact "
-                           "match)", ["model (training profile)", *ROBUSTNESS_SETS],
+        out.append(Section("Robustness sets (development sets: the broad profile's choices "
+                           "were read from them, log rounds 6-11): exact match on the rows "
+                           "that never occur in the model's training stream",
+                           ["model (training profile)", *ROBUSTNESS_SETS],
                            robustness_rows(robustness)))
         if bands := band_rows(robustness):
             out.append(Section(f"Exact match per input length band (characters) on the bands "
