@@ -54,6 +54,12 @@ def test_a_wrong_value_is_one_line_naming_the_file_and_key(tmp_path, text, messa
     assert message in str(e.value) and "run.yaml" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_wrong_mode_in_the_file_is_refused_where_a_flag_names_the_mode(tmp_path):
+    (tmp_path / "run.yaml").write_text("mode: BLT\n", encoding="utf-8")
+    with pytest.raises(BltlabError, match="run.yaml: mode BLT: choose one of"):
+        build_spec("char", tmp_path / "run.yaml")
+
+
 def test_yaml_1_1_exponents_are_numbers(tmp_path):
     spec = spec_from(tmp_path, "train: {lr: 1e-3, weight_decay: 2E-2, epochs: 2}\n")
     assert spec.train.lr == 0.001 and spec.train.weight_decay == 0.02

@@ -184,9 +184,10 @@ def build_spec(mode: str | None = None, config: str | Path | None = None,
     """The recipe of the mode and the profile named (or DEFAULT_PROFILE's), then the run
     file `config`, then `settings` (e.g. flags)."""
     from_file = read_spec_file(config) if config else {}
+    if "mode" in from_file and from_file["mode"] not in MODES:  # even where --mode overrides it
+        raise BltlabError(f"{config}: mode {shown(from_file['mode'])}: choose one of "
+                          f"{', '.join(MODES)}")
     mode = mode or from_file.get("mode") or "char"
-    if mode not in MODES:
-        raise BltlabError(f"{config}: mode {shown(mode)}: choose one of {', '.join(MODES)}")
     from_file, settings = flatten(from_file, mode, str(config)), settings or {}
     profile = named_profile(settings) or named_profile(from_file) or DEFAULT_PROFILE
     one_of("profile", profile, tuple(RECIPES))
