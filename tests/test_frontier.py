@@ -42,7 +42,7 @@ def test_a_tiny_grid_sweeps_trains_to_its_budget_and_answers(tmp_path, monkeypat
         assert p["inference_flops_per_row"] > 0 and p["lr"] == 3e-3
         assert set(p["inference_flops_by_part"]) >= {"head", "total"}
     assert (tmp_path / "checkpoints" / "frontier" / "seed" / "blt-tiny" / "seed_0" /
-            "spec.yaml").is_file()
+            "spec_blt.yaml").is_file()
     assert result["table"]["blt-tiny"]["final_exact_match"]["n"] == 1
     assert result["missing"] == {}
     answer = json.loads((tmp_path / "results" / "answer.json").read_text())
@@ -155,7 +155,8 @@ def test_points_run_as_cluster_jobs_through_submitits_local_executor(tmp_path, m
                             "seed", 5e8, Path(train_csv),
                             tmp_path / "checkpoints" / "frontier" / "seed" / "char-tiny", 0,
                             "cpu")
-    frontier.train_points({("char-tiny", 0): spec}, frontier.Executor("submitit-local"))
+    frontier.train_points({("char-tiny", 0): spec}, frontier.Executor(
+        "submitit-local", folder=tmp_path / "checkpoints" / "frontier" / "jobs"))
     assert frontier.finished(spec) is None
     assert list((tmp_path / "checkpoints" / "frontier" / "jobs").glob("*_log.out"))
 

@@ -69,3 +69,23 @@ def test_run_evaluates_once_and_skips_an_up_to_date_evaluation(
     low, high = bands["0-10"]["ci95"]
     assert bands["300+"]["accuracy"] == 0 and low <= bands["0-10"]["accuracy"] <= high
     assert main(["analyze", "--no_plots"]) == 0
+
+
+@pytest.mark.workers
+def test_the_models_train_side_by_side_in_processes_of_their_own(tmp_path, monkeypatch):
+    """`bltlab run --workers 2`: each model's run in its own process (its spec and log
+    beside its checkpoints), the same run `bltlab train` would do."""
+    import bltlab.pipeline as pipeline
+
+    train_csv = write_reversal(tmp_path / "train.csv", strings(200, 3, 10))
+    tiny = {"d_model": 16, "nhead": 2, "dim_feedforward": 32, "epochs": 1, "max_tokens": 256,
+            "progress_bars": False, "tensorboard": False, "fresh_pairs": False}
+    monkeypatch.setattr(pipeline, "run_spec", lambda mode, opts, csv, seed, save_dir, params:
+                        build_spec(mode, settings={**tiny, "train_csv": str(csv), "seed": seed,
+                                                   "save_dir": str(save_dir)}))
+    opts = RunOptions(modes=("char", "blt"), workers=2, save_dir=str(tmp_path / "ck"))
+    pipeline.train_stage(opts, train_csv, [0])
+    for mode in ("char", "blt"):
+        assert (tmp_path / "ck" / f"best_{mode}_model.pt").is_file()
+        assert "best checkpoint" in (tmp_path / "ck" / f"train_{mode}.log").read_text()
+        assert (tmp_path / "ck" / f"spec_{mode}.yaml").is_file()

@@ -17,8 +17,8 @@ def test_train_with_no_flags_is_the_modes_recipe_of_the_default_profile(capsys):
     assert spec.train.epochs == recipe["epochs"] and spec.model.byte_embedding == "utf8"
     assert f"epochs: {recipe['epochs']}" in out and "patcher: space" in out
     assert spec.patcher.max_patch_len == 3 and "max_patch_len: 3" in out
-    assert spec.train.epochs == 50  # the most epochs that fit the one-thread budget
-    assert build_spec("char").model.start_token and build_spec("char").train.epochs == 10
+    assert spec.train.epochs == 12 and spec.train.max_tokens == 2048  # docs/log/15
+    assert build_spec("char").model.start_token and build_spec("char").train.epochs == 4
     assert not build_spec("char", settings={"profile": "seed"}).model.start_token
 
 
@@ -86,3 +86,11 @@ def test_identity_ignores_where_and_how_a_run_is_watched():
     a = RunSpec.of("char", save_dir="a", progress_bars=False, device="cpu", val_batch_size=8)
     b = RunSpec.of("char", save_dir="b", progress_bars=True, device="auto")
     assert a.identity("sha") == b.identity("sha") != RunSpec.of("char", lr=1e-3).identity("sha")
+
+
+def test_a_batch_size_given_means_rows_a_step_unless_max_tokens_is_given_too():
+    assert build_spec("char").train.max_tokens == 4096  # the broad recipe: token batches
+    rows = build_spec("char", settings={"batch_size": 32}).train
+    assert (rows.batch_size, rows.max_tokens) == (32, 0)
+    both = build_spec("char", settings={"batch_size": 32, "max_tokens": 1024}).train
+    assert (both.batch_size, both.max_tokens) == (32, 1024)

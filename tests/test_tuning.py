@@ -42,7 +42,7 @@ def trial_states(tmp_path):
 def test_default_search_space_loads_for_both_models():
     for mode in ("char", "blt"):
         space = load_search_space(None, RunSpec.of(mode))
-        assert {"lr", "d_model", "nhead", "dropout", "batch_size"} <= set(space)
+        assert {"lr", "d_model", "nhead", "dropout", "max_tokens"} <= set(space)
     assert {"max_patch_len", "slots"} <= set(load_search_space(None, RunSpec.of("blt")))
 
 

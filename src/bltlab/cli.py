@@ -218,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     names = {f.name for f in fields(RunOptions)}
     preset = "tune" if args.tune else "full" if args.full else "quick"
-    check_at_least(args, workers=1, seeds=1, seed=0, epochs=1, batch_size=1, tune_epochs=1,
+    check_at_least(args, workers=0, seeds=1, seed=0, epochs=1, batch_size=1, tune_epochs=1,
                    max_tune_combinations=1, job_minutes=1)
     check_search(args.beam_width, 1.0)
     if args.near_front and args.near_front < 1:
@@ -342,11 +342,14 @@ def add_model_parsers(sub) -> None:
 
 
 def add_frontier_args(p, d) -> None:
-    """`bltlab run --frontier`'s flags: where and how its grid points train."""
+    """Where `bltlab run`'s runs train (side by side, on a cluster) and which of the
+    frontier's grid points and seeds."""
     from bltlab.cluster import EXECUTORS
 
     p.add_argument("--workers", type=int, default=d.workers,
-                   help="--frontier: grid points trained at a time (each its share of cores)")
+                   help="models (or --frontier's grid points) trained at a time, each in a "
+                        "process of its own with its share of the cores (0: one per core, "
+                        "at most one per model)")
     p.add_argument("--points", nargs="+", default=(),
                    help="--frontier: only these grid points (independent jobs)")
     p.add_argument("--near_front", type=float, default=d.near_front, metavar="F",
@@ -354,9 +357,9 @@ def add_frontier_args(p, d) -> None:
                         "points within F x the inference FLOPs of their family's cheapest "
                         "point passing on validation (e.g. 2); 0: every point")
     p.add_argument("--executor", choices=("local", *EXECUTORS),
-                   default=d.executor, help="--frontier: train points here (--workers at a "
-                   "time) or as jobs of a SLURM cluster through submitit (submitit-local: "
-                   "the same jobs on this machine); the save dir must be shared")
+                   default=d.executor, help="train the runs here (--workers at a time) or as "
+                   "jobs of a SLURM cluster through submitit (submitit-local: the same jobs "
+                   "on this machine); the save dir must be shared")
     p.add_argument("--slurm_partition", default=None, help="--executor slurm: the partition")
     p.add_argument("--job_minutes", type=int, default=d.job_minutes,
                    help="--executor: a job's time limit")
@@ -374,8 +377,9 @@ def add_run_parser(sub) -> None:
     preset.add_argument("--tune", action="store_true",
                         help="tune both models with Optuna first, then train them at full "
                              "length with the best parameters")
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
-                   help="the families to train and compare (default: all)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(d.modes),
+                   help="the families to train and compare (default: the study's two, char "
+                        "and blt; the frontier always has all three)")
     p.add_argument("--ablation", choices=tuple(ABLATIONS), default=None,
                    help="also train and evaluate the BLT in each variant of an ablation "
                         "(patchers: one BLT per patcher)")

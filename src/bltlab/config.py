@@ -253,7 +253,7 @@ class TrainConfig(Config):
     """Optimisation, schedule, checkpoints and where the run lives."""
 
     save_dir: str = setting("checkpoints", "where checkpoints and the history go")
-    epochs: int = setting(10, "epochs (set from --flops_budget when that is given)")
+    epochs: int = setting(4, "epochs (set from --flops_budget when that is given)")
     flops_budget: float = setting(0.0, "train for this many training FLOPs (forward + "
                                        "backward, real positions) instead of --epochs: the "
                                        "epochs are the budget over one epoch's FLOPs, "

@@ -19,16 +19,18 @@ from typing import Any
 
 DEFAULT_PROFILE = "broad"
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    # What a person types: each model at its CPU budget (char 10 epochs; BLT 50, the most
-    # that fit 60 min on one thread). The BLT: space patches of at most 3 bytes (with 4,
+    # What a person types. Batches of about 4,096 positions (char, byte) and 2,048 (BLT):
+    # more, smaller steps learned in fewer epochs than 64-row batches at the same samples/s
+    # (docs/log/15-speed-memory.md). The BLT: space patches of at most 3 bytes (with 4,
     # long rows of random characters now and then exchange a bit between neighbouring
     # bytes), byte vectors from UTF-8 role and bits (docs/results.md).
-    "broad": {"char": {}, "byte": {}, "blt": {"epochs": 50}},
-    # The seed's distribution, 5% of rows with a non-ASCII word; the BLT is the best on
-    # validation rows at the compute frontier's budget.
+    "broad": {"char": {"max_tokens": 4096}, "byte": {"max_tokens": 4096},
+              "blt": {"epochs": 12, "max_tokens": 2048}},
+    # The seed's distribution, 5% of rows with a non-ASCII word, batches of 64 rows (as
+    # measured there); the BLT is the best on validation rows at the frontier's budget.
     "seed": {
-        "char": {"epochs": 4, "start_token": False, "fresh_non_ascii": 0.05},
-        "byte": {"epochs": 4, "start_token": False, "fresh_non_ascii": 0.05},
+        "char": {"start_token": False, "fresh_non_ascii": 0.05},
+        "byte": {"start_token": False, "fresh_non_ascii": 0.05},
         "blt": {"epochs": 12, "byte_embedding": "table", "max_patch_len": 8,
                 "fresh_non_ascii": 0.05},
     },
@@ -137,7 +139,7 @@ BASELINE_SPACE = {
     "num_decoder_layers": {"type": "int", "low": 1, "high": 3, "grid": [2]},
     "dim_feedforward": {"type": "categorical", "choices": [128, 256, 512], "grid": [256]},
     "dropout": {"type": "float", "low": 0.0, "high": 0.2, "grid": [0.0, 0.1]},
-    "batch_size": {"type": "categorical", "choices": [32, 64, 128], "grid": [32, 64]},
+    "max_tokens": {"type": "categorical", "choices": [2048, 4096, 8192], "grid": [2048, 4096]},
 }
 SEARCH_SPACE: dict[str, dict[str, dict[str, Any]]] = {
     "char": BASELINE_SPACE,
@@ -149,7 +151,7 @@ SEARCH_SPACE: dict[str, dict[str, dict[str, Any]]] = {
         "num_global_layers": {"type": "int", "low": 1, "high": 3, "grid": [2]},
         "dim_feedforward": {"type": "categorical", "choices": [128, 256, 512], "grid": [256]},
         "dropout": {"type": "float", "low": 0.0, "high": 0.2, "grid": [0.0]},
-        "batch_size": {"type": "categorical", "choices": [32, 64, 128], "grid": [32, 64]},
+        "max_tokens": {"type": "categorical", "choices": [2048, 4096, 8192], "grid": [2048, 4096]},
         "max_patch_len": {"type": "categorical", "choices": [2, 3, 4, 6], "grid": [3]},
         "global_factor": {"type": "categorical", "choices": [1, 2, 3], "grid": [2]},
         "pooling": {"type": "categorical", "choices": ["project", "cross"],

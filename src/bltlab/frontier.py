@@ -4,7 +4,7 @@ training FLOPs in its profile's data regime.
 
 First a small learning-rate sweep gives each family its rate (on its reference point,
 read on validation rows only); then every grid point is a run spec (written to
-`<save_dir>/frontier/<profile>/<point>/seed_<s>/spec.yaml`), an independent job:
+`<save_dir>/frontier/<profile>/<point>/seed_<s>/spec_<mode>.yaml`), an independent job:
 `--workers N` runs N at a time here, `--executor slurm` submits them to a cluster
 (bltlab.cluster), `--points NAME ...` runs some. A finished run is not trained again;
 an unfinished one is named and left out. Each finished run is read on its validation
@@ -14,27 +14,18 @@ set; `results/frontier_<profile>.json` holds them, and bltlab.answer reads the f
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from bltlab import paths
 from bltlab.checkpoint import checkpoint_paths, load_checkpoint
-from bltlab.cluster import run_jobs
+from bltlab.cluster import Executor, train_points
 from bltlab.errors import BltlabError
 from bltlab.evaluation import evaluate_checkpoint
 from bltlab.experiments import FRONTIER_SHARED, GRIDS, PASS_AT, SWEEP_LRS
-from bltlab.fileio import read_json, write_atomic, write_json
+from bltlab.fileio import read_json, write_json
 from bltlab.spec import RunSpec, build_spec
 from bltlab.stats import first_reaching, mean_std, reach_and_stay
 
@@ -102,100 +93,6 @@ def best_rates(specs: dict[tuple[str, float], RunSpec]) -> dict[str, dict]:
                 for lr, r in entry["rates"].items()}
         entry["best"] = float(min(rank, key=rank.get))
     return out
-
-
-class Workers:
-    """The worker processes of a grid: signals sent to this process reach them (SIGINT
-    and SIGTERM are passed on; a killed parent takes them down with it, see
-    runtime.die_with_parent), so no point trains on with no one to wait for it."""
-
-    def __init__(self):
-        self.live: set[subprocess.Popen] = set()
-        self.guard = threading.Lock()
-
-    def run(self, args: list[str], log) -> int:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "BLTLAB_PARENT": str(os.getpid())}
-        with self.guard:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-            self.live.add(proc)
-        try:
-            return proc.wait()
-        finally:
-            with self.guard:
-                self.live.discard(proc)
-
-    def signal(self, signum: int) -> None:
-        with self.guard:
-            for proc in self.live:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signum)
-
-    @contextlib.contextmanager
-    def passing_signals(self):
-        """SIGINT and SIGTERM to this process go to every worker, then end it."""
-        def forward(signum, frame):
-            self.signal(signum)
-            raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
-
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
-            self.signal(signal.SIGTERM)  # nothing left running behind us
-
-
-def spec_file(spec: RunSpec) -> Path:
-    """The point's run spec, written into its folder (what its job trains)."""
-    folder = Path(spec.train.save_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / "spec.yaml", lambda f: f.write(spec.to_yaml()))
-    return folder / "spec.yaml"
-
-
-def run_point(spec: RunSpec, threads: int, workers: Workers) -> str:
-    """Train one point in its own process (log in its folder); returns its name."""
-    config = spec_file(spec)
-    folder = config.parent
-    with open(folder / "train.log", "a", encoding="utf-8") as log:
-        code = workers.run([sys.executable, "-m", "bltlab.cli", "--threads", str(threads),
-                            "train", "--config", str(config)], log)
-    if code:
-        raise BltlabError(f"frontier point {folder} failed: see {folder / 'train.log'}")
-    return f"{folder.parent.name} {folder.name}"
-
-
-@dataclass(frozen=True)
-class Executor:
-    """Where grid points train: here, `workers` at a time, or as cluster jobs
-    (bltlab.cluster: slurm, or submitit-local)."""
-
-    kind: str = "local"
-    workers: int = 1
-    partition: str | None = None
-    minutes: int = 240
-
-
-def train_points(specs: dict, executor: Executor | int) -> None:
-    """Train the points: here, `workers` at a time, each with its share of the threads
-    this process may use (`bltlab --threads N`), or as cluster jobs."""
-    executor = executor if isinstance(executor, Executor) else Executor(workers=executor)
-    threads = max(1, torch.get_num_threads() // executor.workers)
-    if executor.kind != "local":
-        if specs:
-            folder = Path(next(iter(specs.values())).train.save_dir).parents[2] / "jobs"
-            run_jobs([spec_file(s) for s in specs.values()], folder, executor.kind, threads,
-                     executor.partition, executor.minutes)
-        return
-    workers = executor.workers
-    procs = Workers()
-    with procs.passing_signals(), ThreadPoolExecutor(workers) as pool:
-        for name in pool.map(lambda s: run_point(s, threads, procs), specs.values()):
-            print(f"frontier: {name} trained")
 
 
 def finished(spec: RunSpec) -> str | None:

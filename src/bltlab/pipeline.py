@@ -13,7 +13,6 @@ from pathlib import Path
 
 from bltlab import paths
 from bltlab.checkpoint import checkpoint_paths, load_model
-from bltlab.config import MODES
 from bltlab.data import default_data_dir, final_test, generate, load_pairs, robustness_files
 from bltlab.decoding import predict
 from bltlab.errors import BltlabError
@@ -43,7 +42,7 @@ class RunOptions:
     """What `bltlab run` does; `bltlab run --help` describes each."""
 
     preset: str = "quick"  # quick, full or tune
-    modes: tuple[str, ...] = MODES  # the families trained and compared
+    modes: tuple[str, ...] = ("char", "blt")  # the families trained and compared
     profile: str = DEFAULT_PROFILE  # the data: broad (what people type) or the seed's
     data_dir: str | None = None  # default: data/broad (broad profile), data (seed)
     save_dir: str = "checkpoints"
@@ -60,7 +59,7 @@ class RunOptions:
     progress_bars: bool = True
     ablation: str | None = None
     frontier: bool = False  # the compute frontier instead of the two models
-    workers: int = 1  # frontier: points trained at a time
+    workers: int = 0  # runs trained at a time (0: one per core, at most one per run)
     executor: str = "local"  # frontier: here, or cluster jobs (bltlab.cluster.EXECUTORS)
     slurm_partition: str | None = None
     job_minutes: int = 240
@@ -197,7 +196,7 @@ def frontier_stage(opts: RunOptions) -> dict:
     """`bltlab run --frontier`: the three families over the profile's grid at one FLOP
     budget, each run evaluated on the test set and on the reserved final set; then the
     answer over every profile measured (results/answer.json, via the report)."""
-    from bltlab.frontier import Executor, check_points, frontier
+    from bltlab.frontier import check_points, frontier
     from bltlab.report import analyze
 
     preset = "full" if opts.preset == "full" else "quick"
@@ -206,12 +205,46 @@ def frontier_stage(opts: RunOptions) -> dict:
     result = frontier(opts.profile, preset, train_csv,
                       test_csv, final_test(opts.profile), Path(opts.save_dir),
                       Path(opts.output_dir), [opts.seed + k for k in range(opts.seeds)],
-                      opts.device, Executor(opts.executor, opts.workers, opts.slurm_partition,
-                                            opts.job_minutes),
+                      opts.device, executor(opts, Path(opts.save_dir) / "frontier" / "jobs"),
                       list(opts.points), opts.skip_train, opts.skip_bad_rows,
                       opts.near_front)
     analyze(opts.output_dir, paths.PREDICTIONS, opts.save_dir)
     return result
+
+
+def executor(opts: RunOptions, jobs: Path, runs: int | None = None):
+    """Where runs train: here, `--workers` at a time (0: one per core this process may
+    use, at most `runs`), or as cluster jobs (bltlab.cluster)."""
+    import torch
+
+    from bltlab.cluster import Executor
+
+    cores = torch.get_num_threads()
+    workers = opts.workers or max(1, min(runs or cores, cores))
+    return Executor(opts.executor, workers, opts.slurm_partition, opts.job_minutes, jobs)
+
+
+def train_stage(opts: RunOptions, train_csv: Path, seeds: list[int]) -> None:
+    """Train every model and seed (tuned first with --tune): side by side, each in a
+    process of its own with its share of the cores (logs beside the checkpoints,
+    train_<mode>.log), or in this process with all of them when one runs at a time."""
+    from bltlab.cluster import train_points
+
+    specs = {}
+    for mode in opts.modes:
+        params = tune_stage(mode, opts, train_csv) if opts.preset == "tune" else {}
+        for k, seed in enumerate(seeds):
+            specs[mode, seed] = run_spec(mode, opts, train_csv, seed,
+                                         seed_paths(mode, opts, k, seed)[0], params)
+    where = executor(opts, Path(opts.save_dir) / "jobs", len(specs))
+    if where.workers == 1 and where.kind == "local":
+        for spec in specs.values():
+            train(spec)
+        return
+    folders = sorted({s.train.save_dir for s in specs.values()})
+    print(f"training {', '.join(f'{m} (seed {s})' for m, s in specs)}, {where.workers} at a "
+          f"time; logs: {', '.join(folders)} (train_<mode>.log)", flush=True)
+    train_points(specs, where)
 
 
 def trained(save_dir: Path, mode: str) -> Path:
@@ -233,13 +266,12 @@ def run(opts: RunOptions) -> dict:
     train_csv, test_csv = data_files(opts)
     results = {"preset": opts.preset, "profile": opts.profile, "data_dir": str(data_dir(opts))}
     seeds = [opts.seed + k for k in range(opts.seeds)]
+    if not opts.skip_train:
+        train_stage(opts, train_csv, seeds)
     per_seed: dict[str, list[dict]] = {}
     for mode in opts.modes:
-        params = tune_stage(mode, opts, train_csv) if opts.preset == "tune" else {}
         for k, seed in enumerate(seeds):
             save_dir, out = seed_paths(mode, opts, k, seed)
-            if not opts.skip_train:
-                train(run_spec(mode, opts, train_csv, seed, save_dir, params))
             metrics = evaluate_checkpoint(trained(save_dir, mode), mode, test_csv, out,
                                           opts.device, opts.skip_bad_rows, opts.beam_width,
                                           progress=opts.progress_bars)

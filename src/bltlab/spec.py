@@ -117,10 +117,14 @@ class RunSpec(Config):
                    patcher=PatcherConfig() if mode == "blt" else None)
 
     def with_settings(self, settings: dict[str, Any], where: str = "settings") -> RunSpec:
-        """A copy with `settings` applied: keys are field names, flags or section.field."""
+        """A copy with `settings` applied: keys are field names, flags or section.field.
+        Settings that give `batch_size` (rows a step) and not `max_tokens` ask for batches
+        of rows, whatever token batches the layers below chose."""
         d = self.to_dict()
-        for key, value in settings.items():
-            section, name = locate(self.mode, key, where)
+        named = {locate(self.mode, key, where): value for key, value in settings.items()}
+        if ("train", "batch_size") in named and ("train", "max_tokens") not in named:
+            named["train", "max_tokens"] = 0
+        for (section, name), value in named.items():
             d[section][name] = value
         return RunSpec.from_dict(d, where)
 
