@@ -108,14 +108,18 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         }},
     },
     "broad": {
-        "quick": {"budget": 1.5e13, "reference": {"char": "char-d32-2+2",
+        "quick": {"budget": 2e13, "reference": {"char": "char-d32-2+2",
                                                   "byte": "byte-d32-2+2",
                                                   "blt": "blt-d32-space"}, "points": {
-            **baseline_points("char", [(16, 2, 2), (24, 2, 2), (32, 2, 1), (32, 2, 2),
+            **baseline_points("char", [(16, 1, 1), (16, 2, 2), (24, 2, 2), (32, 2, 1),
+                                       (32, 2, 2), (64, 2, 2)]),
+            **baseline_points("byte", [(16, 1, 1), (16, 2, 2), (24, 2, 2), (32, 2, 2),
                                        (64, 2, 2)]),
-            **baseline_points("byte", [(16, 2, 2), (24, 2, 2), (32, 2, 2), (64, 2, 2)]),
             **{f"blt-d{d}-space": ("blt", {**blt_size(d), "patcher": "space"})
                for d in (16, 24, 32, 48, 64)},
+            # towards the paper's regime: space patches of up to 8 bytes
+            "blt-d32-space8": ("blt", {**blt_size(32), "patcher": "space",
+                                       "max_patch_len": 8}),
         }},
         "full": {"budget": 1.5e14, "reference": {"char": "char-d64-2+2",
                                                  "byte": "byte-d64-2+2",
