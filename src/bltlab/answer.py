@@ -205,6 +205,9 @@ def verdict(answer: dict[str, Any], level: str = "0.995") -> str:
         unlocated = [f for f in fam if not fam[f]["located"]]
         if unlocated:
             said.append(f"the front is not located for {', '.join(unlocated)}")
+        if a["missing_runs"]:
+            said.append(f"{len(a['missing_runs'])} runs of its grid are not finished "
+                        "(their points have fewer seeds)")
         parts.append(f"{profile.capitalize()} profile: " + "; ".join(said))
     return ". ".join(parts) + "." if parts else "Not enough measurements to answer."
 

@@ -83,14 +83,17 @@ def baseline_points(family: str, shapes: list[tuple[int, int, int]]) -> dict:
 
 
 ENTROPY = {"patcher": "entropy-model", "max_patch_len": 8}  # θ calibrated to target_bpp
-SMALL_SHAPES = [(16, 1, 1), (16, 2, 2), (24, 2, 2), (32, 1, 1), (32, 2, 1), (32, 2, 2)]
+# width 8 added after every char and byte point of width 16 and up passed (round 16)
+SMALL_SHAPES = [(8, 1, 1), (16, 1, 1), (16, 2, 2), (24, 2, 2), (32, 1, 1), (32, 2, 1),
+                (32, 2, 2)]
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {
         "quick": {"budget": 1e13, "reference": {"char": "char-d32-2+2",
                                                 "byte": "byte-d32-2+2",
                                                 "blt": "blt-d32-space"}, "points": {
             **baseline_points("char", SMALL_SHAPES),
-            **baseline_points("byte", [(16, 1, 1), (16, 2, 2), (24, 2, 2), (32, 2, 2)]),
+            **baseline_points("byte", [(8, 1, 1), (16, 1, 1), (16, 2, 2), (24, 2, 2),
+                                       (32, 2, 2)]),
             **{f"blt-d{d}-space": ("blt", {**blt_size(d), "patcher": "space"})
                for d in (16, 24, 32, 64)},
             "blt-d32-e4": ("blt", {**blt_size(32), **ENTROPY, "target_bpp": 4.0}),

@@ -160,6 +160,10 @@ def answer_rows(profile: dict) -> list[list[str]]:
             for f, a in profile["families"].items()]
 
 
+def n_seeds(n: int) -> str:
+    return f"{n} seed{'' if n == 1 else 's'}"
+
+
 README_START, README_END = "<!-- answer: start -->", "<!-- answer: end -->"
 
 
@@ -179,7 +183,7 @@ def readme_answer(answer: dict) -> str:
         for family, f in a["families"].items():
             best = next((p for p in f["points"] if p["name"] == f["cheapest_passing"]), None)
             acc = (f"{100 * best['final_exact_match']:.2f}% [{100 * best['final_ci95'][0]:.2f}, "
-                   f"{100 * best['final_ci95'][1]:.2f}] ({len(best['seeds'])} seeds)"
+                   f"{100 * best['final_ci95'][1]:.2f}] ({n_seeds(len(best['seeds']))})"
                    if best and best["final_exact_match"] is not None else "—")
             train = f["train_flops_to_stay_0.99"]
             trained = f"{train['flops']:.2g} ({train['point']})" if train else "—"
