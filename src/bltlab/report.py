@@ -314,7 +314,7 @@ def per_row_findings(models: dict, comp: dict | None) -> tuple[list[str], dict]:
 
 def seeds(entry: dict) -> str:
     n = entry.get("seeds", 1)
-    return f"mean of {n} seeds" if n > 1 else "1 seed"
+    return f"mean of {n_seeds(n)}" if n > 1 else n_seeds(n)
 
 
 def verdict_text(v: dict) -> str:
