@@ -1,3 +1,4 @@
+import json
 import os
 import random
 import sys
@@ -56,23 +57,42 @@ def write_reversal(path, inputs):
     return str(path)
 
 
+def trained_once(tmp_path_factory, name: str, make_spec) -> tuple[Path, dict]:
+    """Train a shared tiny run once per test session: under pytest -n the first worker
+    trains it and the others wait for it and read its result (its files are read-only to
+    the tests). Returns (its folder, train()'s result)."""
+    from filelock import FileLock
+
+    from bltlab.training import train
+
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if XDIST else base) / name
+    with FileLock(f"{folder}.lock"):
+        done = folder / "result.json"
+        if not done.is_file():
+            torch.set_num_threads(THREADS)
+            folder.mkdir(exist_ok=True)
+            done_tmp = folder / "result.json.tmp"
+            done_tmp.write_text(json.dumps(train(make_spec(folder))))
+            done_tmp.rename(done)
+    return folder, json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_char_run(tmp_path_factory):
     """A tiny char model (with the broad recipe's start token) trained for 4 epochs on
     6,000 random strings (shared by tests):
     (its folder, train()'s result, its training inputs)."""
     from bltlab.spec import RunSpec
-    from bltlab.training import train
 
-    torch.set_num_threads(THREADS)
-    tmp_path = tmp_path_factory.mktemp("tiny_char")
     inputs = strings(6000, 0)
-    spec = RunSpec.of("char", d_model=48, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
-                      dim_feedforward=96, max_len=32, start_token=True, train_csv=write_reversal(
-                          tmp_path / "train.csv", inputs), save_dir=str(tmp_path / "ck"),
-                      epochs=4, batch_size=32, lr=3e-3, warmup_steps=20, progress_bars=False,
-                      fresh_pairs=False)
-    return tmp_path, train(spec), inputs
+    folder, result = trained_once(tmp_path_factory, "tiny_char", lambda tmp_path: RunSpec.of(
+        "char", d_model=48, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+        dim_feedforward=96, max_len=32, start_token=True, train_csv=write_reversal(
+            tmp_path / "train.csv", inputs), save_dir=str(tmp_path / "ck"),
+        epochs=4, batch_size=32, lr=3e-3, warmup_steps=20, progress_bars=False,
+        fresh_pairs=False))
+    return folder, result, inputs
 
 
 @pytest.fixture(scope="session")
@@ -80,18 +100,15 @@ def tiny_blt_run(tmp_path_factory):
     """A tiny BLT (static 2-byte patches) trained for 6 epochs on 4,000 random strings:
     (its folder, train()'s result, its training inputs)."""
     from bltlab.spec import RunSpec
-    from bltlab.training import train
 
-    torch.set_num_threads(THREADS)
-    tmp_path = tmp_path_factory.mktemp("tiny_blt")
     inputs = strings(4000, 0, 12)
-    spec = RunSpec.of("blt", d_model=32, nhead=2, dim_feedforward=64, max_len=32,
-                      ngram_buckets=256, patcher="static", static_size=2, max_patch_len=4,
-                      train_csv=write_reversal(tmp_path / "train.csv", inputs),
-                      save_dir=str(tmp_path / "ck"), epochs=6, batch_size=32, lr=5e-3,
-                      warmup_steps=20, progress_bars=False, tensorboard=False,
-                      fresh_pairs=False)
-    return tmp_path, train(spec), inputs
+    folder, result = trained_once(tmp_path_factory, "tiny_blt", lambda tmp_path: RunSpec.of(
+        "blt", d_model=32, nhead=2, dim_feedforward=64, max_len=32,
+        ngram_buckets=256, patcher="static", static_size=2, max_patch_len=4,
+        train_csv=write_reversal(tmp_path / "train.csv", inputs),
+        save_dir=str(tmp_path / "ck"), epochs=6, batch_size=32, lr=5e-3,
+        warmup_steps=20, progress_bars=False, tensorboard=False, fresh_pairs=False))
+    return folder, result, inputs
 
 
 CLI = [sys.executable, "-m", "bltlab.cli"]  # the command line in a process of its own
