@@ -68,6 +68,7 @@ def test_matched_accuracy_intervals_and_the_verdict(frontier):
     assert text.startswith("Seed profile: against char, ") and "99.5% final-set" in text
     assert "not shown non-inferior in accuracy" in text  # 2 of 397 wrong vs 1 of 400
     assert "it needs 3.0x the FLOPs" in text and "not finished" not in text
+    assert "(blt-mid, 3 seeds vs char-big, 3 seeds)" in text  # the picks, their seeds
     a["missing_runs"] = {"blt-mid seed 2": "not trained"}
     assert "1 runs of its grid are not finished" in answer.verdict({"profiles": {"seed": a}})
 

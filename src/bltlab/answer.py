@@ -123,13 +123,13 @@ def profile_answer(frontier: dict, seed: int = 0) -> dict[str, Any]:
     for family, family_runs in runs.items():
         cost = {n: table[n]["inference_flops_per_row"]["mean"] for n in family_runs}
         fr = front(table, family)
-        stay = [(table[n]["train_flops_to_stay_0.99"]["mean"], n) for n in family_runs
-                if table[n]["train_flops_to_stay_0.99"] and
+        stay = [(table[n]["train_flops_to_stay_0.99"]["mean"], n, len(table[n]["seeds"]))
+                for n in family_runs if table[n]["train_flops_to_stay_0.99"] and
                 table[n]["train_flops_to_stay_0.99"]["n"] == len(table[n]["seeds"])]
         families[family] = {
             **fr, "points": [point_summary(n, table[n], family_runs[n]) for n in family_runs],
             "flops_at_matched_accuracy": matched(family_runs, cost, rng),
-            "train_flops_to_stay_0.99": ({"flops": min(stay)[0], "point": min(stay)[1]}
+            "train_flops_to_stay_0.99": (dict(zip(("flops", "point", "seeds"), min(stay)))
                                          if stay else None)}
     tests = {}
     blt = families.get("blt", {}).get("cheapest_passing")
@@ -197,11 +197,13 @@ def verdict(answer: dict[str, Any], level: str = "0.995") -> str:
             m_blt, m_base = (fam[f]["flops_at_matched_accuracy"][level] for f in ("blt", base))
             said.append(clause(base, compare(m_blt, m_base), m_blt, m_base, level,
                                a["noninferiority"].get(f"blt vs {base}")))
-        train = {f: (fam[f]["train_flops_to_stay_0.99"] or {}).get("flops") for f in fam}
-        if train.get("blt") and any(train.get(b) for b in BASELINES):
-            best = min(train[b] for b in BASELINES if train.get(b))
-            said.append(f"to train, it needs {train['blt'] / best:.1f}x the FLOPs of the "
-                        "cheapest baseline to reach and stay at 99% validation exact match")
+        train = {f: fam[f]["train_flops_to_stay_0.99"] for f in fam
+                 if fam[f]["train_flops_to_stay_0.99"]}
+        if "blt" in train and any(b in train for b in BASELINES):
+            best = min((train[b] for b in BASELINES if b in train), key=lambda t: t["flops"])
+            said.append(f"to train, it needs {train['blt']['flops'] / best['flops']:.1f}x the "
+                        "FLOPs of the cheapest baseline to reach and stay at 99% validation "
+                        f"exact match ({picked(train['blt'])} vs {picked(best)})")
         unlocated = [f for f in fam if not fam[f]["located"]]
         if unlocated:
             said.append(f"the front is not located for {', '.join(unlocated)}")
@@ -210,6 +212,15 @@ def verdict(answer: dict[str, Any], level: str = "0.995") -> str:
                         "(their points have fewer seeds)")
         parts.append(f"{profile.capitalize()} profile: " + "; ".join(said))
     return ". ".join(parts) + "." if parts else "Not enough measurements to answer."
+
+
+def n_seeds(n: int) -> str:
+    return f"{n} seed{'' if n == 1 else 's'}"
+
+
+def picked(train: dict) -> str:
+    """A training pick's point and its seeds, as the verdict names it."""
+    return f"{train['point']}, {n_seeds(train.get('seeds', 1))}"
 
 
 def build(results_dir: str | Path) -> dict[str, Any] | None:

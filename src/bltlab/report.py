@@ -26,6 +26,7 @@ from rapidfuzz.distance import Levenshtein
 
 from bltlab import answer as study_answer
 from bltlab import paths
+from bltlab.answer import n_seeds, picked
 from bltlab.config import MODE_NAMES, MODES, PROFILES
 from bltlab.data import ROBUSTNESS_SETS
 from bltlab.errors import BltlabError
@@ -160,10 +161,6 @@ def answer_rows(profile: dict) -> list[list[str]]:
             for f, a in profile["families"].items()]
 
 
-def n_seeds(n: int) -> str:
-    return f"{n} seed{'' if n == 1 else 's'}"
-
-
 README_START, README_END = "<!-- answer: start -->", "<!-- answer: end -->"
 
 
@@ -186,7 +183,7 @@ def readme_answer(answer: dict) -> str:
                    f"{100 * best['final_ci95'][1]:.2f}] ({n_seeds(len(best['seeds']))})"
                    if best and best["final_exact_match"] is not None else "—")
             train = f["train_flops_to_stay_0.99"]
-            trained = f"{train['flops']:.2g} ({train['point']})" if train else "—"
+            trained = f"{train['flops']:.2g} ({picked(train)})" if train else "—"
             lines.append(f"| {MODE_NAMES[family]} | {f['cheapest_passing'] or 'none'} | "
                          f"{f['cheapest_failing'] or 'none'} | {acc} | "
                          f"{interval(f['flops_at_matched_accuracy']['0.995'])} | {trained} |")
