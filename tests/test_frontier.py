@@ -23,6 +23,8 @@ def test_a_tiny_grid_sweeps_trains_to_its_budget_and_answers(tmp_path, monkeypat
     monkeypatch.setitem(frontier.GRIDS, "seed", {"quick": {
         "budget": 2e9, "reference": {"char": "char-tiny", "blt": "blt-tiny"}, "points": {
             "char-tiny": ("char", {**TINY, "num_encoder_layers": 1, "num_decoder_layers": 1}),
+            "char-small": ("char", {**TINY, "d_model": 8, "num_encoder_layers": 1,
+                                    "num_decoder_layers": 1}),
             "blt-tiny": ("blt", {**TINY, "patcher": "static", "static_size": 2,
                                  "ngram_buckets": 64})}}})
     monkeypatch.setattr(frontier, "SWEEP_LRS", (3e-3,))
@@ -34,15 +36,16 @@ def test_a_tiny_grid_sweeps_trains_to_its_budget_and_answers(tmp_path, monkeypat
     result = json.loads((tmp_path / "results" / "frontier_seed.json").read_text())
     assert result["learning_rates"] == {"char": 3e-3, "blt": 3e-3}  # from the sweep
     points = {p["name"]: p for p in result["points"]}
-    assert set(points) == {"char-tiny", "blt-tiny"}
+    assert set(points) == {"char-tiny", "char-small", "blt-tiny"}
     for p in points.values():
         flops = [c["train_flops"] for c in p["curve"]]
         assert flops == sorted(flops)
         assert 2e9 <= flops[-1] < 2e9 * 1.05  # the budget, hit within a step: mid-epoch
         assert p["inference_flops_per_row"] > 0 and p["lr"] == 3e-3
         assert set(p["inference_flops_by_part"]) >= {"head", "total"}
-    assert (tmp_path / "checkpoints" / "frontier" / "seed" / "blt-tiny" / "seed_0" /
-            "spec_blt.yaml").is_file()
+    blt_run = tmp_path / "checkpoints" / "frontier" / "seed" / "sweep" / "blt-tiny-lr0.003"
+    assert (blt_run / "seed_0" / "spec_blt.yaml").is_file()  # the reference: the sweep's run
+    assert not (tmp_path / "checkpoints" / "frontier" / "seed" / "blt-tiny").exists()
     assert result["table"]["blt-tiny"]["final_exact_match"]["n"] == 1
     assert result["missing"] == {}
     answer = json.loads((tmp_path / "results" / "answer.json").read_text())
@@ -52,17 +55,17 @@ def test_a_tiny_grid_sweeps_trains_to_its_budget_and_answers(tmp_path, monkeypat
             "flops_at_matched_accuracy"} <= set(seed["families"]["char"])
 
     # a point whose worker was stopped mid-run is left out and named, not reported
-    history = (tmp_path / "checkpoints" / "frontier" / "seed" / "blt-tiny" / "seed_0" /
-               "history_blt.json")
+    history = (tmp_path / "checkpoints" / "frontier" / "seed" / "char-small" / "seed_0" /
+               "history_char.json")
     cut = json.loads(history.read_text())
     cut.update(finished=False, epochs=cut["epochs"][:1])
     history.write_text(json.dumps(cut))
     assert main(["run", "--frontier", "--profile", "seed", "--skip_train",
                  "--no_progress"]) == 0
     result = json.loads((tmp_path / "results" / "frontier_seed.json").read_text())
-    assert [p["name"] for p in result["points"]] == ["char-tiny"]
-    assert result["missing"] == {"blt-tiny seed 0": "unfinished (1 epochs trained)"}
-    assert "blt-tiny" not in result["table"]
+    assert [p["name"] for p in result["points"]] == ["char-tiny", "blt-tiny"]
+    assert result["missing"] == {"char-small seed 0": "unfinished (1 epochs trained)"}
+    assert "char-small" not in result["table"]
 
     # nothing finished to report: an error, and the results are left as they were
     kept = (tmp_path / "results" / "frontier_seed.json").read_bytes()
@@ -141,6 +144,9 @@ def test_grid_points_and_sweeps_are_valid_specs(tmp_path, profile, preset):
         ("char", 1e-3), ("byte", 2e-3), ("blt", 4e-3)}
     sweep = frontier.sweep_specs(profile, preset, tmp_path / "t.csv", tmp_path, "cpu")
     assert len(sweep) == 3 * len(frontier.SWEEP_LRS)
+    for family, name in grid["reference"].items():  # seed 0 of a reference: its sweep run
+        assert specs[name, 0] == sweep[family, specs[name, 0].train.lr]
+        assert specs[name, 1].train.save_dir == str(tmp_path / name / "seed_1")
     assert set(grid["reference"]) == {"char", "byte", "blt"}
     assert all(grid["points"][name][0] == family for family, name in grid["reference"].items())
 

@@ -49,12 +49,24 @@ def spec_of(mode: str, settings: dict, profile: str, budget: float, train_csv: P
 def point_specs(profile: str, preset: str, train_csv: Path, save_dir: Path, seeds: list[int],
                 device: str, lrs: dict[str, float] | None = None
                 ) -> dict[tuple[str, int], RunSpec]:
-    """The grid's run specs, by (point, seed), each family at its swept learning rate."""
+    """The grid's run specs, by (point, seed), each family at its swept learning rate.
+    A family's reference point, seed 0, is its sweep's run at that rate (the same spec):
+    it is read from the sweep, not trained twice."""
     g = grid(profile, preset)
+
+    def home(name: str, mode: str, seed: int) -> Path:
+        if lrs and seed == 0 and g["reference"].get(mode) == name:
+            return sweep_dir(save_dir, name, lrs[mode])
+        return save_dir / name
+
     return {(name, seed): spec_of(mode, {**settings, **({"lr": lrs[mode]} if lrs else {})},
-                                  profile, g["budget"], train_csv, save_dir / name, seed,
-                                  device)
+                                  profile, g["budget"], train_csv, home(name, mode, seed),
+                                  seed, device)
             for name, (mode, settings) in g["points"].items() for seed in seeds}
+
+
+def sweep_dir(save_dir: Path, name: str, lr: float) -> Path:
+    return save_dir / "sweep" / f"{name}-lr{lr:g}"
 
 
 def sweep_specs(profile: str, preset: str, train_csv: Path, save_dir: Path,
@@ -66,8 +78,7 @@ def sweep_specs(profile: str, preset: str, train_csv: Path, save_dir: Path,
         mode, settings = g["points"][name]
         for lr in SWEEP_LRS:
             out[family, lr] = spec_of(mode, {**settings, "lr": lr}, profile, g["budget"],
-                                      train_csv, save_dir / "sweep" / f"{name}-lr{lr:g}", 0,
-                                      device)
+                                      train_csv, sweep_dir(save_dir, name, lr), 0, device)
     return out
 
 
