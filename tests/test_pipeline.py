@@ -1,10 +1,12 @@
 """`bltlab run` end to end on tiny checkpoints, and the metrics it reports."""
 
+import functools
 import json
 import shutil
 
 import pytest
 
+from bltlab import profiles
 from bltlab.cli import main
 from bltlab.evaluation import compute_metrics
 from bltlab.experiments import PRESETS
@@ -42,6 +44,8 @@ def test_compute_metrics_by_hand():
 def test_run_evaluates_once_and_skips_an_up_to_date_evaluation(
         tiny_char_run, tiny_blt_run, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(profiles, "robustness_sets", functools.partial(  # smaller sets
+        profiles.robustness_sets, rows=30, per_length=1, per_band=20))
     rows = strings(60, 5, 12)
     write_reversal(tmp_path / "data" / "train.csv", rows)
     write_reversal(tmp_path / "data" / "test.csv", rows)
@@ -63,9 +67,9 @@ def test_run_evaluates_once_and_skips_an_up_to_date_evaluation(
     robustness = json.loads((tmp_path / "results" / "robustness.json").read_text())
     assert set(robustness) == {"char (seed)", "blt (seed)"}
     lengths = robustness["char (seed)"]["lengths"]
-    assert lengths["rows"] == 1200 and lengths["too_long"] == 1200 - 31 * 3  # max_len 32
+    assert lengths["rows"] == 400 and lengths["too_long"] == 400 - 31  # max_len 32
     bands = robustness["blt (seed)"]["bands"]["by_band"]
-    assert [b["count"] for b in bands.values()] == [500] * 7  # too long: counted wrong
+    assert [b["count"] for b in bands.values()] == [20] * 7  # too long: counted wrong
     low, high = bands["0-10"]["ci95"]
     assert bands["300+"]["accuracy"] == 0 and low <= bands["0-10"]["accuracy"] <= high
     assert main(["analyze", "--no_plots"]) == 0
