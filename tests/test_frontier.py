@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bltlab import frontier
 from bltlab.cli import main
@@ -165,6 +166,28 @@ def test_points_run_as_cluster_jobs_through_submitits_local_executor(tmp_path, m
         "submitit-local", folder=tmp_path / "checkpoints" / "frontier" / "jobs"))
     assert frontier.finished(spec) is None
     assert list((tmp_path / "checkpoints" / "frontier" / "jobs").glob("*_log.out"))
+
+
+def test_each_run_is_followed_at_once_with_the_threads_it_freed(monkeypatch):
+    """train_points(..., then): a run's follow-up (bltlab run: its evaluation) starts as
+    soon as it ends, with the cores of the runs that ended, while the others train."""
+    import sys
+
+    from bltlab import cluster
+
+    def sleeper(seconds, threads, workers):
+        assert threads == 1  # 2 cores, 2 workers
+        assert workers.run([sys.executable, "-c", f"import time; time.sleep({seconds})"],
+                           None) == 0
+        return f"sleep {seconds}"
+
+    monkeypatch.setattr(cluster, "run_here", sleeper)
+    torch.set_num_threads(2)
+    seen = []
+    cluster.train_points({"short": 0.1, "long": 3.0}, 2,
+                         lambda key, threads: seen.append((key, threads, time.monotonic())))
+    assert [(k, t) for k, t, _ in seen] == [("short", 1), ("long", 2)]
+    assert seen[1][2] - seen[0][2] > 1.5  # the first, long before the other ended
 
 
 def test_later_seeds_go_to_the_points_near_each_front(monkeypatch):

@@ -20,9 +20,11 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -144,17 +146,26 @@ class Executor:
     folder: Path = Path("checkpoints/jobs")
 
 
-def train_points(specs: dict, executor: Executor | int) -> None:
+def train_points(specs: dict, executor: Executor | int,
+                 then: Callable[[Any, int], None] | None = None) -> None:
     """Train the runs of `specs`: here, `workers` at a time, each with its share of the
-    threads this process may use (`bltlab --threads N`), or as cluster jobs."""
+    threads this process may use (`bltlab --threads N`), or as cluster jobs. Here,
+    `then(key, threads)` follows each run as soon as it ends, in this process, with the
+    threads no other run is using (runs still training keep theirs)."""
     executor = executor if isinstance(executor, Executor) else Executor(workers=executor)
-    threads = max(1, torch.get_num_threads() // executor.workers)
+    cores = torch.get_num_threads()
+    threads = max(1, cores // executor.workers)
     if executor.kind != "local":
         if specs:
             run_jobs([spec_file(s) for s in specs.values()], executor.folder, executor.kind,
                      threads, executor.partition, executor.minutes)
         return
     procs = Workers()
+
+    def one(key) -> None:
+        print(f"trained {run_here(specs[key], threads, procs)}", flush=True)
+        if then:
+            then(key, max(1, cores - threads * len(procs.live)))
+
     with procs.passing_signals(), ThreadPoolExecutor(executor.workers) as pool:
-        for name in pool.map(lambda s: run_here(s, threads, procs), specs.values()):
-            print(f"trained {name}")
+        list(pool.map(one, specs))

@@ -8,6 +8,8 @@ the same checkpoint and test file.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,10 +226,13 @@ def executor(opts: RunOptions, jobs: Path, runs: int | None = None):
     return Executor(opts.executor, workers, opts.slurm_partition, opts.job_minutes, jobs)
 
 
-def train_stage(opts: RunOptions, train_csv: Path, seeds: list[int]) -> None:
+def train_stage(opts: RunOptions, train_csv: Path, seeds: list[int],
+                then: Callable[[tuple[str, int], int], None] | None = None) -> None:
     """Train every model and seed (tuned first with --tune): side by side, each in a
     process of its own with its share of the cores (logs beside the checkpoints,
-    train_<mode>.log), or in this process with all of them when one runs at a time."""
+    train_<mode>.log), or in this process with all of them when one runs at a time.
+    Side by side, `then((mode, seed), threads)` follows each run as soon as it ends (see
+    cluster.train_points)."""
     from bltlab.cluster import train_points
 
     specs = {}
@@ -244,7 +249,7 @@ def train_stage(opts: RunOptions, train_csv: Path, seeds: list[int]) -> None:
     folders = sorted({s.train.save_dir for s in specs.values()})
     print(f"training {', '.join(f'{m} (seed {s})' for m, s in specs)}, {where.workers} at a "
           f"time; logs: {', '.join(folders)} (train_<mode>.log)", flush=True)
-    train_points(specs, where)
+    train_points(specs, where, then)
 
 
 def trained(save_dir: Path, mode: str) -> Path:
@@ -253,6 +258,17 @@ def trained(save_dir: Path, mode: str) -> Path:
     if not best.is_file():
         raise BltlabError(f"--skip_train: {best}: no such checkpoint; train it first")
     return best
+
+
+def evaluate_run(mode: str, seed: int, k: int, opts: RunOptions, test_csv: Path
+                 ) -> tuple[dict, dict | None]:
+    """A trained run's metrics on the test set, and (the first seed's) on every
+    robustness set."""
+    save_dir, out = seed_paths(mode, opts, k, seed)
+    metrics = evaluate_checkpoint(trained(save_dir, mode), mode, test_csv, out, opts.device,
+                                  opts.skip_bad_rows, opts.beam_width,
+                                  progress=opts.progress_bars)
+    return metrics, robustness_stage(mode, opts, save_dir) if k == 0 else None
 
 
 def run(opts: RunOptions) -> dict:
@@ -266,18 +282,29 @@ def run(opts: RunOptions) -> dict:
     train_csv, test_csv = data_files(opts)
     results = {"preset": opts.preset, "profile": opts.profile, "data_dir": str(data_dir(opts))}
     seeds = [opts.seed + k for k in range(opts.seeds)]
-    if not opts.skip_train:
-        train_stage(opts, train_csv, seeds)
+    done: dict[tuple[str, int], tuple[dict, dict | None]] = {}
+    one_at_a_time = threading.Lock()  # evaluations write shared results files
+
+    def evaluate(key: tuple[str, int], threads: int) -> None:
+        import torch
+
+        with one_at_a_time:
+            cores = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                done[key] = evaluate_run(*key, seeds.index(key[1]), opts, test_csv)
+            finally:
+                torch.set_num_threads(cores)
+
+    if not opts.skip_train:  # a model is evaluated while the others still train
+        train_stage(opts, train_csv, seeds, evaluate)
     per_seed: dict[str, list[dict]] = {}
     for mode in opts.modes:
         for k, seed in enumerate(seeds):
-            save_dir, out = seed_paths(mode, opts, k, seed)
-            metrics = evaluate_checkpoint(trained(save_dir, mode), mode, test_csv, out,
-                                          opts.device, opts.skip_bad_rows, opts.beam_width,
-                                          progress=opts.progress_bars)
+            metrics, robustness = done.get((mode, seed)) or evaluate_run(
+                mode, seed, k, opts, test_csv)
             if k == 0:
-                results[mode] = metrics
-                results[f"{mode}_robustness"] = robustness_stage(mode, opts, save_dir)
+                results[mode], results[f"{mode}_robustness"] = metrics, robustness
             per_seed.setdefault(mode, []).append(
                 {"seed": seed, **{name: metrics[name] for name in SEED_METRICS},
                  "non_ascii_accuracy": metrics["non_ascii"]["accuracy"]})

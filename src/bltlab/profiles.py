@@ -68,12 +68,23 @@ REGIONAL = range(0x1F1E6, 0x1F1FF + 1)
 ZWJ, VS16 = "\u200d", "\ufe0f"
 
 
+def top_words(lang: str, n: int) -> list[str]:
+    """wordfreq's top `n` words of a language. wordfreq keeps each language's whole
+    frequency table once read (~350 MB for the broad profile's languages); only the top
+    words are used here, so its caches are emptied after each read."""
+    import wordfreq
+
+    words = wordfreq.top_n_list(lang, n)
+    for cached in (wordfreq.top_n_list, wordfreq.get_frequency_list,
+                   wordfreq.get_frequency_dict):
+        cached.cache_clear()
+    return words
+
+
 @functools.cache
 def wordlist() -> list[str]:
     """The seed generator's words: wordfreq's top 20,000 English words within the BMP."""
-    from wordfreq import top_n_list
-
-    return [w for w in top_n_list("en", WORDLIST_SIZE) if all(ord(c) < 0x10000 for c in w)]
+    return [w for w in top_words("en", WORDLIST_SIZE) if all(ord(c) < 0x10000 for c in w)]
 
 
 @functools.cache
@@ -82,9 +93,7 @@ def language_words(lang: str, n: int) -> list[str]:
     `n` made-up words of a script in SCRIPT_RANGES."""
     if lang in SCRIPT_RANGES:
         return script_words(lang, n)
-    from wordfreq import top_n_list
-
-    return top_n_list(lang, n)
+    return top_words(lang, n)
 
 
 def script_words(script: str, n: int) -> list[str]:
