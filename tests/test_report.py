@@ -161,6 +161,8 @@ DAMAGES = {  # a results file, and what is left of it
                                                   if k != "exact_match_accuracy"})),
     "metrics null": ("predictions/predictions_blt_metrics.json",
                      lambda t: json.dumps({**json.loads(t), "total_correct": None})),
+    "exact match null": ("predictions/predictions_baseline_metrics.json",
+                         lambda t: json.dumps({**json.loads(t), "exact_match_accuracy": None})),
     "history truncated": ("checkpoints/history_char.json", lambda t: t[:40]),
     "history no epochs": ("checkpoints/history_char.json",
                           lambda t: json.dumps({**json.loads(t), "epochs": []})),

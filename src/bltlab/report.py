@@ -512,7 +512,9 @@ def gather(results_dir: Path, predictions_dir: Path, checkpoints_dir: Path) -> t
                "robustness": loaded[paths.ROBUSTNESS], "seeds": seed_spread(results_dir),
                "ablation": load_json(paths.ablation(results_dir, "patchers")),
                "tuning": {m: r["tuning"] for m, r in runs.items() if r.get("tuning")}}
-    with damaged(*(path for path in files.values() if path.is_file())):
+    inputs = [*(f for run in runs.values() for f in run["files"]),
+              *(path for path in files.values() if path.is_file())]
+    with damaged(*inputs):  # the summaries and the answer read them all
         results["answer"] = study_answer.build(results_dir) if frontiers else None
         results["efficiency"] = efficiency_answer(models, comp, results["answer"])
         text_report(results)  # every section renders
