@@ -5,21 +5,18 @@ established."""
 import numpy as np
 import pytest
 
-from bltlab import answer, paths
-from bltlab.evaluation import write_predictions
+from bltlab import answer
+from bltlab.evaluation import row_outcomes, write_predictions
 from bltlab.experiments import NONINFERIORITY_MARGIN
 
 ROWS = 400
 
 
-def run(tmp_path, name: str, seed: int, wrong: int, trained: int = 0) -> None:
-    """A frontier run's final-set predictions: `wrong` rows wrong, `trained` rows in its
+def run(wrong: int, trained: int = 0) -> str:
+    """A frontier run's final-set outcomes: `wrong` rows wrong, `trained` rows in its
     training stream (not scored)."""
-    inputs = [f"row {i}" for i in range(ROWS)]
-    targets = [x[::-1] for x in inputs]
-    preds = [t if i >= wrong else "x" for i, t in enumerate(targets)]
-    write_predictions(tmp_path / paths.frontier_csv("seed", name, seed, "final"), inputs,
-                      targets, preds, [i >= ROWS - trained for i in range(ROWS)])
+    return "".join("-" if i >= ROWS - trained else "0" if i < wrong else "1"
+                   for i in range(ROWS))
 
 
 def row(family, val, flops, seeds=(0, 1, 2), stay=1e12):
@@ -29,8 +26,7 @@ def row(family, val, flops, seeds=(0, 1, 2), stay=1e12):
 
 
 @pytest.fixture
-def frontier(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def frontier():
     table = {"char-small": row("char", 0.98, 2e6, stay=None),
              "char-mid": row("char", 0.999, 4e6), "char-big": row("char", 1.0, 9e6),
              "blt-small": row("blt", 0.97, 1e6, stay=None),
@@ -39,9 +35,18 @@ def frontier(tmp_path, monkeypatch):
     points = []
     for name, r in table.items():
         for seed in r["seeds"]:
-            run(tmp_path, name, seed, wrong[name], trained=3 if name == "blt-mid" else 0)
-            points.append({"name": name, "family": r["family"], "seed": seed})
+            points.append({"name": name, "family": r["family"], "seed": seed,
+                           "final_outcomes": run(wrong[name], 3 if name == "blt-mid" else 0)})
     return {"profile": "seed", "budget_train_flops": 4e12, "table": table, "points": points}
+
+
+def test_a_runs_final_set_rows_are_kept_as_outcomes(tmp_path):
+    """1 right, 0 wrong, - in the training stream (not scored): what answer.json reads."""
+    path = tmp_path / "predictions_final.csv"
+    write_predictions(path, ["ab", "cd", "ef"], ["ba", "dc", "fe"], ["ba", "xx", "fe"],
+                      [False, False, True])
+    assert row_outcomes(path) == "10-"
+    assert answer.outcomes({"final_outcomes": "10-"}).tolist() == [1, 0, -1]
 
 
 def test_a_front_is_the_cheapest_passing_point_and_a_cheaper_failing_one(frontier):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -55,12 +56,29 @@ def test_a_tiny_grid_sweeps_trains_to_its_budget_and_answers(tmp_path, monkeypat
     assert {"cheapest_passing", "cheapest_failing", "located",
             "flops_at_matched_accuracy"} <= set(seed["families"]["char"])
 
-    # a point whose worker was stopped mid-run is left out and named, not reported
+    # each run's record (history, scores, final-set outcomes) outlives its checkpoints:
+    # the grid resumes from the records alone, training nothing again
+    records = tmp_path / "results" / "runs" / "seed"
+    assert sorted(p.relative_to(records).as_posix() for p in records.rglob("*.json")) == [
+        "char-small/seed_0.json", "sweep/blt-tiny-lr0.003/seed_0.json",
+        "sweep/char-tiny-lr0.003/seed_0.json"]
+    shutil.rmtree(tmp_path / "checkpoints")
+    shutil.rmtree(tmp_path / "predictions")
+    assert main(["run", "--frontier", "--profile", "seed", "--workers", "2", "--threads", "1",
+                 "--no_progress"]) == 0
+    assert not list(tmp_path.rglob("*.pt"))
+    again = json.loads((tmp_path / "results" / "frontier_seed.json").read_text())
+    assert again["points"] == result["points"] and again["table"] == result["table"]
+    assert json.loads((tmp_path / "results" / "answer.json").read_text()) == answer
+
+    # a point whose worker was stopped mid-run (no record) is left out and named
+    small = json.loads((records / "char-small" / "seed_0.json").read_text())
+    (records / "char-small" / "seed_0.json").unlink()
     history = (tmp_path / "checkpoints" / "frontier" / "seed" / "char-small" / "seed_0" /
                "history_char.json")
-    cut = json.loads(history.read_text())
-    cut.update(finished=False, epochs=cut["epochs"][:1])
-    history.write_text(json.dumps(cut))
+    history.parent.mkdir(parents=True)
+    history.write_text(json.dumps({**small["history"], "finished": False,
+                                   "epochs": small["history"]["epochs"][:1]}))
     assert main(["run", "--frontier", "--profile", "seed", "--skip_train",
                  "--no_progress"]) == 0
     result = json.loads((tmp_path / "results" / "frontier_seed.json").read_text())
@@ -71,7 +89,7 @@ def test_a_tiny_grid_sweeps_trains_to_its_budget_and_answers(tmp_path, monkeypat
     # nothing finished to report: an error, and the results are left as they were
     kept = (tmp_path / "results" / "frontier_seed.json").read_bytes()
     assert main(["run", "--frontier", "--profile", "seed", "--skip_train", "--save_dir",
-                 "none"]) == 2
+                 "none", "--records_dir", "none"]) == 2
     assert (tmp_path / "results" / "frontier_seed.json").read_bytes() == kept
 
 
@@ -199,9 +217,9 @@ def test_later_seeds_go_to_the_points_near_each_front(monkeypatch):
               "char-c": ("char", 5e6, 1.0), "char-d": ("char", 7e6, 1.0),
               "blt-a": ("blt", 2e6, 0.5), "blt-b": ("blt", 4e6, 0.9)}
     specs = {(n, 0): SimpleNamespace(mode=m, name=n) for n, (m, _, _) in points.items()}
-    monkeypatch.setattr(frontier, "finished", lambda spec: None)
+    monkeypatch.setattr(frontier, "finished", lambda spec, records: None)
     monkeypatch.setattr(frontier, "evaluate_point", lambda name, *a: {
         "test": {"inference_flops_per_row": {"total": points[name][1]}}})
-    monkeypatch.setattr(frontier, "curve", lambda spec: [
+    monkeypatch.setattr(frontier, "curve", lambda spec, records: [
         {"val_exact_match": points[spec.name][2]}])
-    assert frontier.near_front(specs, "t.csv", "cpu", False, 2.0) == {"char-b", "char-c"}
+    assert frontier.near_front(specs, "t.csv", "cpu", False, 2.0, None) == {"char-b", "char-c"}

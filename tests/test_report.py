@@ -88,13 +88,10 @@ def test_patching_example_png(tmp_path):
 def write_frontier(folder, blt_inference: float, blt_train: float) -> None:
     """A synthetic seed-profile frontier under `folder` (run from there): per family a
     cheaper point that fails and one that passes, 3 seeds each, with final-set
-    predictions (the passing points right on every row)."""
+    outcomes (the passing points right on every row)."""
     from bltlab import paths
-    from bltlab.evaluation import write_predictions
     from bltlab.frontier import table
 
-    inputs = [f"row {i}" for i in range(200)]
-    targets = [x[::-1] for x in inputs]
     points = []
     for name, family, inference, train, val in (
             ("char-small", "char", 20e6, None, 0.9), ("char-x", "char", 40e6, 1e13, 0.999),
@@ -102,13 +99,12 @@ def write_frontier(folder, blt_inference: float, blt_train: float) -> None:
                                                     0.999)):
         for seed in range(3):
             wrong = 0 if train else 20
-            write_predictions(folder / paths.frontier_csv("seed", name, seed, "final"), inputs,
-                              targets, ["x"] * wrong + targets[wrong:])
             curve = [{"train_flops": 5e11, "val_exact_match": 0.5, "epoch": 0},
                      {"train_flops": train or 2e13, "val_exact_match": val, "epoch": 1}]
             points.append({"name": name, "family": family, "seed": seed, "parameters": 1000,
                            "curve": curve, "val_exact_match": val, "test_exact_match": val,
                            "final_exact_match": 1 - wrong / 200,
+                           "final_outcomes": "0" * wrong + "1" * (200 - wrong),
                            "forward_flops_per_row": inference,
                            "inference_flops_per_row": inference,
                            "inference_flops_by_part": {"total": inference}})

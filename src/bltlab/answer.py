@@ -13,7 +13,6 @@ from these only, and says "not established" where intervals overlap.
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,13 @@ from bltlab.stats import wilson_interval
 
 BASELINES = ("char", "byte")
 RESAMPLES = 1000
+OUTCOME = {"1": 1, "0": 0, "-": -1}
 
 
-def outcomes(profile: str, point: str, seed: int) -> np.ndarray:
-    """A run's final-set rows: 1 right, 0 wrong, -1 not scored (in its training stream)."""
-    path = paths.frontier_csv(profile, point, seed, "final")
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return np.array([-1 if r.get("in_training") == "True" else int(r["correct"] == "True")
-                     for r in rows], dtype=np.int8)
+def outcomes(point: dict) -> np.ndarray:
+    """A run's final-set rows, from its `final_outcomes` (bltlab.evaluation.row_outcomes):
+    1 right, 0 wrong, -1 not scored (in its training stream)."""
+    return np.array([OUTCOME[c] for c in point["final_outcomes"]], dtype=np.int8)
 
 
 def accuracy(runs: list[np.ndarray], rows: np.ndarray) -> float:
@@ -118,7 +115,7 @@ def profile_answer(frontier: dict, seed: int = 0) -> dict[str, Any]:
     runs: dict[str, dict[str, list[np.ndarray]]] = {}
     for p in frontier["points"]:
         runs.setdefault(p["family"], {}).setdefault(p["name"], []).append(
-            outcomes(profile, p["name"], p["seed"]))
+            outcomes(p))
     families = {}
     for family, family_runs in runs.items():
         cost = {n: table[n]["inference_flops_per_row"]["mean"] for n in family_runs}

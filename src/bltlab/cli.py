@@ -350,6 +350,10 @@ def add_frontier_args(p, d) -> None:
                    help="models (or --frontier's grid points) trained at a time, each in a "
                         "process of its own with its share of the cores (0: one per core, "
                         "at most one per model)")
+    p.add_argument("--records_dir", default=d.records_dir,
+                   help="--frontier: where each finished run's record is kept (history, "
+                        "scores, final-set outcomes; default <output_dir>/runs): the grid "
+                        "resumes from it, checkpoints gone")
     p.add_argument("--points", nargs="+", default=(),
                    help="--frontier: only these grid points (independent jobs)")
     p.add_argument("--near_front", type=float, default=d.near_front, metavar="F",

@@ -11,6 +11,7 @@ Definitions (per row, then averaged over rows):
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -123,6 +124,14 @@ def predictions_writer(inputs: list[str], targets: list[str], preds: list[str],
     return lambda f: write_csv_rows(f, [["input", "target", "prediction", "correct",
                                          "in_training"], *(
         (x, t, p, p == t, bool(s)) for x, t, p, s in zip(inputs, targets, preds, seen))])
+
+
+def row_outcomes(output_csv: str | Path) -> str:
+    """A predictions CSV's rows as one character each: 1 right, 0 wrong, - not scored
+    (the row occurs in the model's training stream)."""
+    with open(output_csv, encoding="utf-8", newline="") as f:
+        return "".join("-" if r["in_training"] == "True" else "1" if r["correct"] == "True"
+                       else "0" for r in csv.DictReader(f))
 
 
 def write_predictions(path: str | Path, inputs: list[str], targets: list[str],

@@ -7,13 +7,21 @@ read on validation rows only); then every grid point is a run spec (written to
 `<save_dir>/frontier/<profile>/<point>/seed_<s>/spec_<mode>.yaml`), an independent job:
 `--workers N` runs N at a time here, `--executor slurm` submits them to a cluster
 (bltlab.cluster), `--points NAME ...` runs some. A finished run is not trained again;
-an unfinished one is named and left out. Each finished run is read on its validation
-rows (the choices), the test set (a development set) and, at the end, the reserved final
-set; `results/frontier_<profile>.json` holds them, and bltlab.answer reads the fronts.
+an unfinished one is named and left out. Each run, as it ends, is scored on the test set
+(a development set) and on the reserved final set, and its record (history and scores,
+the final set's rows as outcomes) is kept in `<records_dir>/<profile>/`: a grid resumes
+from its records in another session or on another machine, checkpoints gone. Choices read
+validation rows (the sweep, the points near a front) or the test set, never the final
+set; `results/frontier_<profile>.json` holds every run's figures, and bltlab.answer reads
+the fronts from it alone.
 """
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +31,10 @@ from bltlab import paths
 from bltlab.checkpoint import checkpoint_paths, load_checkpoint
 from bltlab.cluster import Executor, train_points
 from bltlab.errors import BltlabError
-from bltlab.evaluation import evaluate_checkpoint
+from bltlab.evaluation import evaluate_checkpoint, row_outcomes
 from bltlab.experiments import FRONTIER_SHARED, GRIDS, PASS_AT, SWEEP_LRS
 from bltlab.fileio import read_json, write_json
+from bltlab.runtime import torch_threads
 from bltlab.spec import RunSpec, build_spec
 from bltlab.stats import first_reaching, mean_std, reach_and_stay
 
@@ -82,19 +91,63 @@ def sweep_specs(profile: str, preset: str, train_csv: Path, save_dir: Path,
     return out
 
 
-def curve(spec: RunSpec) -> list[dict]:
-    history = read_json(checkpoint_paths(spec.train.save_dir, spec.mode)[2], "training history")
+def comparable(spec: dict) -> dict:
+    """A spec as JSON, without what may differ between two homes of one run."""
+    d = json.loads(json.dumps(spec))
+    for key in ("save_dir", "device"):
+        d.get("train", {}).pop(key, None)
+    return d
+
+
+@dataclass(frozen=True)
+class Records:
+    """One small JSON file per finished run (its spec, its training history, its scores on
+    the test and final sets with the final set's rows as outcomes) in `folder`, named as
+    the run's checkpoint folder is under `home`. A run with a record is not trained again."""
+
+    folder: Path  # <records_dir>/<profile>
+    home: Path  # <save_dir>/frontier/<profile>
+
+    def path(self, spec: RunSpec) -> Path:
+        run = Path(spec.train.save_dir).relative_to(self.home)
+        return self.folder / run.with_suffix(".json")
+
+    def read(self, spec: RunSpec) -> dict | None:
+        """The run's record, if one of this spec is kept."""
+        path = self.path(spec)
+        if not path.is_file():
+            return None
+        record = read_json(path, "run record")
+        if not isinstance(record, dict) or not isinstance(record.get("spec"), dict) or \
+                comparable(record["spec"]) != comparable(spec.to_dict()):
+            print(f"warning: {path} records another run's spec; it is not used")
+            return None
+        return record
+
+    def write(self, spec: RunSpec, record: dict) -> None:
+        write_json(self.path(spec), {**record, "spec": spec.to_dict()})
+
+
+def history(spec: RunSpec, records: Records) -> dict:
+    """A run's training history: its record's, else its checkpoint folder's."""
+    record = records.read(spec)
+    if record is not None:
+        return record["history"]
+    return read_json(checkpoint_paths(spec.train.save_dir, spec.mode)[2], "training history")
+
+
+def curve(spec: RunSpec, records: Records) -> list[dict]:
     return [{"train_flops": e["train_flops"], "val_exact_match": e["val_exact_match"],
-             "epoch": e["epoch"]} for e in history["epochs"]]
+             "epoch": e["epoch"]} for e in history(spec, records)["epochs"]]
 
 
-def best_rates(specs: dict[tuple[str, float], RunSpec]) -> dict[str, dict]:
+def best_rates(specs: dict[tuple[str, float], RunSpec], records: Records) -> dict[str, dict]:
     """Per family, each swept rate's validation figures and the best rate: the fewest
     training FLOPs to reach and stay at 99% validation exact match, else the highest
     validation exact match at the end of the budget."""
     out: dict[str, dict] = {}
     for (family, lr), spec in specs.items():
-        c = curve(spec)
+        c = curve(spec, records)
         out.setdefault(family, {"rates": {}})["rates"][f"{lr:g}"] = {
             "train_flops_to_stay_0.99": reach_and_stay(c, 0.99),
             "val_exact_match": c[-1]["val_exact_match"]}
@@ -106,8 +159,10 @@ def best_rates(specs: dict[tuple[str, float], RunSpec]) -> dict[str, dict]:
     return out
 
 
-def finished(spec: RunSpec) -> str | None:
+def finished(spec: RunSpec, records: Records | None = None) -> str | None:
     """Why a point's run is not a result yet (None when it finished training)."""
+    if records is not None and records.read(spec) is not None:
+        return None
     history = checkpoint_paths(spec.train.save_dir, spec.mode)[2]
     if not history.is_file():
         return "not trained"
@@ -125,10 +180,10 @@ def finished(spec: RunSpec) -> str | None:
     return None
 
 
-def point_result(name: str, spec: RunSpec, metrics: dict[str, dict]) -> dict:
+def point_result(name: str, spec: RunSpec, metrics: dict[str, dict], records: Records) -> dict:
     """One run's row of frontier_<profile>.json: its validation curve, its figures on each
-    set, its FLOPs per row by part."""
-    c, test, final = curve(spec), metrics["test"], metrics["final"]
+    set, its FLOPs per row by part, its final-set rows as outcomes (1, 0, - not scored)."""
+    c, test, final = curve(spec, records), metrics["test"], metrics["final"]
     out = {"name": name, "seed": spec.train.seed, "family": spec.mode,
            "d_model": spec.model.d_model, "parameters": test["parameters"],
            "lr": spec.train.lr, "curve": c, "val_exact_match": c[-1]["val_exact_match"],
@@ -136,6 +191,7 @@ def point_result(name: str, spec: RunSpec, metrics: dict[str, dict]) -> dict:
            "final_exact_match": final["exact_match_accuracy"],
            "final_rows": final["total_samples"], "final_correct": final["total_correct"],
            "final_rows_in_training": final.get("rows_in_training", 0),
+           "final_outcomes": final["outcomes"],
            "test_rows_in_training": test.get("rows_in_training", 0),
            "forward_flops_per_row": test["forward_flops_per_row"]["total"],
            "inference_flops_per_row": final["inference_flops_per_row"]["total"],
@@ -174,33 +230,64 @@ def table(points: list[dict]) -> dict[str, dict]:
 
 
 def evaluate_point(name: str, spec: RunSpec, sets: dict[str, Path], device: str,
-                   skip_bad_rows: bool = False) -> dict[str, dict]:
-    """A point's metrics on each set (`test`, `final`), evaluated once per checkpoint,
-    leaving out rows of its training stream."""
+                   skip_bad_rows: bool, records: Records) -> dict[str, dict]:
+    """A finished run's metrics on each set (`test`, `final`), leaving out rows of its
+    training stream: from its record, else evaluated (its best checkpoint) and recorded."""
+    record = records.read(spec) or {"history": history(spec, records)}
+    todo = [kind for kind in sets if kind not in record]
     best = checkpoint_paths(spec.train.save_dir, spec.mode)[0]
-    profile = spec.data.profile
-    return {kind: evaluate_checkpoint(best, spec.mode, csv_path,
-                                      paths.frontier_csv(profile, name, spec.train.seed, kind),
-                                      device, skip_bad_rows, extra={"frontier_point": name})
-            for kind, csv_path in sets.items()}
+    for kind in todo:
+        out = paths.frontier_csv(spec.data.profile, name, spec.train.seed, kind)
+        metrics = evaluate_checkpoint(best, spec.mode, sets[kind], out, device, skip_bad_rows,
+                                      extra={"frontier_point": name})
+        record[kind] = {**{k: v for k, v in metrics.items() if k != "spec"},
+                        "outcomes": row_outcomes(out)}
+    if todo:
+        records.write(spec, record)
+    return {kind: record[kind] for kind in sets}
 
 
-def missing_runs(specs: dict) -> dict[str, str]:
+def recorder(specs: dict, sets: dict[str, Path], device: str, skip_bad_rows: bool,
+             records: Records) -> Callable[[Any, int], None]:
+    """What follows each run of `specs` as it ends (train_points' `then`): its record,
+    scored on `sets` with the threads it freed, one run at a time (its predictions filed
+    under its folder's name: the point's, or the sweep run's)."""
+    one_at_a_time = threading.Lock()
+
+    def then(key, threads: int) -> None:
+        with one_at_a_time, torch_threads(threads):
+            spec = specs[key]
+            if finished(spec) is None:
+                evaluate_point(Path(spec.train.save_dir).parent.name, spec, sets, device,
+                               skip_bad_rows, records)
+
+    return then
+
+
+def train_missing(specs: dict, workers: Executor | int, then: Callable[[Any, int], None],
+                  records: Records) -> None:
+    """Train the runs of `specs` that have no record (an unfinished one resumes)."""
+    train_points({k: s for k, s in specs.items() if records.read(s) is None}, workers, then)
+
+
+def missing_runs(specs: dict, records: Records) -> dict[str, str]:
     """The runs that are not results yet, and why."""
-    return {f"{k[0]} seed {k[1]}": why for k, spec in specs.items() if (why := finished(spec))}
+    return {f"{k[0]} seed {k[1]}": why for k, spec in specs.items()
+            if (why := finished(spec, records))}
 
 
-def lr_sweep(profile: str, preset: str, train_csv: Path, save_dir: Path, out_dir: Path,
-             device: str, workers: Executor | int, skip_train: bool
-             ) -> dict[str, float] | None:
-    """Each family's learning rate from the sweep (run unless `skip_train`); None when
-    the sweep has not finished (the recipes' rate is used)."""
-    specs = sweep_specs(profile, preset, train_csv, save_dir, device)
+def lr_sweep(profile: str, preset: str, train_csv: Path, home: Path, out_dir: Path,
+             device: str, workers: Executor | int, skip_train: bool, records: Records,
+             follow: Callable[[dict], Callable[[Any, int], None]]) -> dict[str, float] | None:
+    """Each family's learning rate from the sweep (run unless `skip_train`, each run
+    followed by `follow(specs)`); None when the sweep has not finished (the recipes' rate
+    is used)."""
+    specs = sweep_specs(profile, preset, train_csv, home, device)
     if not skip_train:
-        train_points(specs, workers)
-    if missing_runs(specs):
+        train_missing(specs, workers, follow(specs), records)
+    if missing_runs(specs, records):
         return None
-    rates = best_rates(specs)
+    rates = best_rates(specs, records)
     write_json(out_dir / paths.sweep(profile), rates)
     return {family: entry["best"] for family, entry in rates.items()}
 
@@ -214,16 +301,17 @@ def check_points(profile: str, preset: str, only: list[str] | None) -> None:
 
 
 def near_front(specs: dict, test_csv: Path, device: str, skip_bad_rows: bool,
-               factor: float) -> set[str]:
+               factor: float, records: Records) -> set[str]:
     """The points whose inference FLOPs per row (on the test set: FLOPs depend on the rows'
     lengths only) are within `factor` x of their family's cheapest point passing on
     validation, from the finished runs of `specs` (one seed)."""
     cost, passing = {}, {}
     for (name, _), spec in specs.items():
-        if finished(spec) is None:
-            test = evaluate_point(name, spec, {"test": test_csv}, device, skip_bad_rows)["test"]
+        if finished(spec, records) is None:
+            test = evaluate_point(name, spec, {"test": test_csv}, device, skip_bad_rows,
+                                  records)["test"]
             cost[name] = test["inference_flops_per_row"]["total"]
-            passing[name] = curve(spec)[-1]["val_exact_match"] >= PASS_AT
+            passing[name] = curve(spec, records)[-1]["val_exact_match"] >= PASS_AT
     near = set()
     for family in {spec.mode for spec in specs.values()}:
         mine = [n for (n, _), spec in specs.items() if spec.mode == family and n in cost]
@@ -237,27 +325,36 @@ def frontier(profile: str, preset: str, train_csv: Path, test_csv: Path, final_c
              save_dir: Path, out_dir: Path, seeds: list[int], device: str = "auto",
              workers: Executor | int = 1, only: list[str] | None = None,
              skip_train: bool = False, skip_bad_rows: bool = False,
-             near: float = 0.0) -> dict:
-    """Sweep, train (unless `skip_train`) and evaluate the grid's runs (points x seeds);
-    with `near`, seeds after the first only for points within `near` x of a family's
-    front (see near_front); write frontier_<profile>.json."""
+             near: float = 0.0, records_dir: Path | None = None) -> dict:
+    """Sweep, train (unless `skip_train`) and evaluate the grid's runs (points x seeds),
+    each recorded in `records_dir` (default `out_dir`/runs) as it ends; with `near`, seeds
+    after the first only for points within `near` x of a family's front (see near_front);
+    write frontier_<profile>.json."""
     home = save_dir / "frontier" / profile
+    records = Records((records_dir or out_dir / "runs") / profile, home)
+    sets = {"test": test_csv, "final": final_csv}  # final: scored, not read, until the end
+
+    def follow(specs: dict) -> Callable[[Any, int], None]:
+        return recorder(specs, sets, device, skip_bad_rows, records)
+
     check_points(profile, preset, only)
-    lrs = lr_sweep(profile, preset, train_csv, home, out_dir, device, workers, skip_train)
+    lrs = lr_sweep(profile, preset, train_csv, home, out_dir, device, workers, skip_train,
+                   records, follow)
     specs = point_specs(profile, preset, train_csv, home, seeds[:1] if near else seeds,
                         device, lrs)
     if not skip_train:
-        train_points({k: v for k, v in specs.items() if not only or k[0] in only}, workers)
+        chosen = {k: v for k, v in specs.items() if not only or k[0] in only}
+        train_missing(chosen, workers, follow(chosen), records)
     if near and len(seeds) > 1:
-        chosen = near_front(specs, test_csv, device, skip_bad_rows, near)
+        chosen = near_front(specs, test_csv, device, skip_bad_rows, near, records)
         print(f"frontier: seeds {seeds[1:]} for the points near a front: "
               f"{', '.join(sorted(chosen)) or 'none'}")
         more = {k: v for k, v in point_specs(profile, preset, train_csv, home, seeds[1:],
                                              device, lrs).items() if k[0] in chosen}
         if not skip_train:
-            train_points(more, workers)
+            train_missing(more, workers, follow(more), records)
         specs |= more
-    missing = missing_runs(specs)
+    missing = missing_runs(specs, records)
     done = {k: v for k, v in specs.items() if f"{k[0]} seed {k[1]}" not in missing}
     result_path = out_dir / paths.frontier(profile)
     if not done:
@@ -267,12 +364,13 @@ def frontier(profile: str, preset: str, train_csv: Path, test_csv: Path, final_c
     if missing:
         print(f"warning: {len(missing)} of {len(specs)} frontier runs are not finished and "
               f"are left out: {', '.join(list(missing)[:6])}{' ...' if len(missing) > 6 else ''}")
-    sets = {"test": test_csv, "final": final_csv}  # final: the reserved set, read last
-    points = [point_result(name, spec, evaluate_point(name, spec, sets, device, skip_bad_rows))
+    points = [point_result(name, spec, evaluate_point(name, spec, sets, device, skip_bad_rows,
+                                                      records), records)
               for (name, _), spec in done.items()]
     result = {"profile": profile, "preset": preset,
               "budget_train_flops": grid(profile, preset)["budget"], "learning_rates": lrs,
               "test_csv": str(test_csv), "final_csv": str(final_csv), "points": points,
-              "table": table(points), "missing": missing, "near_front": near or None}
+              "table": table(points), "missing": missing, "near_front": near or None,
+              "records": str(records.folder)}
     write_json(result_path, result)
     return result

@@ -31,7 +31,7 @@ from bltlab.evaluation import (
 from bltlab.experiments import ABLATIONS, DEFAULT_PROFILE, PRESETS
 from bltlab.fileio import read_json, write_json
 from bltlab.patching import PatcherConfig
-from bltlab.runtime import pick_device
+from bltlab.runtime import pick_device, torch_threads
 from bltlab.spec import RunSpec, build_spec
 from bltlab.training import train
 
@@ -49,6 +49,7 @@ class RunOptions:
     data_dir: str | None = None  # default: data/broad (broad profile), data (seed)
     save_dir: str = "checkpoints"
     output_dir: str = "results"
+    records_dir: str | None = None  # frontier: the runs' records (default <output_dir>/runs)
     epochs: int | None = None
     batch_size: int | None = None
     seed: int = 0
@@ -209,7 +210,7 @@ def frontier_stage(opts: RunOptions) -> dict:
                       Path(opts.output_dir), [opts.seed + k for k in range(opts.seeds)],
                       opts.device, executor(opts, Path(opts.save_dir) / "frontier" / "jobs"),
                       list(opts.points), opts.skip_train, opts.skip_bad_rows,
-                      opts.near_front)
+                      opts.near_front, opts.records_dir and Path(opts.records_dir))
     analyze(opts.output_dir, paths.PREDICTIONS, opts.save_dir)
     return result
 
@@ -286,15 +287,8 @@ def run(opts: RunOptions) -> dict:
     one_at_a_time = threading.Lock()  # evaluations write shared results files
 
     def evaluate(key: tuple[str, int], threads: int) -> None:
-        import torch
-
-        with one_at_a_time:
-            cores = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                done[key] = evaluate_run(*key, seeds.index(key[1]), opts, test_csv)
-            finally:
-                torch.set_num_threads(cores)
+        with one_at_a_time, torch_threads(threads):
+            done[key] = evaluate_run(*key, seeds.index(key[1]), opts, test_csv)
 
     if not opts.skip_train:  # a model is evaluated while the others still train
         train_stage(opts, train_csv, seeds, evaluate)
