@@ -208,6 +208,25 @@ def test_each_run_is_followed_at_once_with_the_threads_it_freed(monkeypatch):
     assert seen[1][2] - seen[0][2] > 1.5  # the first, long before the other ended
 
 
+def test_a_record_holds_for_its_spec_and_training_file_only(tmp_path, capsys):
+    train_csv = write_reversal(tmp_path / "train.csv", strings(50, 4, 10))
+    home = tmp_path / "checkpoints" / "frontier" / "seed"
+    spec = frontier.spec_of("char", TINY, "seed", 1e9, Path(train_csv), home / "p", 0, "cpu")
+    records = frontier.Records(tmp_path / "runs" / "seed", home)
+    records.write(spec, {"history": {"epochs": []}})
+    assert records.path(spec) == tmp_path / "runs" / "seed" / "p" / "seed_0.json"
+    assert records.read(spec)["history"] == {"epochs": []}
+    moved = frontier.spec_of("char", TINY, "seed", 1e9, Path(train_csv),
+                             tmp_path / "elsewhere" / "p", 0, "cpu")
+    assert frontier.Records(records.folder, tmp_path / "elsewhere").read(moved) is not None
+    other = frontier.spec_of("char", {**TINY, "lr": 1e-2}, "seed", 1e9, Path(train_csv),
+                             home / "p", 0, "cpu")
+    assert records.read(other) is None
+    write_reversal(tmp_path / "train.csv", strings(50, 4, 11))  # other training rows
+    assert records.read(spec) is None
+    assert "records another run" in capsys.readouterr().out
+
+
 def test_later_seeds_go_to_the_points_near_each_front(monkeypatch):
     """--near_front 2: within 2x the inference FLOPs of the family's cheapest point that
     passes on validation (failing or passing), nothing from a family with no pass."""

@@ -18,6 +18,7 @@ the fronts from it alone.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from bltlab.errors import BltlabError
 from bltlab.evaluation import evaluate_checkpoint, row_outcomes
 from bltlab.experiments import FRONTIER_SHARED, GRIDS, PASS_AT, SWEEP_LRS
 from bltlab.fileio import read_json, write_json
-from bltlab.runtime import torch_threads
+from bltlab.runtime import file_sha256, torch_threads
 from bltlab.spec import RunSpec, build_spec
 from bltlab.stats import first_reaching, mean_std, reach_and_stay
 
@@ -113,19 +114,32 @@ class Records:
         return self.folder / run.with_suffix(".json")
 
     def read(self, spec: RunSpec) -> dict | None:
-        """The run's record, if one of this spec is kept."""
+        """The run's record, if one of this spec and its training file is kept."""
         path = self.path(spec)
         if not path.is_file():
             return None
         record = read_json(path, "run record")
         if not isinstance(record, dict) or not isinstance(record.get("spec"), dict) or \
-                comparable(record["spec"]) != comparable(spec.to_dict()):
-            print(f"warning: {path} records another run's spec; it is not used")
+                comparable(record["spec"]) != comparable(spec.to_dict()) or \
+                record.get("train_csv_sha256") != data_sha256(spec.data.train_csv):
+            print(f"warning: {path} records another run (spec or training file); not used")
             return None
         return record
 
     def write(self, spec: RunSpec, record: dict) -> None:
-        write_json(self.path(spec), {**record, "spec": spec.to_dict()})
+        write_json(self.path(spec), {**record, "spec": spec.to_dict(),
+                                     "train_csv_sha256": data_sha256(spec.data.train_csv)})
+
+
+@functools.lru_cache(maxsize=16)
+def file_digest(path: str, mtime_ns: int, size: int) -> str:
+    return file_sha256(path)
+
+
+def data_sha256(path: str) -> str:
+    """A data file's SHA-256, hashed once while the file is unchanged."""
+    st = Path(path).stat()
+    return file_digest(str(path), st.st_mtime_ns, st.st_size)
 
 
 def history(spec: RunSpec, records: Records) -> dict:
@@ -234,7 +248,8 @@ def evaluate_point(name: str, spec: RunSpec, sets: dict[str, Path], device: str,
     """A finished run's metrics on each set (`test`, `final`), leaving out rows of its
     training stream: from its record, else evaluated (its best checkpoint) and recorded."""
     record = records.read(spec) or {"history": history(spec, records)}
-    todo = [kind for kind in sets if kind not in record]
+    todo = [kind for kind in sets  # not scored yet, or scored on another file
+            if record.get(kind, {}).get("test_csv_sha256") != data_sha256(sets[kind])]
     best = checkpoint_paths(spec.train.save_dir, spec.mode)[0]
     for kind in todo:
         out = paths.frontier_csv(spec.data.profile, name, spec.train.seed, kind)
