@@ -41,6 +41,7 @@ from bltlab.config import ModelConfig
 from bltlab.errors import BltlabError
 from bltlab.fileio import write_json
 from bltlab.models import BLT, EncoderDecoder, build_model
+from bltlab.runtime import torch_threads
 from bltlab.vocab import BOS, PAD
 
 KINDS = ("forward", "train", "infer")
@@ -196,14 +197,10 @@ def _fit(cfg: ModelConfig) -> FlopModel:
     cached = read_cached(path)
     if cached is not None:
         return cached
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # single-row passes: one thread is fastest
-    try:
+    with torch_threads(1):  # single-row passes: one thread is fastest
         with torch.random.fork_rng(devices=[]):
             model = build_model(cfg).eval()
         coef = {kind: fit_kind(model, kind) for kind in KINDS}
-    finally:
-        torch.set_num_threads(threads)
     fitted = FlopModel(list(coef["forward"]), coef)
     with contextlib.suppress(BltlabError):  # an unwritable cache: fit again next time
         write_json(path, fitted.to_dict())
