@@ -105,9 +105,13 @@ def write_frontier(folder, blt_inference: float, blt_train: float) -> None:
                            "curve": curve, "val_exact_match": val, "test_exact_match": val,
                            "final_exact_match": 1 - wrong / 200,
                            "final_outcomes": "0" * wrong + "1" * (200 - wrong),
+                           "final_rows_in_training": seed, "train_seconds": 1700.0,
+                           "eval_seconds": 100.0,
                            "forward_flops_per_row": inference,
                            "inference_flops_per_row": inference,
-                           "inference_flops_by_part": {"total": inference}})
+                           "inference_flops_by_part": {"encoder": inference / 4,
+                                                       "head": 3 * inference / 4,
+                                                       "total": inference}})
     (folder / "results").mkdir(exist_ok=True)
     (folder / "results" / paths.frontier("seed")).write_text(json.dumps(
         {"profile": "seed", "preset": "quick", "budget_train_flops": 2e13,
@@ -138,11 +142,16 @@ def test_a_folder_with_only_a_frontier_is_reported(tmp_path, monkeypatch):
     blt = saved["profiles"]["seed"]["families"]["blt"]
     assert (blt["cheapest_passing"], blt["cheapest_failing"], blt["located"]) == (
         "blt-x", "blt-small", True)
-    assert blt["points"][1]["inference_flops_by_part"] == {"total": 30e6}
+    assert blt["points"][1]["inference_flops_by_part"] == {"encoder": 7.5e6, "head": 22.5e6,
+                                                           "total": 30e6}
     assert "Seed profile: against char" in saved["verdict"]
     readme = readme_answer(saved)
     assert readme.startswith(README_START) and readme.endswith(README_END)
     assert "| BLT | blt-x | blt-small | 100.00% [" in readme and saved["verdict"] in readme
+    assert "12 runs, 6.0 h of training and evaluation at one thread a run; 0–2 final-set " \
+           "rows of a run's training stream left out of its score" in readme
+    assert "char baseline (char-x): encoder 10.00, output layer 30.00; BLT (blt-x): " \
+           "encoder 7.50, output layer 22.50." in readme  # where the FLOPs go, by part
     assert (tmp_path / "results" / "answer.png").is_file()
     assert (tmp_path / "results" / "report.html").is_file()
     assert not (tmp_path / "predictions" / "accuracy_analysis.png").exists()  # no model

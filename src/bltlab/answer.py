@@ -136,7 +136,12 @@ def profile_answer(frontier: dict, seed: int = 0) -> dict[str, Any]:
             tests[f"blt vs {base}"] = {"points": [blt, other], **noninferiority(
                 runs["blt"][blt], runs[base][other], rng)}
     return {"profile": profile, "budget_train_flops": frontier["budget_train_flops"],
-            "learning_rates": frontier.get("learning_rates"), "families": families,
+            "learning_rates": frontier.get("learning_rates"), "runs": len(frontier["points"]),
+            "run_hours": sum(p.get("train_seconds", 0.0) + p.get("eval_seconds", 0.0)
+                             for p in frontier["points"]) / 3600,
+            "final_rows_in_training": sorted({p.get("final_rows_in_training", 0)
+                                              for p in frontier["points"]}),
+            "families": families,
             "noninferiority": tests, "missing_runs": frontier.get("missing", {})}
 
 

@@ -198,6 +198,7 @@ def point_result(name: str, spec: RunSpec, metrics: dict[str, dict], records: Re
     """One run's row of frontier_<profile>.json: its validation curve, its figures on each
     set, its FLOPs per row by part, its final-set rows as outcomes (1, 0, - not scored)."""
     c, test, final = curve(spec, records), metrics["test"], metrics["final"]
+    epochs = history(spec, records)["epochs"]
     out = {"name": name, "seed": spec.train.seed, "family": spec.mode,
            "d_model": spec.model.d_model, "parameters": test["parameters"],
            "lr": spec.train.lr, "curve": c, "val_exact_match": c[-1]["val_exact_match"],
@@ -209,7 +210,9 @@ def point_result(name: str, spec: RunSpec, metrics: dict[str, dict], records: Re
            "test_rows_in_training": test.get("rows_in_training", 0),
            "forward_flops_per_row": test["forward_flops_per_row"]["total"],
            "inference_flops_per_row": final["inference_flops_per_row"]["total"],
-           "inference_flops_by_part": final["inference_flops_per_row"]}
+           "inference_flops_by_part": final["inference_flops_per_row"],
+           "train_seconds": sum(e.get("epoch_seconds", 0.0) for e in epochs),
+           "eval_seconds": sum(m.get("decode_seconds", 0.0) for m in (test, final))}
     if spec.mode == "blt":
         out["bytes_per_patch"] = final["bytes_per_patch"]
     return out

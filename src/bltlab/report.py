@@ -162,6 +162,24 @@ def answer_rows(profile: dict) -> list[list[str]]:
 
 
 README_START, README_END = "<!-- answer: start -->", "<!-- answer: end -->"
+PART_NAMES = {"embeddings": "embeddings", "encoder": "encoder", "decoder": "decoder",
+              "local_encoder": "local encoder", "pooling": "pooling",
+              "global_transformer": "global", "local_decoder": "local decoder",
+              "head": "output layer"}
+
+
+def where_flops_go(profile: dict) -> str:
+    """Each family's cheapest passing point's inference FLOPs per row, by part."""
+    said = []
+    for family, f in profile["families"].items():
+        best = next((p for p in f["points"] if p["name"] == f["cheapest_passing"]), None)
+        parts = (best or {}).get("inference_flops_by_part") or {}
+        shown = [f"{PART_NAMES.get(k, k)} {v / 1e6:.2f}" for k, v in parts.items()
+                 if k != "total" and v]
+        if shown:
+            said.append(f"{MODE_NAMES[family]} ({best['name']}): {', '.join(shown)}")
+    return ("Where a row's inference FLOPs go, in millions, at each cheapest passing "
+            "point: " + "; ".join(said) + ".") if said else ""
 
 
 def readme_answer(answer: dict) -> str:
@@ -171,9 +189,15 @@ def readme_answer(answer: dict) -> str:
     lines = [README_START, "", f"**Is BLT tokenization more computationally efficient?** "
              f"{answer['verdict']}", ""]
     for profile, a in answer["profiles"].items():
+        hours = (f"; {a['runs']} runs, {a['run_hours']:.1f} h of training and evaluation "
+                 "at one thread a run" if a.get("run_hours") else "")
+        seen = a.get("final_rows_in_training") or [0]
+        if max(seen):
+            hours += (f"; {min(seen)}–{max(seen)} final-set rows of a run's training stream "
+                      "left out of its score")
         lines += [f"*{profile.capitalize()} profile* (budget {a['budget_train_flops']:.2g} "
                   "training FLOPs a run; passing: ≥ 99.5% validation exact match, mean of "
-                  "the seeds):", "",
+                  f"the seeds{hours}):", "",
                   "| family | cheapest passing | cheaper, failing | its final-set exact match "
                   "[95% CI] | inference FLOPs/row at 99.5% final [95% CI] | training FLOPs to "
                   "stay ≥ 99% val |", "|---|---|---|---|---|---|"]
@@ -187,7 +211,7 @@ def readme_answer(answer: dict) -> str:
             lines.append(f"| {MODE_NAMES[family]} | {f['cheapest_passing'] or 'none'} | "
                          f"{f['cheapest_failing'] or 'none'} | {acc} | "
                          f"{interval(f['flops_at_matched_accuracy']['0.995'])} | {trained} |")
-        lines.append("")
+        lines += ["", where_flops_go(a), ""] if where_flops_go(a) else [""]
     lines += ["![accuracy against inference FLOPs per row](docs/results/answer.png)", "",
               README_END]
     return "\n".join(lines)
