@@ -176,8 +176,10 @@ def where_flops_go(profile: dict) -> str:
         parts = (best or {}).get("inference_flops_by_part") or {}
         shown = [f"{PART_NAMES.get(k, k)} {v / 1e6:.2f}" for k, v in parts.items()
                  if k != "total" and v]
+        bpp = best.get("bytes_per_patch") if best else None
         if shown:
-            said.append(f"{MODE_NAMES[family]} ({best['name']}): {', '.join(shown)}")
+            said.append(f"{MODE_NAMES[family]} ({best['name']}"
+                        f"{f', {bpp:.2f} bytes a patch' if bpp else ''}): {', '.join(shown)}")
     return ("Where a row's inference FLOPs go, in millions, at each cheapest passing "
             "point: " + "; ".join(said) + ".") if said else ""
 
