@@ -229,16 +229,34 @@ def test_a_record_holds_for_its_spec_and_training_file_only(tmp_path, capsys):
 
 def test_later_seeds_go_to_the_points_near_each_front(monkeypatch):
     """--near_front 2: within 2x the inference FLOPs of the family's cheapest point that
-    passes on validation (failing or passing), nothing from a family with no pass."""
+    passes on validation (the mean of its seeds), nothing from a family with no pass; a
+    front its later seeds move brings in the points near its new place."""
     from types import SimpleNamespace
 
     points = {"char-a": ("char", 1e6, 0.90), "char-b": ("char", 3e6, 0.999),
               "char-c": ("char", 5e6, 1.0), "char-d": ("char", 7e6, 1.0),
               "blt-a": ("blt", 2e6, 0.5), "blt-b": ("blt", 4e6, 0.9)}
-    specs = {(n, 0): SimpleNamespace(mode=m, name=n) for n, (m, _, _) in points.items()}
-    monkeypatch.setattr(frontier, "finished", lambda spec, records: None)
+    later_val = {"char-b": 0.98}  # char-b's seeds 1 and 2 fail: its mean fails
+    trained: set = set()
+
+    def spec(name, seed):
+        return SimpleNamespace(mode=points[name][0], name=name, seed=seed)
+
+    first = {(n, 0): spec(n, 0) for n in points}
+    later = {(n, s): spec(n, s) for n in points for s in (1, 2)}
+    monkeypatch.setattr(frontier, "finished", lambda spec, records: None if (
+        spec.seed == 0 or (spec.name, spec.seed) in trained) else "not trained")
     monkeypatch.setattr(frontier, "evaluate_point", lambda name, *a: {
         "test": {"inference_flops_per_row": {"total": points[name][1]}}})
-    monkeypatch.setattr(frontier, "curve", lambda spec, records: [
-        {"val_exact_match": points[spec.name][2]}])
-    assert frontier.near_front(specs, "t.csv", "cpu", False, 2.0, None) == {"char-b", "char-c"}
+    monkeypatch.setattr(frontier, "curve", lambda spec, records: [{"val_exact_match": (
+        points[spec.name][2] if spec.seed == 0 else later_val.get(spec.name, 1.0))}])
+    assert frontier.near_front(first, "t.csv", "cpu", False, 2.0, None) == {"char-b", "char-c"}
+    rounds = []
+
+    def train(runs):
+        rounds.append(sorted({k[0] for k in runs}))
+        trained.update(runs)
+
+    got = frontier.later_seeds(first, later, "t.csv", "cpu", False, 2.0, None, train)
+    assert rounds == [["char-b", "char-c"], ["char-d"]]  # char-c became the front
+    assert sorted(got) == [(n, s) for n in ("char-b", "char-c", "char-d") for s in (1, 2)]

@@ -322,21 +322,41 @@ def near_front(specs: dict, test_csv: Path, device: str, skip_bad_rows: bool,
                factor: float, records: Records) -> set[str]:
     """The points whose inference FLOPs per row (on the test set: FLOPs depend on the rows'
     lengths only) are within `factor` x of their family's cheapest point passing on
-    validation, from the finished runs of `specs` (one seed)."""
-    cost, passing = {}, {}
+    validation (the mean of its finished seeds), from the finished runs of `specs`."""
+    cost: dict[str, float] = {}
+    val: dict[str, list[float]] = {}
     for (name, _), spec in specs.items():
         if finished(spec, records) is None:
             test = evaluate_point(name, spec, {"test": test_csv}, device, skip_bad_rows,
                                   records)["test"]
-            cost[name] = test["inference_flops_per_row"]["total"]
-            passing[name] = curve(spec, records)[-1]["val_exact_match"] >= PASS_AT
+            cost.setdefault(name, test["inference_flops_per_row"]["total"])
+            val.setdefault(name, []).append(curve(spec, records)[-1]["val_exact_match"])
+    mode = {name: spec.mode for (name, _), spec in specs.items()}
     near = set()
-    for family in {spec.mode for spec in specs.values()}:
-        mine = [n for (n, _), spec in specs.items() if spec.mode == family and n in cost]
-        front = min((cost[n] for n in mine if passing[n]), default=None)
+    for family in set(mode.values()):
+        mine = [n for n in cost if mode[n] == family]
+        front = min((cost[n] for n in mine if np.mean(val[n]) >= PASS_AT), default=None)
         if front is not None:
             near |= {n for n in mine if front / factor <= cost[n] <= front * factor}
     return near
+
+
+def later_seeds(first: dict, later: dict, test_csv: Path, device: str, skip_bad_rows: bool,
+                factor: float, records: Records, train: Callable[[dict], None] | None
+                ) -> dict:
+    """The runs of `later` (seeds after the first) for the points near a front, trained by
+    `train` (None: not trained). A point's seeds can move its family's front (it passes on
+    their mean), so the points near it are read again until no new one comes in."""
+    chosen: set[str] = set()
+    while True:
+        runs = {**first, **{k: v for k, v in later.items() if k[0] in chosen}}
+        new = near_front(runs, test_csv, device, skip_bad_rows, factor, records) - chosen
+        if not new:
+            return {k: v for k, v in later.items() if k[0] in chosen}
+        print(f"frontier: later seeds for the points near a front: {', '.join(sorted(new))}")
+        chosen |= new
+        if train is not None:
+            train({k: v for k, v in later.items() if k[0] in new})
 
 
 def frontier(profile: str, preset: str, train_csv: Path, test_csv: Path, final_csv: Path,
@@ -346,7 +366,7 @@ def frontier(profile: str, preset: str, train_csv: Path, test_csv: Path, final_c
              near: float = 0.0, records_dir: Path | None = None) -> dict:
     """Sweep, train (unless `skip_train`) and evaluate the grid's runs (points x seeds),
     each recorded in `records_dir` (default `out_dir`/runs) as it ends; with `near`, seeds
-    after the first only for points within `near` x of a family's front (see near_front);
+    after the first only for points within `near` x of a family's front (see later_seeds);
     write frontier_<profile>.json."""
     home = save_dir / "frontier" / profile
     records = Records((records_dir or out_dir / "runs") / profile, home)
@@ -364,14 +384,11 @@ def frontier(profile: str, preset: str, train_csv: Path, test_csv: Path, final_c
         chosen = {k: v for k, v in specs.items() if not only or k[0] in only}
         train_missing(chosen, workers, follow(chosen), records)
     if near and len(seeds) > 1:
-        chosen = near_front(specs, test_csv, device, skip_bad_rows, near, records)
-        print(f"frontier: seeds {seeds[1:]} for the points near a front: "
-              f"{', '.join(sorted(chosen)) or 'none'}")
-        more = {k: v for k, v in point_specs(profile, preset, train_csv, home, seeds[1:],
-                                             device, lrs).items() if k[0] in chosen}
-        if not skip_train:
-            train_missing(more, workers, follow(more), records)
-        specs |= more
+        specs |= later_seeds(specs, point_specs(profile, preset, train_csv, home, seeds[1:],
+                                                device, lrs),
+                             test_csv, device, skip_bad_rows, near, records,
+                             None if skip_train else
+                             lambda more: train_missing(more, workers, follow(more), records))
     missing = missing_runs(specs, records)
     done = {k: v for k, v in specs.items() if f"{k[0]} seed {k[1]}" not in missing}
     result_path = out_dir / paths.frontier(profile)
