@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -260,3 +261,24 @@ def test_later_seeds_go_to_the_points_near_each_front(monkeypatch):
     got = frontier.later_seeds(first, later, "t.csv", "cpu", False, 2.0, None, train)
     assert rounds == [["char-b", "char-c"], ["char-d"]]  # char-c became the front
     assert sorted(got) == [(n, s) for n in ("char-b", "char-c", "char-d") for s in (1, 2)]
+
+
+def test_a_run_another_process_is_training_is_left_to_it(tmp_path, monkeypatch, capsys):
+    """Two `bltlab run --frontier` on one folder share the work: a run whose lock a live
+    process holds is not started again; a lock left by a killed run is no obstacle."""
+    from bltlab.fileio import RunLock
+
+    train_csv = write_reversal(tmp_path / "train.csv", strings(50, 4, 10))
+    home = tmp_path / "checkpoints" / "frontier" / "seed"
+    specs = {(p, 0): frontier.spec_of("char", TINY, "seed", 1e9, Path(train_csv), home / p, 0,
+                                      "cpu") for p in ("busy", "free", "stale")}
+    records = frontier.Records(tmp_path / "runs" / "seed", home)
+    (home / "stale" / "seed_0").mkdir(parents=True)
+    (home / "stale" / "seed_0" / ".char.lock").write_text(  # its owner is gone
+        f"{socket.gethostname()} 999999999\n")
+    started = []
+    monkeypatch.setattr(frontier, "train_points", lambda todo, *a: started.extend(todo))
+    with RunLock(home / "busy" / "seed_0", "char"):
+        frontier.train_missing(specs, 1, lambda *a: None, records)
+    assert started == [("free", 0), ("stale", 0)]
+    assert "busy/seed_0 is training in another process" in capsys.readouterr().out

@@ -289,6 +289,17 @@ class RunLock:
         self.release()
 
 
+def lock_holder(folder: str | os.PathLike, kind: str = "run") -> str | None:
+    """The live run ('host pid') that holds `folder`'s RunLock of `kind`, if any. A lock
+    file outlives a killed run (its owner is then gone); one of another host counts as
+    held, since its owner cannot be checked from here."""
+    try:
+        owner = (Path(folder) / f".{kind}.lock").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return owner if owner and not owner_gone(owner) else None
+
+
 def same_file(fd: int, path: Path) -> bool:
     try:
         return os.fstat(fd).st_ino == os.stat(path).st_ino

@@ -34,7 +34,7 @@ from bltlab.cluster import Executor, train_points
 from bltlab.errors import BltlabError
 from bltlab.evaluation import evaluate_checkpoint, row_outcomes
 from bltlab.experiments import FRONTIER_SHARED, GRIDS, PASS_AT, SWEEP_LRS
-from bltlab.fileio import read_json, write_json
+from bltlab.fileio import lock_holder, read_json, write_json
 from bltlab.runtime import file_sha256, torch_threads
 from bltlab.spec import RunSpec, build_spec
 from bltlab.stats import first_reaching, mean_std, reach_and_stay
@@ -284,8 +284,20 @@ def recorder(specs: dict, sets: dict[str, Path], device: str, skip_bad_rows: boo
 
 def train_missing(specs: dict, workers: Executor | int, then: Callable[[Any, int], None],
                   records: Records) -> None:
-    """Train the runs of `specs` that have no record (an unfinished one resumes)."""
-    train_points({k: s for k, s in specs.items() if records.read(s) is None}, workers, then)
+    """Train the runs of `specs` that have no record (an unfinished one resumes), but for
+    those another process is training now (another `bltlab run --frontier` on this
+    folder): they are left to it."""
+    todo = {}
+    for key, spec in specs.items():
+        if records.read(spec) is not None:
+            continue
+        holder = lock_holder(spec.train.save_dir, spec.mode)
+        if holder:
+            print(f"frontier: {spec.train.save_dir} is training in another process "
+                  f"({holder}); left to it")
+        else:
+            todo[key] = spec
+    train_points(todo, workers, then)
 
 
 def missing_runs(specs: dict, records: Records) -> dict[str, str]:
