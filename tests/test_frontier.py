@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bltlab import frontier
+from bltlab import cluster, frontier
 from bltlab.cli import main
 from tests.conftest import CLI, strings, write_reversal
 
@@ -192,8 +192,6 @@ def test_each_run_is_followed_at_once_with_the_threads_it_freed(monkeypatch):
     soon as it ends, with the cores of the runs that ended, while the others train."""
     import sys
 
-    from bltlab import cluster
-
     def sleeper(seconds, threads, workers):
         assert threads == 1  # 2 cores, 2 workers
         assert workers.run([sys.executable, "-c", f"import time; time.sleep({seconds})"],
@@ -277,8 +275,9 @@ def test_a_run_another_process_is_training_is_left_to_it(tmp_path, monkeypatch, 
     (home / "stale" / "seed_0" / ".char.lock").write_text(  # its owner is gone
         f"{socket.gethostname()} 999999999\n")
     started = []
-    monkeypatch.setattr(frontier, "train_points", lambda todo, *a: started.extend(todo))
+    monkeypatch.setattr(cluster, "run_here", lambda spec, *a: started.append(
+        Path(spec.train.save_dir).parent.name) or "")
     with RunLock(home / "busy" / "seed_0", "char"):
         frontier.train_missing(specs, 1, lambda *a: None, records)
-    assert started == [("free", 0), ("stale", 0)]
+    assert started == ["free", "stale"]
     assert "busy/seed_0 is training in another process" in capsys.readouterr().out

@@ -147,11 +147,13 @@ class Executor:
 
 
 def train_points(specs: dict, executor: Executor | int,
-                 then: Callable[[Any, int], None] | None = None) -> None:
+                 then: Callable[[Any, int], None] | None = None,
+                 skip: Callable[[Any], str | None] | None = None) -> None:
     """Train the runs of `specs`: here, `workers` at a time, each with its share of the
     threads this process may use (`bltlab --threads N`), or as cluster jobs. Here,
     `then(key, threads)` follows each run as soon as it ends, in this process, with the
-    threads no other run is using (runs still training keep theirs)."""
+    threads no other run is using (runs still training keep theirs), and a run for which
+    `skip(key)` gives a reason, asked as its turn comes, is not started."""
     executor = executor if isinstance(executor, Executor) else Executor(workers=executor)
     cores = torch.get_num_threads()
     threads = max(1, cores // executor.workers)
@@ -163,6 +165,10 @@ def train_points(specs: dict, executor: Executor | int,
     procs = Workers()
 
     def one(key) -> None:
+        why = skip(key) if skip else None
+        if why:
+            print(why, flush=True)
+            return
         print(f"trained {run_here(specs[key], threads, procs)}", flush=True)
         if then:
             then(key, max(1, cores - threads * len(procs.live)))

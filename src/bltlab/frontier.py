@@ -287,17 +287,14 @@ def train_missing(specs: dict, workers: Executor | int, then: Callable[[Any, int
     """Train the runs of `specs` that have no record (an unfinished one resumes), but for
     those another process is training now (another `bltlab run --frontier` on this
     folder): they are left to it."""
-    todo = {}
-    for key, spec in specs.items():
-        if records.read(spec) is not None:
-            continue
+    def elsewhere(key) -> str | None:
+        spec = specs[key]
         holder = lock_holder(spec.train.save_dir, spec.mode)
-        if holder:
-            print(f"frontier: {spec.train.save_dir} is training in another process "
-                  f"({holder}); left to it")
-        else:
-            todo[key] = spec
-    train_points(todo, workers, then)
+        return holder and (f"frontier: {spec.train.save_dir} is training in another process "
+                           f"({holder}); left to it")
+
+    train_points({k: s for k, s in specs.items() if records.read(s) is None}, workers, then,
+                 elsewhere)
 
 
 def missing_runs(specs: dict, records: Records) -> dict[str, str]:
