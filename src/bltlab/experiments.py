@@ -111,7 +111,8 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         }},
     },
     "broad": {
-        # width 8 added after char-d16-1+1, the smallest char point, passed (log 20)
+        # width 8 added after char-d16-1+1, the smallest char point, passed (log 20); BLT
+        # width 8 after blt-d16-space passed on two seeds (log 21)
         "quick": {"budget": 2e13, "reference": {"char": "char-d32-2+2",
                                                   "byte": "byte-d32-2+2",
                                                   "blt": "blt-d32-space"}, "points": {
@@ -120,7 +121,7 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
             **baseline_points("byte", [(8, 1, 1), (16, 1, 1), (16, 2, 2), (24, 2, 2),
                                        (32, 2, 2), (64, 2, 2)]),
             **{f"blt-d{d}-space": ("blt", {**blt_size(d), "patcher": "space"})
-               for d in (16, 24, 32, 48, 64)},
+               for d in (8, 16, 24, 32, 48, 64)},
             # towards the paper's regime: space patches of up to 8 bytes
             "blt-d32-space8": ("blt", {**blt_size(32), "patcher": "space",
                                        "max_patch_len": 8}),
