@@ -85,3 +85,25 @@ def test_overlapping_intervals_are_not_established():
     assert answer.compare(same, {"point": "b", "flops": 2e6, "ci95": [1.5e6, 3e6]}) == "fewer"
     assert answer.compare({"point": None, "flops": None, "ci95": [np.inf, None]}, same) == \
         "not established"
+
+
+def test_a_profile_not_measured_again_keeps_its_published_answer(tmp_path, frontier):
+    """A frontier file without final-set outcomes (written before bltlab kept them) is left
+    out of a new answer, and publishing keeps that profile's published answer."""
+    import json
+
+    broad = {**frontier, "profile": "broad"}
+    old = {**frontier, "points": [{k: v for k, v in p.items() if k != "final_outcomes"}
+                                  for p in frontier["points"]]}
+    (tmp_path / "frontier_broad.json").write_text(json.dumps(broad))
+    (tmp_path / "frontier_seed.json").write_text(json.dumps(old))
+    new = answer.build(tmp_path)
+    assert list(new["profiles"]) == ["broad"]
+    (tmp_path / "before").mkdir()
+    (tmp_path / "before" / "frontier_seed.json").write_text(json.dumps(frontier))
+    published = answer.build(tmp_path / "before")
+    merged = answer.kept_profiles(new, published)
+    assert list(merged["profiles"]) == ["seed", "broad"]
+    assert merged["profiles"]["seed"] == published["profiles"]["seed"]
+    assert "Seed profile" in merged["verdict"] and "Broad profile" in merged["verdict"]
+    assert answer.kept_profiles(merged, published) == merged

@@ -231,8 +231,12 @@ def build(results_dir: str | Path) -> dict[str, Any] | None:
     profiles = {}
     for profile in ("seed", "broad"):
         path = results_dir / paths.frontier(profile)
-        if path.is_file():
-            profiles[profile] = profile_answer(read_json(path, "frontier results"))
+        frontier = read_json(path, "frontier results") if path.is_file() else None
+        if frontier and not all("final_outcomes" in p for p in frontier.get("points", [])):
+            print(f"warning: {path} keeps no final-set outcomes (written before bltlab kept "
+                  "them); the published answer for this profile is left as it is")
+        elif frontier:
+            profiles[profile] = profile_answer(frontier)
     if not profiles:
         return None
     answer = {"pass_at_validation": PASS_AT, "matched_levels": list(MATCHED),
@@ -240,3 +244,16 @@ def build(results_dir: str | Path) -> dict[str, Any] | None:
               "profiles": profiles}
     answer["verdict"] = verdict(answer)
     return answer
+
+
+def kept_profiles(answer: dict, published: dict | None) -> dict:
+    """`answer` with every profile the published answer has and it lacks (a profile not
+    measured again keeps its published answer), the verdict built over them all."""
+    missing = {k: v for k, v in (published or {}).get("profiles", {}).items()
+               if k not in answer["profiles"]}
+    if not missing:
+        return answer
+    profiles = {k: (answer["profiles"].get(k) or missing[k]) for k in ("seed", "broad")
+                if k in answer["profiles"] or k in missing}
+    merged = {**answer, "profiles": profiles}
+    return {**merged, "verdict": verdict(merged)}
