@@ -185,24 +185,17 @@ def where_flops_go(profile: dict) -> str:
 
 
 def readme_answer(answer: dict) -> str:
-    """The README's answer, generated from answer.json: the verdict, one table per profile
-    (per family: its front, its final-set accuracy there, the inference FLOPs at 99.5%
-    final-set exact match with their interval, the training FLOPs), one plot."""
+    """The README's answer, generated from answer.json: the verdict, one table (per profile
+    and family: its front, its final-set accuracy there, the inference FLOPs at 99.5%
+    final-set exact match with their interval, the training FLOPs), a line per profile
+    (its budget and runs, where its FLOPs go), one plot."""
     lines = [README_START, "", f"**Is BLT tokenization more computationally efficient?** "
-             f"{answer['verdict']}", ""]
+             f"{answer['verdict']}", "",
+             "| profile | family | cheapest passing | cheaper, failing | its final-set exact "
+             "match [95% CI] | inference FLOPs/row at 99.5% final [95% CI] | training FLOPs "
+             "to stay ≥ 99% val |", "|---|---|---|---|---|---|---|"]
+    notes = []
     for profile, a in answer["profiles"].items():
-        hours = (f"; {a['runs']} runs, {a['run_hours']:.1f} h of training and evaluation "
-                 "at one thread a run" if a.get("run_hours") else "")
-        seen = a.get("final_rows_in_training") or [0]
-        if max(seen):
-            hours += (f"; {min(seen)}–{max(seen)} final-set rows of a run's training stream "
-                      "left out of its score")
-        lines += [f"*{profile.capitalize()} profile* (budget {a['budget_train_flops']:.2g} "
-                  "training FLOPs a run; passing: ≥ 99.5% validation exact match, mean of "
-                  f"the seeds{hours}):", "",
-                  "| family | cheapest passing | cheaper, failing | its final-set exact match "
-                  "[95% CI] | inference FLOPs/row at 99.5% final [95% CI] | training FLOPs to "
-                  "stay ≥ 99% val |", "|---|---|---|---|---|---|"]
         for family, f in a["families"].items():
             best = next((p for p in f["points"] if p["name"] == f["cheapest_passing"]), None)
             acc = (f"{100 * best['final_exact_match']:.2f}% [{100 * best['final_ci95'][0]:.2f}, "
@@ -210,12 +203,21 @@ def readme_answer(answer: dict) -> str:
                    if best and best["final_exact_match"] is not None else "—")
             train = f["train_flops_to_stay_0.99"]
             trained = f"{train['flops']:.2g} ({picked(train)})" if train else "—"
-            lines.append(f"| {MODE_NAMES[family]} | {f['cheapest_passing'] or 'none'} | "
-                         f"{f['cheapest_failing'] or 'none'} | {acc} | "
+            lines.append(f"| {profile} | {MODE_NAMES[family]} | "
+                         f"{f['cheapest_passing'] or 'none'} | {f['cheapest_failing'] or 'none'} | "
+                         f"{acc} | "
                          f"{interval(f['flops_at_matched_accuracy']['0.995'])} | {trained} |")
-        lines += ["", where_flops_go(a), ""] if where_flops_go(a) else [""]
-    lines += ["![accuracy against inference FLOPs per row](docs/results/answer.png)", "",
-              README_END]
+        hours = (f"; {a['runs']} runs, {a['run_hours']:.1f} h of training and evaluation "
+                 "at one thread a run" if a.get("run_hours") else "")
+        seen = a.get("final_rows_in_training") or [0]
+        if max(seen):
+            hours += (f"; {min(seen)}–{max(seen)} final-set rows of a run's training stream "
+                      "left out of its score")
+        notes += ["", f"*{profile.capitalize()} profile*: budget "
+                  f"{a['budget_train_flops']:.2g} training FLOPs a run; passing: ≥ 99.5% "
+                  f"validation exact match, mean of the seeds{hours}. {where_flops_go(a)}"]
+    lines += [*notes, "", "![accuracy against inference FLOPs per row](docs/results/answer.png)",
+              "", README_END]
     return "\n".join(lines)
 
 
