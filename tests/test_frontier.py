@@ -221,6 +221,15 @@ def test_a_record_holds_for_its_spec_and_training_file_only(tmp_path, capsys):
     other = frontier.spec_of("char", {**TINY, "lr": 1e-2}, "seed", 1e9, Path(train_csv),
                              home / "p", 0, "cpu")
     assert records.read(other) is None
+    path, record = records.path(spec), json.loads(records.path(spec).read_text())
+    del record["spec"]["train"]["grad_clip"]  # written before the setting existed: its default
+    path.write_text(json.dumps(record))
+    assert records.read(spec) is not None
+    record["spec"]["train"]["gone"] = 1  # a setting since removed: another run
+    path.write_text(json.dumps(record))
+    assert records.read(spec) is None
+    del record["spec"]["train"]["gone"]
+    path.write_text(json.dumps(record))
     write_reversal(tmp_path / "train.csv", strings(50, 4, 11))  # other training rows
     assert records.read(spec) is None
     assert "records another run" in capsys.readouterr().out
