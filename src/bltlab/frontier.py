@@ -18,6 +18,7 @@ the fronts from it alone.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
@@ -95,10 +96,8 @@ def sweep_specs(profile: str, preset: str, train_csv: Path, save_dir: Path,
 def comparable(spec: dict) -> dict:
     """A spec as JSON, without what may differ between two homes of one run; a setting
     added since the spec was written reads as its default (the run did not have it)."""
-    try:
+    with contextlib.suppress(BltlabError):  # a setting since removed: another run
         spec = RunSpec.from_dict(spec, where="run record").to_dict()
-    except BltlabError:  # a setting since removed: another run
-        pass
     d = json.loads(json.dumps(spec))
     for key in ("save_dir", "device"):
         d.get("train", {}).pop(key, None)
