@@ -172,11 +172,13 @@ def final_weights(spec):
     return load_checkpoint(checkpoint_paths(spec.train.save_dir, spec.mode)[1])["model"]
 
 
-@pytest.mark.parametrize("mode", ["char", "blt"])
-def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch, mode):
-    straight = small_run(tmp_path / "a", mode)
+@pytest.mark.parametrize("mode,settings", [("char", {}), ("blt", {}),
+                                           ("char", {"ema_decay": 0.9})])
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch, mode,
+                                                           settings):
+    straight = small_run(tmp_path / "a", mode, **settings)
     train(straight)
-    interrupted = small_run(tmp_path / "b", mode)
+    interrupted = small_run(tmp_path / "b", mode, **settings)
     calls = {"n": 0}
     real_step = training.train_step
 
@@ -195,9 +197,28 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch
     result = train(interrupted)  # same command: it resumes
     a, b = final_weights(straight), final_weights(interrupted)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if settings:  # the moving average went on where it stopped
+        a, b = (load_checkpoint(checkpoint_paths(s.train.save_dir, mode)[1])["ema"]
+                for s in (straight, interrupted))
+        assert all(torch.equal(a[k], b[k]) for k in a)
     history = json.loads((tmp_path / "b" / "ck" / f"history_{mode}.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2] == [
         e["epoch"] for e in result["history"]]
+
+
+def test_a_moving_average_run_validates_and_keeps_the_averaged_weights(tmp_path):
+    spec = small_run(tmp_path, ema_decay=0.9, epochs=1)
+    result = train(spec)
+    best_path, latest_path = checkpoint_paths(spec.train.save_dir, "char")[:2]
+    best, latest = load_checkpoint(best_path)["model"], load_checkpoint(latest_path)
+    averaged = {k.removeprefix("module."): v for k, v in latest["ema"].items()}
+    assert latest["ema"]["n_averaged"] == latest["run_state"]["step"]
+    assert all(torch.equal(best[k], averaged[k]) for k in best)
+    assert not all(torch.equal(best[k], latest["model"][k]) for k in best)
+    load_model(best_path)  # an ordinary checkpoint
+    row = result["history"][-1]
+    assert row["val_loss_raw"] != row["val_loss"]  # the weights as trained, validated beside
+    assert result["history"][-1]["val_loss"] == load_checkpoint(best_path)["metrics"]["val_loss"]
 
 
 def test_another_configuration_is_refused_where_a_run_lives_unless_fresh(tmp_path, capsys):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -288,6 +289,12 @@ class Run:
     best: dict = field(default_factory=lambda: {"val_exact_match": -1.0, "val_loss": math.inf,
                                                 "epoch": 0})
     writer: Any = None
+    ema: AveragedModel | None = None  # --ema_decay: the averaged weights, validated and kept
+
+    @property
+    def kept(self) -> nn.Module:
+        """The weights validated and saved as the best checkpoint."""
+        return self.ema.module if self.ema is not None else self.model
 
     def say(self, *args: Any, **kwargs: Any) -> None:
         if self.world.main:
@@ -387,6 +394,9 @@ def setup(spec: RunSpec, device: torch.device, world: World) -> Run:
         raise BltlabError(f"{spec.data.train_csv}: too few rows for one step of {run.micro} x "
                           f"{run.accum} accumulation x {world.size} processes")
     epochs_for_budget(run)
+    if spec.train.ema_decay:
+        run.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(spec.train.ema_decay),
+                                use_buffers=True)
     if state is not None:
         restore(run, state)
     run.net = wrap(run)
@@ -416,6 +426,8 @@ def restore(run: Run, state: dict) -> None:
     """Continue from a latest checkpoint: weights, optimizer, RNG, position, history."""
     run.model.load_state_dict(complete_weights(run.model, state["model"]))
     run.optimizer.load_state_dict(state["optimizer"])
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
     if run.precision.scaler and "scaler" in state:
         run.precision.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -487,6 +499,8 @@ def save_resumable(run: Run) -> None:
     if run.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state()
     extra = {"scaler": run.precision.scaler.state_dict()} if run.precision.scaler else {}
+    if run.ema is not None:
+        extra["ema"] = run.ema.state_dict()
     save_latest(run.paths[1], {**base_state(run), "model": run.model.state_dict(),
                                "optimizer": run.optimizer.state_dict(), "rng": rng,
                                "run_state": run.state.to_dict(), "history": run.history,
@@ -507,6 +521,8 @@ def run_epoch(run: Run) -> None:
             group["lr"] = cfg.lr * lr_factor(s.step, run.total_steps, cfg) * s.lr_scale
         loss = train_step(run.net, micro_batches, run.optimizer, cfg, run.device,
                           run.precision, run.world)
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
         s.step, s.batch = s.step + 1, s.batch + 1
         s.train_flops += step_flops(run, micro_batches)
         s.seen += sum(b["src"].shape[0] for b in micro_batches) * run.world.size
@@ -532,11 +548,15 @@ def step_flops(run: Run, micro_batches: list[dict]) -> float:
 def validate(run: Run) -> dict:
     """The epoch's history row: training loss, lr, speed, validation loss and exact match."""
     s = run.state
-    val_loss, val_exact = validation_scores(run.model, run.rows.val_loader, run.device)
-    return {"epoch": s.epoch + 1, "step": s.step, "train_loss": s.loss_sum / max(1, s.batch),
-            "lr": run.optimizer.param_groups[0]["lr"], "epoch_seconds": round(s.seconds, 2),
-            "samples_per_s": round(s.seen / s.seconds, 1), "train_flops": s.train_flops,
-            "val_loss": val_loss, "val_exact_match": val_exact}
+    val_loss, val_exact = validation_scores(run.kept, run.rows.val_loader, run.device)
+    row = {"epoch": s.epoch + 1, "step": s.step, "train_loss": s.loss_sum / max(1, s.batch),
+           "lr": run.optimizer.param_groups[0]["lr"], "epoch_seconds": round(s.seconds, 2),
+           "samples_per_s": round(s.seen / s.seconds, 1), "train_flops": s.train_flops,
+           "val_loss": val_loss, "val_exact_match": val_exact}
+    if run.ema is not None:  # the weights as trained, beside their average
+        row["val_loss_raw"], row["val_exact_match_raw"] = validation_scores(
+            run.model, run.rows.val_loader, run.device)
+    return row
 
 
 def keep_best(run: Run, row: dict) -> bool:
@@ -548,7 +568,7 @@ def keep_best(run: Run, row: dict) -> bool:
         run.best = {"val_exact_match": row["val_exact_match"], "val_loss": row["val_loss"],
                     "epoch": row["epoch"]}
         if run.world.main:
-            save_checkpoint(run.paths[0], {**base_state(run), "model": run.model.state_dict(),
+            save_checkpoint(run.paths[0], {**base_state(run), "model": run.kept.state_dict(),
                                            "epoch": row["epoch"], "metrics": row,
                                            "run_key": run.key})
         run.state.stale = 0
