@@ -218,7 +218,7 @@ def test_a_moving_average_run_validates_and_keeps_the_averaged_weights(tmp_path)
     load_model(best_path)  # an ordinary checkpoint
     row = result["history"][-1]
     assert row["val_loss_raw"] != row["val_loss"]  # the weights as trained, validated beside
-    assert result["history"][-1]["val_loss"] == load_checkpoint(best_path)["metrics"]["val_loss"]
+    assert row["val_loss"] == load_checkpoint(best_path)["metrics"]["val_loss"]
 
 
 def test_another_configuration_is_refused_where_a_run_lives_unless_fresh(tmp_path, capsys):
@@ -250,6 +250,10 @@ def test_resume_path_continues_a_given_checkpoint(tmp_path, capsys):
     result = train(second)
     assert "resumed after step 24 (epoch 2, step 0 of the epoch)" in capsys.readouterr().out
     assert [e["epoch"] for e in result["history"]] == [1, 2]
+    averaged = small_run(tmp_path / "f", epochs=2, resume=str(latest), ema_decay=0.9)
+    train(averaged)  # a checkpoint kept no average: it starts from the weights continued
+    ema = load_checkpoint(checkpoint_paths(averaged.train.save_dir, "char")[1])["ema"]
+    assert int(ema["n_averaged"]) == 24  # the steps of epoch 2
     with pytest.raises(BltlabError, match="no such checkpoint"):
         train(small_run(tmp_path / "c", resume=str(tmp_path / "none.pt")))
     with pytest.raises(BltlabError, match="is a 'char' checkpoint, not 'blt'"):  # one step

@@ -394,11 +394,13 @@ def setup(spec: RunSpec, device: torch.device, world: World) -> Run:
         raise BltlabError(f"{spec.data.train_csv}: too few rows for one step of {run.micro} x "
                           f"{run.accum} accumulation x {world.size} processes")
     epochs_for_budget(run)
-    if spec.train.ema_decay:
-        run.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(spec.train.ema_decay),
-                                use_buffers=True)
     if state is not None:
         restore(run, state)
+    if spec.train.ema_decay:  # from the weights restored, if any; its own state if kept
+        run.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(spec.train.ema_decay),
+                                use_buffers=True)
+        if state is not None and "ema" in state:
+            run.ema.load_state_dict(state["ema"])
     run.net = wrap(run)
     return run
 
@@ -426,8 +428,6 @@ def restore(run: Run, state: dict) -> None:
     """Continue from a latest checkpoint: weights, optimizer, RNG, position, history."""
     run.model.load_state_dict(complete_weights(run.model, state["model"]))
     run.optimizer.load_state_dict(state["optimizer"])
-    if run.ema is not None:
-        run.ema.load_state_dict(state["ema"])
     if run.precision.scaler and "scaler" in state:
         run.precision.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
