@@ -1,7 +1,7 @@
 # Set-up and the two everyday commands. `make quick` and `make test` create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build on this project's machines; any torch>=2.2 works (e.g. TORCH=torch for the
+# The CPU build on this project's machines; any torch>=2.4 works (e.g. TORCH=torch for the
 # newest release with CUDA).
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin

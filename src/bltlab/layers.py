@@ -126,10 +126,13 @@ class Attention(nn.Module):
         if cache is not None:
             cache["k"], cache["v"] = k, v
         q = apply_rotary(q, rot_q) if rot_q is not None else q
+        head_dim = c // self.nhead
+        if v.shape[-1] > head_dim:  # zero channels leave the scores as they are, and
+            pad = v.shape[-1] - head_dim  # one head width lets SDPA take its fused kernel
+            q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0)
-        head_dim = c // self.nhead
+            dropout_p=self.dropout if self.training else 0.0, scale=head_dim ** -0.5)
         out = self.out(y[..., :head_dim].transpose(1, 2).reshape(b, n, c))
         if y.shape[-1] > head_dim:  # cos/sin of key positions, averaged by attention
             cos_k, sin_k = y[..., head_dim:].chunk(2, dim=-1)
