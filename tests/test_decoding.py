@@ -9,6 +9,7 @@ from bltlab.decoding import beam_search, greedy_decode, max_output_len
 from bltlab.inputs import PatchCodec
 from bltlab.models import BLT
 from bltlab.patching import Patcher, PatcherConfig
+from bltlab.vocab import EOS, PAD
 from tests.test_models import batch_of, tiny
 
 
@@ -104,3 +105,40 @@ def test_memory_and_cache_select_every_per_row_tensor():
     for block, original in zip(picked_cache.blocks, cache.blocks):
         for part in ("self", "cross"):
             assert torch.equal(block[part]["k"], original[part]["k"][rows])
+
+
+def drafts_of(rows: list[list[int]]) -> torch.Tensor:
+    """(B, T) ids, EOS, then PAD."""
+    width = max(len(r) for r in rows) + 1
+    return torch.tensor([r + [EOS] + [PAD] * (width - len(r) - 1) for r in rows])
+
+
+@pytest.mark.parametrize("case", [char_case, blt_case])
+def test_drafts_change_no_output(case):
+    """Right drafts, wrong ones (a changed token, one token short, one too many, longer
+    than the budget) and none: always greedy decoding's outputs."""
+    model, batch, _ = case()
+    greedy = greedy_decode(model, batch)
+    budget = max_output_len(batch["src_lens"], model.max_len).tolist()
+    vocab = model.vocab_size
+    wrong = [r[:-1] + [(r[-1] - 3) % (vocab - 4) + 4] if r else [5] for r in greedy]
+    mixed = [[g, w, g[:-1], g + [7], g + [7] * b][i % 5]
+             for i, (g, w, b) in enumerate(zip(greedy, wrong, budget))]
+    for drafts in (greedy, wrong, mixed):
+        assert greedy_decode(model, batch, drafts=drafts_of(drafts)) == greedy
+
+
+def test_a_right_draft_costs_one_pass(monkeypatch):
+    """A row whose draft is its greedy output: the decoder runs once (the check), not
+    once per step."""
+    model, batch, one_row = char_case()
+    greedy = greedy_decode(model, batch)
+    budget = max_output_len(batch["src_lens"], model.max_len).tolist()
+    i = next(i for i, (g, b) in enumerate(zip(greedy, budget)) if 2 < len(g) < b)
+    calls = []
+    decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    assert greedy_decode(model, one_row(i), drafts=drafts_of([greedy[i]])) == [greedy[i]]
+    assert len(calls) == 1
+    greedy_decode(model, one_row(i))
+    assert len(calls) == 1 + len(greedy[i]) + 1  # step by step, EOS included

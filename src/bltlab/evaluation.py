@@ -183,7 +183,8 @@ def evaluate(model: torch.nn.Module, codec, test_csv: str | Path, output_csv: st
     keep = held_out(pairs, trained)
     t0 = time.perf_counter()
     preds = predict(model, codec, pairs.inputs, batch_size=batch_size, device=device,
-                    beam_width=beam_width, length_penalty=length_penalty, progress=progress)
+                    beam_width=beam_width, length_penalty=length_penalty, progress=progress,
+                    drafts=pairs.targets)
     seconds = time.perf_counter() - t0
     release_memory()
     scored = pairs.subset(np.flatnonzero(keep).tolist())

@@ -168,7 +168,7 @@ def robustness_stage(mode: str, opts: RunOptions, save_dir: Path,
         keep = held_out(pairs, trained)  # rows of the training stream are not scored
         preds = [None if codec.too_long(x) else p for x, p in zip(pairs.inputs, predict(
             model, codec, [x if not codec.too_long(x) else "" for x in pairs.inputs],
-            device=device))]
+            device=device, drafts=pairs.targets))]
         write_predictions(paths.robustness_csv(label, name), pairs.inputs, pairs.targets,
                           [p if p is not None else "" for p in preds], ~keep)
         rows = [(x, p == t, p is None) for x, p, t, k in
