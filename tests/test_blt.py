@@ -136,15 +136,23 @@ def test_utf8_embeddings_give_every_byte_a_distinct_trainable_vector():
     assert bytes_.bits.weight.grad.abs().sum() > 0  # its vector is made of shared parts
 
 
-def test_utf8_byte_vectors_are_built_once_per_parameter_state_when_decoding():
-    bytes_ = tiny(byte_embedding="utf8").embeddings.tokens
+def test_utf8_byte_vectors_seen_when_decoding_follow_every_optimizer_step():
+    """The fused optimizer updates weights in place without bumping their versions: the
+    vectors validation and decoding read must still be the new ones."""
+    from bltlab.config import TrainConfig
+    from bltlab.training import make_optimizer
+
+    model = tiny(byte_embedding="utf8")
+    bytes_ = model.embeddings.tokens
+    optimizer = make_optimizer(model, TrainConfig(lr=0.1))
     with torch.no_grad():
-        first = bytes_.weight
-        assert bytes_.weight is first  # decoding steps reuse it
-        bytes_.bits.weight.mul_(2.0)  # an optimizer step changes the parameters
-        assert bytes_.weight is not first
-        assert torch.equal(bytes_.weight, bytes_.build())
-    assert bytes_.weight.requires_grad  # training always builds a fresh one
+        before = bytes_.weight.clone()
+    bytes_.weight[4:].pow(2).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = bytes_.weight
+    assert not torch.allclose(after[4:], before[4:])
+    assert torch.equal(after, bytes_.weight.detach())
 
 
 def test_ngrams_holding_a_byte_never_seen_in_training_back_off_at_evaluation():

@@ -205,7 +205,6 @@ class Utf8ByteEmbedding(nn.Module):
         signs = 2.0 * ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).float() - 1.0
         self.register_buffer("bit_signs", signs, persistent=False)
         self.register_buffer("role_ids", utf8_roles(), persistent=False)
-        self._cache: tuple[tuple, Tensor] | None = None
 
     def reset_bits(self) -> None:
         """Bits at a scale that gives their sum about unit norm, like a table's rows."""
@@ -213,16 +212,9 @@ class Utf8ByteEmbedding(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        """The (specials + 256, d) matrix of all vectors (also the output head's). Without
-        gradients (decoding) it is built once per state of the parameters, not per call."""
-        if torch.is_grad_enabled():
-            return self.build()
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.build())
-        return self._cache[1]
-
-    def build(self) -> Tensor:
+        """The (specials + 256, d) matrix of all vectors (also the output head's), built
+        from the parameters at every call: a cache keyed on tensor versions went stale
+        under the fused optimizer, which updates weights without bumping them."""
         bytes_ = self.roles(self.role_ids) + self.bits(self.bit_signs)
         return torch.cat([self.specials.weight, bytes_])
 
