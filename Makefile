@@ -8,10 +8,12 @@ BIN := $(VENV)/bin
 
 .PHONY: quick quick-seed full test lint bench install
 
+# --no-compile: Python compiles the modules a run imports when it first imports them, not
+# every module of every package at install (30 s less on a clean clone, docs/log/26-speed.md)
 $(BIN)/bltlab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-compile "$(TORCH)"
+	$(BIN)/pip install -q --no-compile -e ".[dev]"
 	touch $@
 
 install: $(BIN)/bltlab

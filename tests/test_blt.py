@@ -140,6 +140,7 @@ def test_utf8_byte_vectors_seen_when_decoding_follow_every_optimizer_step():
     """The fused optimizer updates weights in place without bumping their versions: the
     vectors validation and decoding read must still be the new ones."""
     from bltlab.config import TrainConfig
+    from bltlab.layers import fixed_weights
     from bltlab.training import make_optimizer
 
     model = tiny(byte_embedding="utf8")
@@ -153,6 +154,9 @@ def test_utf8_byte_vectors_seen_when_decoding_follow_every_optimizer_step():
         after = bytes_.weight
     assert not torch.allclose(after[4:], before[4:])
     assert torch.equal(after, bytes_.weight.detach())
+    with fixed_weights(model), torch.no_grad():  # decoding: built once, the same vectors
+        assert bytes_.weight is bytes_.weight and torch.equal(bytes_.weight, after)
+    assert bytes_.fixed is None
 
 
 def test_ngrams_holding_a_byte_never_seen_in_training_back_off_at_evaluation():

@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bltlab.batching import EncodedPairs
 from bltlab.evaluation import flop_metrics
 from bltlab.flops import KINDS, FlopModel, measure, parts
+from bltlab.layers import fixed_weights
 from bltlab.models import build_model
 from bltlab.spec import RunSpec, resolve
 from tests.conftest import strings
@@ -26,9 +27,8 @@ def encoded(codec, inputs):
 def counted(model, codec, inputs):
     """torch's FlopCounterMode over one teacher-forced pass of these rows as one batch."""
     batch = encoded(codec, inputs).batch(range(len(inputs)))
-    with torch.no_grad():  # utf8 byte vectors: built once per model state, not per row
-        _ = model.embeddings.tokens.weight
-    with FlopCounterMode(display=False) as c, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+    with fixed_weights(model), FlopCounterMode(display=False) as c, \
+            sdpa_kernel(SDPBackend.MATH), torch.no_grad():  # utf8 vectors: once per model
         model(batch)
     return c.get_total_flops()
 

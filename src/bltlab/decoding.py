@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from bltlab.errors import BltlabError
+from bltlab.layers import fixed_weights
 from bltlab.models import EncoderDecoder, Memory
 from bltlab.vocab import BOS, EOS, PAD
 
@@ -236,12 +237,14 @@ def predict(model: EncoderDecoder, codec, texts: list[str], batch_size: int = 25
     order = np.argsort(lengths, kind="stable")
     guesses = (codec.target_ids([drafts[i] for i in todo]).framed(last=EOS)
                if drafts is not None and beam_width == 1 else None)
-    for rows in tqdm(decode_batches(order, lengths, max(1, batch_size // beam_width),
-                                    DECODE_TOKENS // beam_width), desc="decoding",
-                     unit="batch", leave=False, disable=None if progress else True):
-        batch = {k: v.to(device) for k, v in codec.collate(features, rows).items()}
-        draft = guesses.padded(rows, PAD).to(device) if guesses is not None else None
-        for r, ids in zip(rows, decode_batch(model, batch, beam_width, length_penalty,
-                                             use_cache, draft)):
-            out[todo[r]] = codec.decode(ids)
+    batches = tqdm(decode_batches(order, lengths, max(1, batch_size // beam_width),
+                                  DECODE_TOKENS // beam_width), desc="decoding",
+                   unit="batch", leave=False, disable=None if progress else True)
+    with fixed_weights(model):
+        for rows in batches:
+            batch = {k: v.to(device) for k, v in codec.collate(features, rows).items()}
+            draft = guesses.padded(rows, PAD).to(device) if guesses is not None else None
+            for r, ids in zip(rows, decode_batch(model, batch, beam_width, length_penalty,
+                                                 use_cache, draft)):
+                out[todo[r]] = codec.decode(ids)
     return out

@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bltlab.config import ModelConfig
 from bltlab.errors import BltlabError
 from bltlab.fileio import write_json
+from bltlab.layers import fixed_weights
 from bltlab.models import BLT, EncoderDecoder, build_model
 from bltlab.runtime import torch_threads
 from bltlab.vocab import BOS, PAD
@@ -123,9 +124,10 @@ def measure(model: EncoderDecoder, kind: str, L: int, T: int, n: int) -> dict[st
     greedy decoding of T output tokens."""
     batch = synthetic_batch(model, L, T, n)
     root = type(model).__name__
-    with torch.no_grad():  # byte vectors built from parts (utf8) are built once per model
-        _ = model.embeddings.tokens.weight  # while decoding, not per row: build them uncounted
-    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+    # byte vectors built from parts (utf8) are built once per model while decoding, not
+    # per row: uncounted
+    with fixed_weights(model), FlopCounterMode(display=False) as counter, \
+            sdpa_kernel(SDPBackend.MATH):
         if kind == "forward":
             with torch.no_grad():
                 model(batch)

@@ -7,7 +7,9 @@ configs (bltlab.config) before a model is built.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -127,8 +129,11 @@ class Attention(nn.Module):
             cache["k"], cache["v"] = k, v
         q = apply_rotary(q, rot_q) if rot_q is not None else q
         head_dim = c // self.nhead
-        if v.shape[-1] > head_dim:  # zero channels leave the scores as they are, and
-            pad = v.shape[-1] - head_dim  # one head width lets SDPA take its fused kernel
+        if v.shape[-1] > head_dim and torch.backends.cuda.flash_sdp_enabled():
+            # zero channels leave the scores as they are, and one head width lets SDPA
+            # take its fused kernel (the flag covers CPU too; FLOP counts rule it out
+            # and see the products of the math path, unpadded)
+            pad = v.shape[-1] - head_dim
             q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
@@ -205,6 +210,7 @@ class Utf8ByteEmbedding(nn.Module):
         signs = 2.0 * ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).float() - 1.0
         self.register_buffer("bit_signs", signs, persistent=False)
         self.register_buffer("role_ids", utf8_roles(), persistent=False)
+        self.fixed: Tensor | None = None  # see `fixed_weights`
 
     def reset_bits(self) -> None:
         """Bits at a scale that gives their sum about unit norm, like a table's rows."""
@@ -213,13 +219,32 @@ class Utf8ByteEmbedding(nn.Module):
     @property
     def weight(self) -> Tensor:
         """The (specials + 256, d) matrix of all vectors (also the output head's), built
-        from the parameters at every call: a cache keyed on tensor versions went stale
-        under the fused optimizer, which updates weights without bumping them."""
+        from the parameters at every call; without gradients inside `fixed_weights`,
+        built once."""
+        if self.fixed is not None and not torch.is_grad_enabled():
+            return self.fixed
         bytes_ = self.roles(self.role_ids) + self.bits(self.bit_signs)
         return torch.cat([self.specials.weight, bytes_])
 
     def forward(self, ids: Tensor) -> Tensor:
         return F.embedding(ids, self.weight)
+
+
+@contextlib.contextmanager
+def fixed_weights(model: nn.Module) -> Iterator[None]:
+    """Within it the model's UTF-8 byte vectors are built once, not at every call:
+    decoding reads them at every step, and FLOPs count them per model, not per row.
+    Nothing may change the parameters inside. (A cache keyed on tensor versions would go
+    stale: the fused optimizer updates weights without bumping them.)"""
+    tables = [m for m in model.modules() if isinstance(m, Utf8ByteEmbedding)]
+    with torch.no_grad():
+        for table in tables:
+            table.fixed = table.weight
+    try:
+        yield
+    finally:
+        for table in tables:
+            table.fixed = None
 
 
 class KVCache:
