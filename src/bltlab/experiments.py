@@ -25,9 +25,12 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # long rows of random characters now and then exchange a bit between neighbouring
     # bytes), byte vectors from UTF-8 role and bits (docs/results.md). The BLT validates
     # and keeps a moving average of its weights: at 99% validation from epoch 5, not 9
-    # (docs/log/23-ema.md); the char model's ~1,000 steps are too few for it.
+    # (docs/log/23-ema.md); the char model's ~1,000 steps are too few for it. Width 48
+    # (global 96): 1.1-1.4x the char model's training FLOPs to stay at 99% and every bar
+    # on 2 seeds of 3, against 1.8-3.3x and 1 of 3 at width 64 (docs/log/26-speed.md).
     "broad": {"char": {"max_tokens": 4096}, "byte": {"max_tokens": 4096},
-              "blt": {"epochs": 12, "max_tokens": 2048, "ema_decay": 0.998}},
+              "blt": {"epochs": 12, "max_tokens": 2048, "ema_decay": 0.998, "d_model": 48,
+                      "dim_feedforward": 192}},
     # The seed's distribution, 5% of rows with a non-ASCII word, batches of 64 rows (as
     # measured there); the BLT is the best on validation rows at the frontier's budget.
     "seed": {
