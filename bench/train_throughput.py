@@ -29,10 +29,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 CONFIGS = {"rows": [], "tokens": ["--max_tokens", "8192"]}
 
 
-def matmul_peak(threads: int, size: int = 1024, repeats: int = 20) -> float:
-    """fp32 matrix-product FLOP/s of this machine with `threads` threads."""
+def matmul_peak(threads: int, dtype: torch.dtype = torch.float32, size: int = 1024,
+                repeats: int = 20) -> float:
+    """Matrix-product FLOP/s of this machine with `threads` threads in `dtype` (bf16 pays
+    only where the CPU has bf16 instructions: AVX-512 BF16 or AMX)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(3):
         a @ b
     start = time.perf_counter()
@@ -93,6 +95,7 @@ def main() -> None:
     configs = {name: flags.split() for name, flags in args.config} if args.config else CONFIGS
     sources = {"this": SRC, **({"against": args.against} if args.against else {})}
     peak = matmul_peak(args.threads)
+    bf16_peak = matmul_peak(args.threads, torch.bfloat16, size=512, repeats=3)
     with tempfile.TemporaryDirectory() as data:
         subprocess.run([sys.executable, "-m", "bltlab.cli", "data", "generate", "--out", data,
                         "--train", str(args.rows), "--test", "1", "--seed", "7"],
@@ -100,7 +103,8 @@ def main() -> None:
                        capture_output=True)
         csv_path = Path(data) / "train.csv"
         result = {"threads": args.threads, "rows": args.rows, "epochs": args.epochs,
-                  "fp32_matmul_peak_gflops": round(peak / 1e9, 1), "runs": {}}
+                  "fp32_matmul_peak_gflops": round(peak / 1e9, 1),
+                  "bf16_matmul_peak_gflops": round(bf16_peak / 1e9, 1), "runs": {}}
         for mode in args.modes:
             real = positions(csv_path, mode)
             for i, (name, flags) in enumerate(configs.items()):
