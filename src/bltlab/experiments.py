@@ -28,13 +28,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # (docs/log/23-ema.md); the char model's ~1,000 steps are too few for it. Width 48
     # (global 96): 1.1-1.4x the char model's training FLOPs to stay at 99% and every bar
     # on 2 seeds of 3, against 1.8-3.3x and 1 of 3 at width 64 (docs/log/26-speed.md).
-    # N-gram back-off in training (each byte value's n-grams dropped with probability 0.1
-    # per batch, as an unseen byte's are at evaluation): a script held out of training
-    # (Arabic, a proxy for the unseen script) read at 96/83/95% on seeds 0-2, against
-    # 100/100/69% without (docs/log/27-unseen.md).
     "broad": {"char": {"max_tokens": 4096}, "byte": {"max_tokens": 4096},
               "blt": {"epochs": 12, "max_tokens": 2048, "ema_decay": 0.998, "d_model": 48,
-                      "dim_feedforward": 192, "ngram_backoff": 0.1}},
+                      "dim_feedforward": 192}},
     # The seed's distribution, 5% of rows with a non-ASCII word, batches of 64 rows (as
     # measured there); the BLT is the best on validation rows at the frontier's budget.
     "seed": {
