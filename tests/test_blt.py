@@ -180,23 +180,6 @@ def test_ngrams_holding_a_byte_never_seen_in_training_back_off_at_evaluation():
     assert model.unseen_bytes(src) is None
 
 
-def test_ngram_backoff_flags_byte_values_per_batch_in_training_only():
-    model, c = tiny(ngram_backoff=0.5), codec()
-    src = batch_for(c, ["hello world", "abcabc"])["src"]
-    assert model.unseen_bytes(src) is None  # evaluation: every byte seen, nothing flagged
-    model.train()
-    torch.manual_seed(1)
-    flags = [model.unseen_bytes(src) for _ in range(20)]
-    assert all(f is not None for f in flags[:3])
-    flags = [f for f in flags if f is not None]
-    for f in flags:  # a value is flagged everywhere in the batch, or nowhere
-        for value in src.unique():
-            assert f[src == value].all() or not f[src == value].any()
-    share = torch.stack([f.float().mean() for f in flags]).mean()
-    assert 0.2 < share < 0.8  # about half the real bytes (padding is never flagged)
-    assert tiny().train().unseen_bytes(src) is None  # off by default
-
-
 def test_old_checkpoints_without_seen_bytes_count_every_byte_as_seen():
     from bltlab.checkpoint import complete_weights
     model = tiny()

@@ -206,10 +206,6 @@ class BLTConfig(ModelConfig):
     ngram_init_std: float | None = setting(
         0.0, "blt: initial std of the n-gram tables (0: zeros, so an unseen n-gram adds "
              "nothing)")
-    ngram_backoff: float = setting(
-        0.0, "blt, training: each batch flags each byte value with this probability, and "
-             "n-grams holding a flagged byte add nothing (as at evaluation for a byte never "
-             "seen in training)")
     decoder_memory: str = setting(
         "patches", "blt: the decoder attends to k vectors per patch keyed by the patch's end "
                    "(patches), or (an ablation, not a BLT) to byte states", choices=(
@@ -224,8 +220,6 @@ class BLTConfig(ModelConfig):
         at_least(self, 1, "global_factor", "slots", "ngram_buckets")
         need(len(self.ngram_sizes) > 0 and all(1 <= n <= MAX_LOOK for n in self.ngram_sizes),
              "ngram_sizes", list(self.ngram_sizes), f"each between 1 and {MAX_LOOK}")
-        need(0.0 <= self.ngram_backoff < 1.0, "ngram_backoff", self.ngram_backoff,
-             "must be in [0, 1)")
         need(self.ngram_init_std is None or self.ngram_init_std >= 0, "ngram_init_std",
              self.ngram_init_std, "must be at least 0")
 

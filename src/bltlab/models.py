@@ -377,15 +377,12 @@ class BLT(EncoderDecoder):
             self.seen_bytes[values.to(self.seen_bytes.device)] = True
 
     def unseen_bytes(self, src: Tensor) -> Tensor | None:
-        """(B, T) True at bytes whose n-grams back off, or None when there are none: at
-        evaluation the bytes never seen in training; in training (every training row is
-        marked seen first) byte values drawn per batch with probability `ngram_backoff`."""
-        if self.training and not self.cfg.ngram_backoff:
+        """(B, T) True at bytes never seen in training, or None when there are none (always
+        while training: every training row is marked seen first)."""
+        if self.training:
             return None
-        flagged = (torch.rand(256, device=src.device) < self.cfg.ngram_backoff
-                   if self.training else ~self.seen_bytes)
         specials = self.cfg.vocab_size - 256
-        unseen = (src >= specials) & flagged[(src - specials).clamp(min=0)]
+        unseen = (src >= specials) & ~self.seen_bytes[(src - specials).clamp(min=0)]
         return unseen if bool(unseen.any()) else None
 
     def encode(self, batch: dict[str, Tensor]) -> Memory:
