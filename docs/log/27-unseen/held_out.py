@@ -15,13 +15,13 @@ script).
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from bltlab import cli, profiles
+from bltlab.data import load_pairs, reverse, write_pairs
 
 HELD = {"arabic": (("ar", 2000), ("fa", 1000), ("ur", 1000)),  # leads 0xD8-0xDB
         "syriac": (("syriac", 500),)}  # made-up words, leads 0xDC-0xDD
@@ -38,10 +38,7 @@ def hold_out(script: str) -> None:
 
 def write(path: Path, inputs: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["input", "target"])
-        w.writerows([x, x[::-1]] for x in inputs)
+    write_pairs(path, inputs, [reverse(x) for x in inputs])
 
 
 def proxy_row(rng: np.random.Generator, other) -> str:
@@ -66,8 +63,7 @@ def make_data(out: Path) -> None:
     for name, (lo, hi, seed) in CODE_POINTS.items():
         rng = np.random.default_rng(seed)
         write(out / f"{name}.csv", [proxy_row(rng, made_up_word(lo, hi)) for _ in range(300)])
-    with open("data/broad/train.csv", encoding="utf-8", newline="") as f:
-        rows = [r["input"] for r in csv.DictReader(f)]
+    rows = load_pairs("data/broad/train.csv").inputs
     for script in HELD:
         rng = np.random.default_rng(2027)
         write(out / script / "proxy.csv", [proxy_row(rng, script_word(script))
