@@ -69,10 +69,13 @@ class Workers:
     def __init__(self):
         self.live: set[subprocess.Popen] = set()
         self.guard = threading.Lock()
+        self.stopped = False  # a signal came: queued runs start no worker
 
     def run(self, args: list[str], log) -> int:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "BLTLAB_PARENT": str(os.getpid())}
         with self.guard:
+            if self.stopped:
+                return 128 + signal.SIGTERM
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
             self.live.add(proc)
         try:
@@ -83,6 +86,7 @@ class Workers:
 
     def signal(self, signum: int) -> None:
         with self.guard:
+            self.stopped = True
             for proc in self.live:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signum)
