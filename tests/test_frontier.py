@@ -114,6 +114,15 @@ def gone(pid: int) -> bool:
         return True
 
 
+def test_after_a_signal_queued_runs_start_no_worker(tmp_path):
+    workers = cluster.Workers()
+    workers.signal(signal.SIGINT)
+    marker = tmp_path / "started"
+    with open(tmp_path / "log", "w") as log:
+        code = workers.run(["touch", str(marker)], log)
+    assert code != 0 and not marker.exists() and not workers.live
+
+
 @pytest.mark.workers
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
