@@ -109,20 +109,6 @@ def test_schedules(name, expected):
     assert got == pytest.approx(expected, abs=1e-9)
 
 
-def test_a_cosine_stopped_short_is_the_start_of_a_longer_one():
-    """`cosine_stop 0.75` over 12 epochs' steps gives, step for step, the rates of the
-    first 12 epochs of a 16-epoch cosine, and ends at ½(1 + cos 0.75π) ≈ 0.146 of the peak."""
-    short, whole = TrainConfig(cosine_stop=0.75), TrainConfig()
-    steps_per_epoch = 519
-    for step in (0, 99, 100, 1000, 4000, 12 * steps_per_epoch):
-        assert lr_factor(step, 12 * steps_per_epoch, short) == lr_factor(
-            step, 16 * steps_per_epoch, whole)
-    assert lr_factor(12 * steps_per_epoch, 12 * steps_per_epoch, short) == pytest.approx(
-        0.5 * (1 + math.cos(0.75 * math.pi)), abs=5e-3)  # warm-up shifts it a little
-    with pytest.raises(BltlabError, match="cosine_stop"):
-        TrainConfig(cosine_stop=0.0)
-
-
 def test_plateau_cuts_and_early_stopping(tmp_path, monkeypatch):
     scores = iter([0.5, 0.4, 0.4, 0.3, 0.3, 0.9])
 

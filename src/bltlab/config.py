@@ -271,9 +271,6 @@ class TrainConfig(Config):
         "cosine", "after warmup: cosine to 0, step (cut by --step_factor at --step_cuts "
                   "even points), constant, or plateau (cut when validation stalls)",
         choices=("cosine", "step", "constant", "plateau"))
-    cosine_stop: float = setting(1.0, "cosine: where in its cycle training ends (1: the rate "
-                                      "reaches 0; 0.75: the first 12 epochs of a 16-epoch "
-                                      "cosine, ending at 0.15 of the peak)")
     warmup_steps: int = setting(100, "linear warmup steps")
     step_cuts: int = setting(4, "step schedule: how many cuts over the run")
     step_factor: float = setting(0.5, "step schedule: factor of each cut")
@@ -315,7 +312,6 @@ class TrainConfig(Config):
                  "early_stopping_patience", "num_workers", "flops_budget", "max_tokens")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be above 0")
         need(0 <= self.seed < 2**32, "seed", self.seed, "must be 0 to 2**32 - 1")
-        need(0.0 < self.cosine_stop <= 1.0, "cosine_stop", self.cosine_stop, "must be in (0, 1]")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay", self.ema_decay, "must be in [0, 1)")
         for name in ("beta1", "beta2"):
             need(0.0 <= getattr(self, name) < 1.0, name, getattr(self, name), "must be in [0, 1)")

@@ -79,16 +79,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine (to zero, or cut off at `cosine_stop` of its length),
-    `step_cuts` even cuts by `step_factor` (step), or constant (constant and plateau;
-    plateau's cuts come from validation, in RunState)."""
+    """Linear warmup, then cosine to zero, `step_cuts` even cuts by `step_factor` (step),
+    or constant (constant and plateau; plateau's cuts come from validation, in RunState)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    if cfg.lr_scheduler == "cosine":
-        cycle = total / cfg.cosine_stop  # the steps the whole cosine would take
-        frac = min((step - cfg.warmup_steps) / max(1, cycle - cfg.warmup_steps), 1.0)
-        return 0.5 * (1 + math.cos(math.pi * frac))
     frac = min((step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps), 1.0)
+    if cfg.lr_scheduler == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * frac))
     if cfg.lr_scheduler == "step":
         return cfg.step_factor ** min(int(cfg.step_cuts * frac), cfg.step_cuts - 1)
     return 1.0
