@@ -169,6 +169,9 @@ def test_grid_points_and_sweeps_are_valid_specs(tmp_path, profile, preset):
     assert len(specs) == 2 * len(grid["points"])
     assert all(s.train.flops_budget == grid["budget"] and s.data.profile == profile
                and s.data.val_fraction == 0.1 for s in specs.values())
+    # as the grids were trained: no weight average, no label smoothing
+    assert all(s.train.ema_decay == 0.0 and s.train.label_smoothing == 0.0
+               for s in specs.values())
     assert {(s.mode, s.train.lr) for s in specs.values()} == {
         ("char", 1e-3), ("byte", 2e-3), ("blt", 4e-3)}
     sweep = frontier.sweep_specs(profile, preset, tmp_path / "t.csv", tmp_path, "cpu")

@@ -18,6 +18,8 @@ def test_train_with_no_flags_is_the_modes_recipe_of_the_default_profile(capsys):
     assert f"epochs: {recipe['epochs']}" in out and "patcher: space" in out
     assert spec.patcher.max_patch_len == 3 and "max_patch_len: 3" in out
     assert spec.train.epochs == 12 and spec.train.max_tokens == 2048  # docs/log/15
+    assert spec.train.label_smoothing == 0.1 and "label_smoothing: 0.1" in out  # log 31
+    assert build_spec("char").train.label_smoothing == 0.0
     assert build_spec("char").model.start_token and build_spec("char").train.epochs == 4
     assert not build_spec("char", settings={"profile": "seed"}).model.start_token
 

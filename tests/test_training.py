@@ -36,6 +36,7 @@ from bltlab.models import CharTransformer
 from bltlab.runtime import release_memory
 from bltlab.spec import RunSpec, resolve
 from bltlab.training import lr_factor, train, train_step
+from bltlab.vocab import PAD
 from tests.conftest import strings, write_reversal
 
 MODEL = dict(d_model=32, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
@@ -107,6 +108,21 @@ def test_schedules(name, expected):
     cfg = TrainConfig(lr_scheduler=name, warmup_steps=4)
     got = [lr_factor(step, 104, cfg) for step in (0, 4, 54, 104)]
     assert got == pytest.approx(expected, abs=1e-9)
+
+
+def test_label_smoothing_spreads_a_share_of_each_target_over_the_vocabulary():
+    """(1 - ε) · cross-entropy + ε · the mean over the vocabulary of -log p; PAD rows count
+    for nothing either way."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 7)
+    batch = {"tgt_out": torch.tensor([[4, 5, PAD], [6, 4, 5]])}
+    logp, keep = logits.log_softmax(-1), batch["tgt_out"] != PAD
+    nll = -logp.gather(-1, batch["tgt_out"].clamp(min=0)[..., None])[..., 0]
+    expected = (0.9 * nll - 0.1 * logp.mean(-1))[keep].sum()
+    assert training.token_loss(logits, batch, smoothing=0.1) == pytest.approx(float(expected))
+    assert training.token_loss(logits, batch) == pytest.approx(float(nll[keep].sum()))
+    with pytest.raises(BltlabError, match="label_smoothing"):
+        TrainConfig(label_smoothing=1.0)
 
 
 def test_plateau_cuts_and_early_stopping(tmp_path, monkeypatch):

@@ -277,6 +277,9 @@ class TrainConfig(Config):
     plateau_patience: int = setting(2, "plateau: epochs without improvement before each cut")
     plateau_factor: float = setting(0.5, "plateau: factor of each cut")
     grad_clip: float = setting(1.0, "gradient norm clip (0: none)")
+    label_smoothing: float = setting(0.0, "training loss: this much of each target's "
+                                          "probability spread over the vocabulary "
+                                          "(validation scores the plain loss)")
     ema_decay: float = setting(0.0, "validate and keep an exponential moving average of the "
                                     "weights, updated every step with this decay (0: off)")
     grad_accum_steps: int = setting(1, "micro-batches per optimiser step")
@@ -312,6 +315,8 @@ class TrainConfig(Config):
                  "early_stopping_patience", "num_workers", "flops_budget", "max_tokens")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be above 0")
         need(0 <= self.seed < 2**32, "seed", self.seed, "must be 0 to 2**32 - 1")
+        need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing,
+             "must be in [0, 1)")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay", self.ema_decay, "must be in [0, 1)")
         for name in ("beta1", "beta2"):
             need(0.0 <= getattr(self, name) < 1.0, name, getattr(self, name), "must be in [0, 1)")

@@ -110,10 +110,12 @@ def pick_precision(cfg: TrainConfig, device: torch.device) -> Precision:
     return Precision(True, torch.bfloat16)
 
 
-def token_loss(logits: Tensor, batch: dict[str, Tensor], reduction: str = "sum") -> Tensor:
-    """Cross-entropy of the target tokens (PAD ignored)."""
+def token_loss(logits: Tensor, batch: dict[str, Tensor], reduction: str = "sum",
+               smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of the target tokens (PAD ignored), with `smoothing` of the target's
+    probability spread evenly over the vocabulary."""
     return F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(),
-                           ignore_index=PAD, reduction=reduction)
+                           ignore_index=PAD, reduction=reduction, label_smoothing=smoothing)
 
 
 def train_step(model: nn.Module, micro_batches: list[dict], optimizer: torch.optim.Optimizer,
@@ -139,7 +141,7 @@ def train_step(model: nn.Module, micro_batches: list[dict], optimizer: torch.opt
         with sync:
             with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
                 logits = model(batch)
-            loss = token_loss(logits, batch)
+            loss = token_loss(logits, batch, smoothing=cfg.label_smoothing)
             scaled = loss * (world.size / tokens)
             (precision.scaler.scale(scaled) if precision.scaler else scaled).backward()
         loss_sum += loss.item()
