@@ -125,6 +125,25 @@ def test_label_smoothing_spreads_a_share_of_each_target_over_the_vocabulary():
         TrainConfig(label_smoothing=1.0)
 
 
+def test_label_smoothed_runs_keep_the_weights_with_the_lowest_smoothed_validation_loss(
+        tmp_path, monkeypatch):
+    """At equal exact match the tie-break is the validation loss of the objective trained:
+    here the plain loss rises each epoch while the smoothed one falls (as in log 31's runs),
+    so the last epoch is kept, not the first."""
+    calls = []
+
+    def fake_scores(model, loader, device, smoothing=0.0):
+        calls.append(smoothing)
+        epoch = sum(1 for s in calls if s == smoothing)
+        return (1.0 - 0.1 * epoch if smoothing else 0.3 + 0.01 * epoch), 1.0
+
+    monkeypatch.setattr(training, "validation_scores", fake_scores)
+    result = train(small_run(tmp_path, epochs=3, label_smoothing=0.1))
+    assert set(calls) == {0.1}
+    assert result["best"]["epoch"] == 3
+    assert [round(e["val_loss"], 6) for e in result["history"]] == [0.9, 0.8, 0.7]
+
+
 def test_plateau_cuts_and_early_stopping(tmp_path, monkeypatch):
     scores = iter([0.5, 0.4, 0.4, 0.3, 0.3, 0.9])
 

@@ -277,9 +277,9 @@ class TrainConfig(Config):
     plateau_patience: int = setting(2, "plateau: epochs without improvement before each cut")
     plateau_factor: float = setting(0.5, "plateau: factor of each cut")
     grad_clip: float = setting(1.0, "gradient norm clip (0: none)")
-    label_smoothing: float = setting(0.0, "training loss: this much of each target's "
-                                          "probability spread over the vocabulary "
-                                          "(validation scores the plain loss)")
+    label_smoothing: float = setting(0.0, "loss (training and validation): this much of "
+                                          "each target's probability spread over the "
+                                          "vocabulary")
     ema_decay: float = setting(0.0, "validate and keep an exponential moving average of the "
                                     "weights, updated every step with this decay (0: off)")
     grad_accum_steps: int = setting(1, "micro-batches per optimiser step")

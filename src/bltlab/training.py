@@ -185,9 +185,10 @@ def fit_micro_batch(fits: Callable[[int], bool], batch_size: int) -> int:
 
 
 @torch.no_grad()
-def validation_scores(model: nn.Module, loader: DataLoader, device: torch.device
-                      ) -> tuple[float, float]:
-    """Validation token loss and exact match from one teacher-forced pass. Greedy decoding
+def validation_scores(model: nn.Module, loader: DataLoader, device: torch.device,
+                      smoothing: float = 0.0) -> tuple[float, float]:
+    """Validation token loss (the training objective: with `smoothing` where training has
+    it) and exact match from one teacher-forced pass. Greedy decoding
     writes a target exactly iff, fed the target's own prefix, the model's top token is the
     target's at every position, the end token included; so no decoding is needed. A
     target holding UNK (a character outside the alphabet) can never come back."""
@@ -196,7 +197,7 @@ def validation_scores(model: nn.Module, loader: DataLoader, device: torch.device
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         logits, tgt = model(batch), batch["tgt_out"]
-        loss += token_loss(logits, batch).item()
+        loss += token_loss(logits, batch, smoothing=smoothing).item()
         tokens += int((tgt != PAD).sum())
         hit = ((logits.argmax(-1) == tgt) & (tgt != UNK)) | (tgt == PAD)
         exact += int(hit.all(-1).sum())
@@ -549,16 +550,19 @@ def step_flops(run: Run, micro_batches: list[dict]) -> float:
 
 
 def validate(run: Run) -> dict:
-    """The epoch's history row: training loss, lr, speed, validation loss and exact match."""
-    s = run.state
-    val_loss, val_exact = validation_scores(run.kept, run.rows.val_loader, run.device)
+    """The epoch's history row: training loss, lr, speed, validation loss and exact match.
+    The validation loss is the objective training lowers (label-smoothed where training
+    is), so the best checkpoint's tie-break follows it (docs/log/32-tie-break.md)."""
+    s, smoothing = run.state, run.spec.train.label_smoothing
+    val_loss, val_exact = validation_scores(run.kept, run.rows.val_loader, run.device,
+                                            smoothing)
     row = {"epoch": s.epoch + 1, "step": s.step, "train_loss": s.loss_sum / max(1, s.batch),
            "lr": run.optimizer.param_groups[0]["lr"], "epoch_seconds": round(s.seconds, 2),
            "samples_per_s": round(s.seen / s.seconds, 1), "train_flops": s.train_flops,
            "val_loss": val_loss, "val_exact_match": val_exact}
     if run.ema is not None:  # the weights as trained, beside their average
         row["val_loss_raw"], row["val_exact_match_raw"] = validation_scores(
-            run.model, run.rows.val_loader, run.device)
+            run.model, run.rows.val_loader, run.device, smoothing)
     return row
 
 
